@@ -360,8 +360,9 @@ def read_checkpoint(path: str | Path, *, trusted: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        restricted = "weights only" in str(exc).lower() or "weights_only" in str(exc).lower()
-        if not restricted:
+        # The tensors-only unpickler names the class it refused ("Unsupported global: GLOBAL
+        # yacs.config.CfgNode ..."); anything else means the bytes themselves are bad.
+        if "global" not in str(exc).lower():
             raise CheckpointError(unreadable) from None
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None

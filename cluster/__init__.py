@@ -1,0 +1,1 @@
+"""Ray wiring: cluster connection, the decode/inference pipeline, launch files. Nothing else."""

@@ -1,0 +1,323 @@
+"""The Ray half of every job: decode tasks feed model actors, and the driver keeps score.
+
+Shape: CPU tasks decode one video each (killable: a hung decode is cancelled at its deadline,
+a crashed one is retried once by Ray, and workers are recycled after ``max_decode_calls`` to
+shed decord's leaks). Their uint8 views stay in the object store; the driver only sees a small
+result and forwards the views' refs to a model actor, which resolves them next to the model.
+Actors restart on failure and Ray retries their in-flight call; the driver additionally
+re-queues any batch whose actor is gone for good. Every video's outcome is recorded once, keyed
+by (shard, position), so retries can never produce a second row. A shard is handed to
+``on_shard`` as soon as its last video is done. The number of videos in flight is bounded, so
+memory and object-store use stay flat whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError, RayError, TaskCancelledError
+
+from jobs.datasets import VideoItem
+from jobs.work import DecodeResult, ModelRunner, ModelSpec, decode_item
+
+__all__ = ["PipelineConfig", "Shard", "VideoOutcome", "run_pipeline"]
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    items: Sequence[VideoItem]
+
+
+@dataclass
+class VideoOutcome:
+    """What happened to one video; ``probs`` is None exactly when ``error`` is set."""
+
+    shard: int
+    position: int
+    item: VideoItem
+    probs: np.ndarray | None
+    error: str | None
+    num_views: int = 0
+    decode_ms: float = 0.0
+    infer_ms: float = 0.0
+    worker: str = ""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    spec: ModelSpec
+    num_actors: int = 1
+    actor_gpus: float = 0.0
+    actor_cpus: float = 1.0
+    decode_slots: int = 1  # decode tasks running at once
+    decode_cpus: float = 1.0
+    batch_views: int = 30  # clips per actor call (whole videos, so it may run over)
+    batch_size: int | None = None  # clips per forward inside the actor; None = the whole call
+    decode_timeout_s: float = 300.0
+    max_decode_calls: int = 64  # recycle decode workers after this many videos
+    decode_retries: int = 1  # a crashed decode worker is retried this often, then it is a row
+    actor_restarts: int = 3
+    actor_retries: int = 3
+    calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
+    extra_video_budget: int = 4
+
+
+class _ModelActor:
+    """Ray actor body: one ModelRunner, pinned to whatever device Ray granted."""
+
+    def __init__(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], threads: int, batch_size: int | None):
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        info = self.runner.describe()
+        info["node"] = ray.get_runtime_context().get_node_id()
+        return info
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def score(self, *views: np.ndarray) -> tuple[list[np.ndarray], list[float], str]:
+        probs, infer_ms = self.runner.score(list(views))
+        return probs, infer_ms, self.runner.name
+
+
+def _decode_remote(item: VideoItem, spec: ModelSpec) -> tuple[DecodeResult, np.ndarray | None]:
+    return decode_item(item, spec)
+
+
+@dataclass
+class _Decoding:
+    key: tuple[int, int]
+    item: VideoItem
+    views_ref: Any
+    deadline: float
+
+
+@dataclass
+class _Decoded:
+    key: tuple[int, int]
+    item: VideoItem
+    result: DecodeResult
+    views_ref: Any
+
+
+@dataclass
+class _Batch:
+    actor: int
+    videos: list[_Decoded] = field(default_factory=list)
+
+
+class _Pipeline:
+    def __init__(
+        self,
+        shards: Sequence[Shard],
+        config: PipelineConfig,
+        state_dict_ref: Any,
+        on_video: Callable[[VideoOutcome], None],
+        on_shard: Callable[[int, list[VideoOutcome]], None],
+    ):
+        self.config = config
+        self.state_dict_ref = state_dict_ref  # held for the whole run: restarted actors re-read it
+        self.on_video = on_video
+        self.on_shard = on_shard
+        self.pending: deque[tuple[tuple[int, int], VideoItem]] = deque(
+            ((s.index, pos), item) for s in shards for pos, item in enumerate(s.items)
+        )
+        self.remaining = {s.index: len(s.items) for s in shards}
+        self.outcomes: dict[int, dict[int, VideoOutcome]] = {s.index: {} for s in shards}
+        self.decoding: dict[Any, _Decoding] = {}
+        self.ready: deque[_Decoded] = deque()
+        self.scoring: dict[Any, _Batch] = {}
+        self.decode_fn = ray.remote(max_calls=config.max_decode_calls)(_decode_remote).options(
+            num_returns=2,
+            num_cpus=config.decode_cpus,
+            max_retries=config.decode_retries,
+        )
+        self.actor_cls = ray.remote(_ModelActor).options(
+            num_gpus=config.actor_gpus,
+            num_cpus=config.actor_cpus,
+            max_restarts=config.actor_restarts,
+            max_task_retries=config.actor_retries,
+        )
+        self.actors = [self._new_actor() for _ in range(config.num_actors)]
+        self.busy = [0] * len(self.actors)
+        self.replacements = 0
+        self.videos_per_call = max(1, config.batch_views // max(config.spec.views, 1))
+        self.max_in_flight = (
+            config.decode_slots + len(self.actors) * config.calls_per_actor * self.videos_per_call + config.extra_video_budget
+        )
+
+    # ------------------------------------------------------------------ actors
+
+    def _new_actor(self):
+        threads = max(1, int(self.config.actor_cpus))
+        return self.actor_cls.remote(self.config.spec, self.state_dict_ref, threads, self.config.batch_size)
+
+    def describe_actors(self) -> list[dict[str, Any]]:
+        return ray.get([a.describe.remote() for a in self.actors])
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _in_flight(self) -> int:
+        return len(self.decoding) + len(self.ready) + sum(len(b.videos) for b in self.scoring.values())
+
+    def _finish(self, key: tuple[int, int], outcome: VideoOutcome) -> None:
+        shard, position = key
+        if position in self.outcomes[shard]:
+            return  # a retried call finished twice: the first result stands
+        self.outcomes[shard][position] = outcome
+        self.remaining[shard] -= 1
+        self.on_video(outcome)
+        if self.remaining[shard] == 0:
+            done = self.outcomes.pop(shard)
+            self.on_shard(shard, [done[p] for p in sorted(done)])
+
+    def _fail(self, key: tuple[int, int], item: VideoItem, error: str, decode_ms: float = 0.0, worker: str = "") -> None:
+        self._finish(key, VideoOutcome(key[0], key[1], item, None, error, decode_ms=decode_ms, worker=worker))
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> None:
+        while self.pending or self.decoding or self.ready or self.scoring:
+            self._start_decodes()
+            self._dispatch()
+            refs = list(self.decoding) + list(self.scoring)
+            if not refs:
+                continue
+            timeout = None
+            if self.decoding:
+                timeout = max(0.0, min(d.deadline for d in self.decoding.values()) - time.monotonic())
+            done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+            if done:  # sweep everything else that is already finished too
+                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in done:
+                if ref in self.decoding:
+                    self._on_decoded(ref)
+                else:
+                    self._on_scored(ref)
+            self._expire_decodes()
+
+    def _start_decodes(self) -> None:
+        while self.pending and len(self.decoding) < self.config.decode_slots and self._in_flight() < self.max_in_flight:
+            key, item = self.pending.popleft()
+            meta_ref, views_ref = self.decode_fn.remote(item, self.config.spec)
+            self.decoding[meta_ref] = _Decoding(key, item, views_ref, time.monotonic() + self.config.decode_timeout_s)
+
+    def _dispatch(self) -> None:
+        more_coming = bool(self.pending or self.decoding)
+        for actor in sorted(range(len(self.actors)), key=lambda a: self.busy[a]):
+            while self.ready and self.busy[actor] < self.config.calls_per_actor:
+                batch_is_full = sum(d.result.num_views for d in self.ready) >= self.config.batch_views
+                if more_coming and not batch_is_full and self.busy[actor] > 0:
+                    break  # wait for a fuller batch; this actor still has work
+                batch = _Batch(actor)
+                views = 0
+                while self.ready and (views < self.config.batch_views or not batch.videos):
+                    video = self.ready.popleft()
+                    batch.videos.append(video)
+                    views += video.result.num_views
+                ref = self.actors[actor].score.remote(*[v.views_ref for v in batch.videos])
+                self.scoring[ref] = batch
+                self.busy[actor] += 1
+
+    def _on_decoded(self, meta_ref: Any) -> None:
+        job = self.decoding.pop(meta_ref)
+        try:
+            result: DecodeResult = ray.get(meta_ref)
+        except TaskCancelledError:
+            return  # already recorded as a timeout
+        except RayError as exc:
+            self._fail(job.key, job.item, f"{job.item.key}: decode worker failed ({_short(exc)})")
+            return
+        if result.error is not None:
+            self._fail(job.key, job.item, result.error, result.decode_ms, result.worker)
+        else:
+            self.ready.append(_Decoded(job.key, job.item, result, job.views_ref))
+
+    def _on_scored(self, ref: Any) -> None:
+        batch = self.scoring.pop(ref)
+        self.busy[batch.actor] -= 1
+        try:
+            probs, infer_ms, worker = ray.get(ref)
+        except RayActorError:
+            self._replace_actor(batch.actor)
+            self.ready.extendleft(reversed(batch.videos))  # redo the batch elsewhere
+            return
+        except RayError as exc:
+            if _lost_input(exc):
+                for video in batch.videos:  # its decoded views died with a node: decode again
+                    self.pending.appendleft((video.key, video.item))
+                return
+            for video in batch.videos:
+                self._fail(video.key, video.item, f"{video.item.key}: inference failed ({_short(exc)})", video.result.decode_ms)
+            return
+        for video, p, ms in zip(batch.videos, probs, infer_ms):
+            self._finish(
+                video.key,
+                VideoOutcome(
+                    video.key[0], video.key[1], video.item, p, None, video.result.num_views, video.result.decode_ms, ms, worker
+                ),
+            )
+
+    def _replace_actor(self, index: int) -> None:
+        """An actor that exhausted its restarts is replaced, a bounded number of times."""
+        try:
+            ray.get(self.actors[index].describe.remote(), timeout=60)
+            return  # it came back (restarted by Ray); keep it
+        except (RayError, GetTimeoutError):
+            pass
+        self.replacements += 1
+        if self.replacements > 2 * len(self.actors) + 2:
+            raise RuntimeError("model actors keep dying; see the Ray logs (ray logs / dashboard) for the cause")
+        self.actors[index] = self._new_actor()
+
+    def _expire_decodes(self) -> None:
+        now = time.monotonic()
+        for ref, job in list(self.decoding.items()):
+            if job.deadline <= now:
+                del self.decoding[ref]
+                ray.cancel(ref, force=True)  # kills the worker process that is stuck in decord
+                self._fail(job.key, job.item, f"{job.item.key}: decode timed out after {self.config.decode_timeout_s:g} s")
+
+
+def _short(exc: BaseException) -> str:
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _lost_input(exc: BaseException) -> bool:
+    names = {"ObjectLostError", "OwnerDiedError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError"}
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in names:
+            return True
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return False
+
+
+def run_pipeline(
+    shards: Iterable[Shard],
+    config: PipelineConfig,
+    state_dict_ref: Any,
+    on_video: Callable[[VideoOutcome], None] = lambda o: None,
+    on_shard: Callable[[int, list[VideoOutcome]], None] = lambda i, o: None,
+    on_start: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Score every video of ``shards``; returns a description of the actors used."""
+    pipeline = _Pipeline(list(shards), config, state_dict_ref, on_video, on_shard)
+    actors = pipeline.describe_actors()
+    if on_start is not None:
+        on_start(actors)
+    pipeline.run()
+    return actors

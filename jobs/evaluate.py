@@ -1,0 +1,276 @@
+"""The evaluate job: score a labelled dataset with a checkpoint and report MMAction2's metrics.
+
+Everything that can be wrong with the request (dataset files, checkpoint, flags) is checked
+here before Ray starts, so a mistake costs one line and no cluster time. The work itself is
+cut into fixed shards (position in the annotation file decides the shard), each written as
+one Parquet file when its last video is done; ``--resume`` skips shards whose file exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+import x3d
+from jobs import results, storage
+from jobs.datasets import DatasetSpec, VideoItem, check_dataset, iter_items, read_label_map
+from jobs.metrics import topk_from_scores
+from jobs.progress import Progress
+from jobs.summary import build_summary, summary_markdown, summary_table
+from jobs.work import ModelSpec
+
+__all__ = ["EvaluateConfig", "JobError", "prepare_evaluate", "run_evaluate", "outcome_row"]
+
+TOP_K = 5
+
+
+class JobError(Exception):
+    """A request that cannot run as given; the message says what to fix, in one line."""
+
+
+@dataclass
+class EvaluateConfig:
+    dataset: DatasetSpec
+    model: str = "x3d_s"
+    checkpoint: str | None = None
+    views: int = 30
+    protocol: str | None = None
+    output: str | None = None
+    address: str | None = None
+    num_actors: int | None = None
+    batch_size: int | None = None
+    shard_size: int = 256
+    limit: int | None = None
+    resume: bool = False
+    save_probs: bool = True
+    decode_timeout_s: float = 300.0
+    local_cpus: int | None = None  # size of the local Ray started when no address is given
+    quiet: bool = False
+
+
+@dataclass
+class PreparedJob:
+    config: EvaluateConfig
+    items: list[VideoItem]
+    classes: Sequence[str]
+    state_dict: dict[str, torch.Tensor]
+    checkpoint_path: str
+    checkpoint_sha256: str
+    output: str
+    protocol: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_output(cfg: EvaluateConfig) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"runs/{cfg.dataset.name}-{cfg.model}-{cfg.views}v-{stamp}"
+
+
+def _latest_run(cfg: EvaluateConfig) -> str | None:
+    """For ``--resume`` without ``--output``: the newest local run of the same kind."""
+    import glob
+
+    runs = sorted(glob.glob(f"runs/{cfg.dataset.name}-{cfg.model}-{cfg.views}v-*"))
+    return runs[-1] if runs else None
+
+
+def _fingerprint(items: Sequence[VideoItem]) -> str:
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(f"{item.key}\t{item.label}\n".encode())
+    return digest.hexdigest()
+
+
+def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
+    """All checks that need no cluster: dataset, flags, checkpoint, output and resume state."""
+    try:
+        preset = x3d.get_preset(cfg.model)
+        protocol = preset.protocol(cfg.protocol).name
+        preset.protocol(protocol).view_plan(cfg.views)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    if cfg.shard_size < 1:
+        raise JobError("--shard-size must be at least 1")
+    check_dataset(cfg.dataset)
+    items = list(iter_items(cfg.dataset))
+    if cfg.limit is not None:
+        items = items[: cfg.limit]
+    if not items:
+        raise JobError(f"dataset {cfg.dataset.name!r} lists no videos")
+    classes = read_label_map(cfg.dataset.label_map) if cfg.dataset.label_map else list(preset.classes)
+    if len(classes) != preset.arch.num_classes:
+        raise JobError(
+            f"label map has {len(classes)} classes but {cfg.model} predicts {preset.arch.num_classes}; "
+            "pass the matching --label-map or --model"
+        )
+
+    model = x3d.build_model(preset)
+    try:
+        info = x3d.checkpoints.load_checkpoint_into(model, cfg.checkpoint or _default_weights(preset), model_name=cfg.model)
+    except x3d.CheckpointError as exc:
+        raise JobError(str(exc)) from None
+
+    output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
+    manifest = {
+        "job": "evaluate",
+        "dataset": cfg.dataset.name,
+        "model": cfg.model,
+        "views": cfg.views,
+        "protocol": protocol,
+        "checkpoint_sha256": info.sha256,
+        "shard_size": cfg.shard_size,
+        "num_videos": len(items),
+        "videos_sha256": _fingerprint(items),
+        "save_probs": cfg.save_probs,
+    }
+    _check_resume(output, manifest, cfg.resume)
+    return PreparedJob(cfg, items, classes, model.state_dict(), str(info.path), info.sha256, output, protocol, manifest)
+
+
+def _default_weights(preset: x3d.Preset) -> str:
+    if preset.default_weights is None:
+        raise JobError(f"{preset.name} has no published weights; pass --checkpoint")
+    return preset.default_weights.url
+
+
+def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
+    manifest_uri = storage.join(output, "run.json")
+    if not storage.exists(manifest_uri):
+        if resume and results.list_shards(output):
+            raise JobError(f"{output} has result shards but no run.json; it was not written by this tool")
+        return
+    previous = json.loads(storage.read_bytes(manifest_uri))
+    if not resume:
+        raise JobError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
+    changed = [k for k, v in manifest.items() if previous.get(k) != v]
+    if changed:
+        raise JobError(f"--resume: this run differs from the one in {output} in {', '.join(changed)}; use a new --output")
+
+
+def shard_items(items: Sequence[VideoItem], shard_size: int) -> list[tuple[int, Sequence[VideoItem]]]:
+    return [(i // shard_size, items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
+
+
+def outcome_row(outcome, classes: Sequence[str], save_probs: bool) -> dict[str, Any]:
+    """One Parquet row (see jobs/results.py for the schema) from a pipeline outcome."""
+    row: dict[str, Any] = {
+        "video": outcome.item.key,
+        "label": outcome.item.label,
+        "num_views": outcome.num_views,
+        "error": outcome.error,
+        "decode_ms": float(outcome.decode_ms),
+        "infer_ms": float(outcome.infer_ms),
+        "worker": outcome.worker or "",
+        "pred": None,
+        "pred_name": None,
+        "topk_classes": [],
+        "topk_scores": [],
+        "probs": None,
+    }
+    if outcome.probs is not None:
+        probs = np.asarray(outcome.probs, dtype=np.float32)
+        top = topk_from_scores(probs, min(TOP_K, probs.size))[0]
+        row.update(
+            pred=int(top[0]),
+            pred_name=classes[int(top[0])],
+            topk_classes=[int(c) for c in top],
+            topk_scores=[float(probs[c]) for c in top],
+            probs=probs.tolist() if save_probs else None,
+        )
+    return row
+
+
+def _log(cfg: EvaluateConfig, message: str) -> None:
+    if not cfg.quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Run the whole job and return the summary (also written next to the predictions)."""
+    from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
+    from cluster.pipeline import Shard, run_pipeline
+
+    job = prepare_evaluate(cfg)
+    shards = shard_items(job.items, cfg.shard_size)
+    done = set(results.list_shards(job.output)) if cfg.resume else set()
+    todo = [Shard(i, items) for i, items in shards if i not in done]
+    storage.write_bytes(storage.join(job.output, "run.json"), json.dumps(job.manifest, indent=2).encode())
+    _log(cfg, f"evaluate: {len(job.items)} videos in {len(shards)} shards -> {job.output}")
+    if done:
+        _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
+
+    import ray
+
+    started = start_cluster(cfg.address, cfg.local_cpus)
+    workers: list[dict[str, Any]] = []
+    try:
+        pipe_cfg = pipeline_config_for(
+            ModelSpec(x3d.get_preset(cfg.model), cfg.views, job.protocol),
+            num_actors=cfg.num_actors,
+            batch_size=cfg.batch_size,
+            decode_timeout_s=cfg.decode_timeout_s,
+        )
+        _log(cfg, f"evaluate: {pipe_cfg.num_actors} model actor(s), {pipe_cfg.decode_slots} decode slot(s)")
+        todo_videos = sum(len(s.items) for s in todo)
+        progress = Progress(todo_videos, stream=sys.stderr if not cfg.quiet else _NullStream())
+        start = time.monotonic()
+        state_ref = ray.put(job.state_dict)
+
+        def on_shard(index: int, outcomes: list) -> None:
+            rows = [outcome_row(o, job.classes, cfg.save_probs) for o in outcomes]
+            results.write_shard(job.output, index, rows)
+
+        if todo:
+            workers = run_pipeline(
+                todo,
+                pipe_cfg,
+                state_ref,
+                on_video=lambda o: progress.update(1, int(o.error is not None)),
+                on_shard=on_shard,
+            )
+            progress.close()
+        wall = time.monotonic() - start
+    finally:
+        stop_cluster(started)
+
+    table = results.read_predictions(job.output)
+    summary = build_summary(
+        table,
+        dataset=cfg.dataset.name,
+        model=cfg.model,
+        views=cfg.views,
+        protocol=job.protocol,
+        checkpoint=cfg.checkpoint or _default_weights(x3d.get_preset(cfg.model)),
+        checkpoint_sha256=job.checkpoint_sha256,
+        wall_s=wall,
+        workers=workers,
+        output=job.output,
+    )
+    results.write_json(storage.join(job.output, "summary.json"), summary)
+    results.write_text(storage.join(job.output, "summary.md"), summary_markdown(summary))
+    if not cfg.quiet:
+        print(summary_table(summary))
+        print(
+            f"{summary['num_videos']} videos ({summary['num_failed']} failed) in {wall:.1f} s; "
+            f"results in {job.output}"
+        )
+    return summary
+
+
+class _NullStream:
+    def write(self, _: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False

@@ -1,0 +1,522 @@
+"""One way to read and write bytes, whether they live on local disk or in S3.
+
+A batch job reads videos, annotation lists and label maps from wherever the user keeps
+them and writes results back to a folder or a bucket. Every other module goes through
+the handful of functions here, so "local path, `file://` URI or `s3://bucket/key`" is
+decided in exactly one place and the rest of the code never imports boto3.
+
+Design choices, and why:
+
+* S3 access uses one boto3 client per process, built on first use. Clients are costly to
+  build (credential lookup, endpoint resolution) but safe to share between threads; they
+  are not safe to carry across `fork`, so the cache is keyed by pid and a Ray worker or a
+  forked decoder builds its own. Configuration is boto3's standard chain (environment
+  variables, profiles, instance roles) and boto3 itself honours `AWS_ENDPOINT_URL` /
+  `AWS_ENDPOINT_URL_S3`, which is how MinIO or Ceph are reached. Retries are adaptive
+  because a few hundred decode tasks starting together is exactly the burst that S3
+  answers with throttling.
+* Writes are atomic. A reader (the job resuming after a crash, or `pyarrow.dataset`
+  scanning an output folder) must never see half a file. Locally we write a hidden temp
+  file in the target folder and `os.replace` it; S3 only ever shows complete objects,
+  whether sent in one `put_object` or as a multipart upload that becomes visible when
+  it is completed. Temp names start with "." so dataset scanners skip them.
+* Every failure is a `StorageError` whose message is one line a user can act on
+  ("s3://bkt/key: no such key"). Messages never carry credentials or botocore tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+from urllib.parse import unquote, urlparse
+
+__all__ = [
+    "ObjectInfo",
+    "StorageError",
+    "exists",
+    "is_remote",
+    "join",
+    "list_files",
+    "local_path",
+    "open_for_read",
+    "read_bytes",
+    "read_range",
+    "reset_client",
+    "s3_client",
+    "stat",
+    "write_bytes",
+]
+
+# Payloads above this go through boto3's managed (multipart) upload instead of a single
+# put_object, which S3 caps at 5 GiB and which would have to be retried whole.
+MULTIPART_THRESHOLD = 64 * 1024 * 1024
+MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+class StorageError(Exception):
+    """A read or write failed; the message is one line naming the URI and the reason."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a listing or `stat` knows about one file or object."""
+
+    uri: str
+    size: int
+    mtime: float | None
+    etag: str | None
+
+
+# --------------------------------------------------------------------------- addressing
+
+
+def _scheme(uri: str) -> str | None:
+    match = _SCHEME.match(uri)
+    return match.group(1).lower() if match else None
+
+
+def is_remote(uri: str) -> bool:
+    """True for `s3://` URIs: anything that is not on this machine's file system."""
+    return _scheme(uri) == "s3"
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    rest = uri.split("://", 1)[1]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket name in S3 URI")
+    return bucket, key
+
+
+def local_path(uri: str) -> str:
+    """The file-system path behind a local path or `file://` URI."""
+    scheme = _scheme(uri)
+    if scheme is None:
+        return uri
+    if scheme == "file":
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise StorageError(f"{uri}: file URIs must name a path on this machine")
+        return unquote(parsed.path)
+    if scheme == "s3":
+        raise StorageError(f"{uri}: not a local path")
+    raise StorageError(f"{uri}: unsupported scheme '{scheme}' (use a local path, file:// or s3://)")
+
+
+def join(base: str, *parts: str) -> str:
+    """Append path parts to a local path or URI, with '/' for URIs."""
+    if _scheme(base) is None:
+        return os.path.join(base, *parts)
+    out = base
+    for part in parts:
+        if part:
+            out = out.rstrip("/") + "/" + part.lstrip("/")
+    return out
+
+
+# --------------------------------------------------------------------------- S3 client
+
+_clients: dict[int, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def s3_client() -> Any:
+    """This process's shared boto3 S3 client, created on first use."""
+    pid = os.getpid()
+    client = _clients.get(pid)
+    if client is not None:
+        return client
+    with _clients_lock:
+        client = _clients.get(pid)
+        if client is None:
+            import boto3  # deferred: jobs that only touch local files never pay for it
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "adaptive", "max_attempts": 10}, max_pool_connections=32)
+            client = boto3.session.Session().client("s3", config=config)
+            _clients.clear()  # a client inherited from the parent process must not be used
+            _clients[pid] = client
+    return client
+
+
+def reset_client() -> None:
+    """Forget the cached client, so the next call rebuilds it from the current environment."""
+    with _clients_lock:
+        _clients.clear()
+
+
+def _forget_after_fork() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()  # may have been held by another thread at fork time
+    _clients.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+# --------------------------------------------------------------------------- errors
+
+_MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+_BAD_CREDENTIALS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+}
+
+
+def _error_code(err: Exception) -> str:
+    response = getattr(err, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _s3_error(uri: str, err: Exception) -> StorageError:
+    """Turn a botocore/boto3 exception into a one-line StorageError."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+    )
+
+    if isinstance(err, S3UploadFailedError) and isinstance(err.__context__, ClientError):
+        err = err.__context__  # the managed uploader wraps the real S3 answer
+    if isinstance(err, ClientError):
+        code = _error_code(err)
+        if code == "NoSuchBucket":
+            return StorageError(f"{uri}: bucket does not exist")
+        if code in _MISSING_KEY:
+            return StorageError(f"{uri}: no such key")
+        if code in _DENIED:
+            return StorageError(f"{uri}: access denied")
+        if code in _BAD_CREDENTIALS:
+            return StorageError(f"{uri}: credentials rejected by S3 ({code})")
+        message = str(err.response.get("Error", {}).get("Message", "")).splitlines()
+        detail = f": {message[0]}" if message and message[0] else ""
+        return StorageError(f"{uri}: S3 error {code or 'unknown'}{detail}")
+    if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
+        return StorageError(
+            f"{uri}: no usable AWS credentials "
+            "(set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
+        )
+    if isinstance(err, EndpointConnectionError):
+        return StorageError(f"{uri}: cannot reach S3 endpoint {err.kwargs.get('endpoint_url', '')}")
+    if isinstance(err, BotoCoreError):  # messages are built from endpoints and parameters only
+        return StorageError(f"{uri}: {' '.join(str(err).split())}")
+    return StorageError(f"{uri}: {type(err).__name__}: {err}")
+
+
+def _local_error(uri: str, err: OSError) -> StorageError:
+    if isinstance(err, (FileNotFoundError, NotADirectoryError)):
+        return StorageError(f"{uri}: no such file")
+    if isinstance(err, IsADirectoryError):
+        return StorageError(f"{uri}: is a directory")
+    if isinstance(err, PermissionError):
+        return StorageError(f"{uri}: permission denied")
+    return StorageError(f"{uri}: {err.strerror or err}")
+
+
+def _missing_object(uri: str, bucket: str) -> StorageError:
+    """A HEAD that says 404 does not say whether the key or the whole bucket is missing."""
+    return StorageError(f"{uri}: {'no such key' if _bucket_exists(bucket) else 'bucket does not exist'}")
+
+
+def _bucket_exists(bucket: str) -> bool:
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except Exception as err:  # noqa: BLE001 - any answer other than "404" is surfaced below
+        if _error_code(err) in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        raise _s3_error(f"s3://{bucket}", err) from None
+    return True
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_bytes(uri: str) -> bytes:
+    """The whole content of a file or object."""
+    if is_remote(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as err:  # noqa: BLE001
+            raise _s3_error(uri, err) from None
+    try:
+        with open(local_path(uri), "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise _local_error(uri, err) from None
+
+
+def read_range(uri: str, start: int, length: int) -> bytes:
+    """Up to `length` bytes from offset `start`; fewer (or none) past the end, as with a file."""
+    if start < 0 or length < 0:
+        raise ValueError(f"read_range needs start >= 0 and length >= 0, got {start}, {length}")
+    if length == 0:
+        return b""
+    if is_remote(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            response = s3_client().get_object(
+                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
+            )
+            return response["Body"].read()
+        except Exception as err:  # noqa: BLE001
+            if _error_code(err) == "InvalidRange":  # start at or past the end of the object
+                return b""
+            raise _s3_error(uri, err) from None
+    try:
+        with open(local_path(uri), "rb") as f:
+            f.seek(start)
+            return f.read(length)
+    except OSError as err:
+        raise _local_error(uri, err) from None
+
+
+def open_for_read(uri: str) -> BinaryIO:
+    """A seekable binary file object; S3 objects are fetched whole into memory."""
+    if is_remote(uri):
+        return io.BytesIO(read_bytes(uri))
+    try:
+        return open(local_path(uri), "rb")
+    except OSError as err:
+        raise _local_error(uri, err) from None
+
+
+def stat(uri: str) -> ObjectInfo:
+    """Size, modification time and (S3 only) ETag of one file or object."""
+    if is_remote(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            head = s3_client().head_object(Bucket=bucket, Key=key)
+        except Exception as err:  # noqa: BLE001
+            if _error_code(err) in _MISSING_KEY:
+                raise _missing_object(uri, bucket) from None
+            raise _s3_error(uri, err) from None
+        modified = head.get("LastModified")
+        return ObjectInfo(
+            uri=uri,
+            size=int(head["ContentLength"]),
+            mtime=modified.timestamp() if modified else None,
+            etag=(head.get("ETag") or "").strip('"') or None,
+        )
+    path = local_path(uri)
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise _local_error(uri, err) from None
+    if os.path.isdir(path):
+        raise StorageError(f"{uri}: is a directory")
+    return ObjectInfo(uri=uri, size=st.st_size, mtime=st.st_mtime, etag=None)
+
+
+def exists(uri: str) -> bool:
+    """True if the file, folder, object or S3 "folder" (any key under `uri/`) exists."""
+    if not is_remote(uri):
+        return os.path.exists(local_path(uri))
+    bucket, key = _split_s3(uri)
+    if not key:
+        return _bucket_exists(bucket)
+    if not key.endswith("/"):
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except Exception as err:  # noqa: BLE001
+            if _error_code(err) not in _MISSING_KEY:
+                raise _s3_error(uri, err) from None
+    try:
+        listing = s3_client().list_objects_v2(Bucket=bucket, Prefix=key.rstrip("/") + "/", MaxKeys=1)
+    except Exception as err:  # noqa: BLE001
+        if _error_code(err) == "NoSuchBucket":
+            return False
+        raise _s3_error(uri, err) from None
+    return listing.get("KeyCount", 0) > 0
+
+
+# --------------------------------------------------------------------------- listing
+
+
+def _suffix_filter(suffixes: Iterable[str] | None) -> tuple[str, ...] | None:
+    return tuple(s.lower() for s in suffixes) if suffixes is not None else None
+
+
+def list_files(prefix: str, suffixes: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
+    """Every file under a folder or S3 prefix, recursively, optionally filtered by suffix.
+
+    The prefix is treated as a folder: `s3://b/videos` lists `s3://b/videos/...`, not
+    `s3://b/videos2/...`. Results stream page by page, so a bucket with millions of keys
+    starts yielding at once and is never held in memory. Suffixes match case-insensitively.
+    A missing local folder or an empty prefix yields nothing; a missing bucket raises.
+    """
+    wanted = _suffix_filter(suffixes)
+    if is_remote(prefix):
+        yield from _list_s3(prefix, wanted)
+    else:
+        yield from _list_local(prefix, wanted)
+
+
+def _list_s3(prefix: str, wanted: tuple[str, ...] | None) -> Iterator[ObjectInfo]:
+    bucket, key = _split_s3(prefix)
+    if key and not key.endswith("/"):
+        key += "/"
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key)
+    try:
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                name = obj["Key"]
+                if name.endswith("/") or (wanted and not name.lower().endswith(wanted)):
+                    continue  # "folder" placeholder objects, or not a wanted type
+                yield ObjectInfo(
+                    uri=f"s3://{bucket}/{name}",
+                    size=int(obj["Size"]),
+                    mtime=obj["LastModified"].timestamp() if obj.get("LastModified") else None,
+                    etag=(obj.get("ETag") or "").strip('"') or None,
+                )
+    except Exception as err:  # noqa: BLE001
+        raise _s3_error(prefix, err) from None
+
+
+def _list_local(prefix: str, wanted: tuple[str, ...] | None) -> Iterator[ObjectInfo]:
+    root = local_path(prefix)
+    if os.path.isfile(root):
+        if not wanted or root.lower().endswith(wanted):
+            yield stat(prefix)
+        return
+    if not os.path.isdir(root):
+        return
+    seen: set[str] = set()
+
+    def walk(folder: str, rel: tuple[str, ...]) -> Iterator[ObjectInfo]:
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop
+            return
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            raise _local_error(folder, err) from None
+        for entry in entries:
+            if entry.is_dir():
+                yield from walk(entry.path, (*rel, entry.name))
+            elif entry.is_file() and (not wanted or entry.name.lower().endswith(wanted)):
+                st = entry.stat()
+                yield ObjectInfo(join(prefix, *rel, entry.name), st.st_size, st.st_mtime, None)
+
+    yield from walk(root, ())
+
+
+# --------------------------------------------------------------------------- writing
+
+BytesLike = bytes | bytearray | memoryview
+
+
+def write_bytes(uri: str, data: BytesLike | Iterable[bytes]) -> None:
+    """Write a whole file or object atomically: readers see the old content or the new, never a part.
+
+    `data` is either bytes or an iterable of byte chunks; chunks let a large payload be
+    streamed without holding it all in memory.
+    """
+    if isinstance(data, str):
+        raise TypeError("write_bytes needs bytes, not str (encode it first)")
+    if is_remote(uri):
+        _write_s3(uri, data)
+    else:
+        _write_local(uri, data)
+
+
+def _chunks(data: BytesLike | Iterable[bytes]) -> Iterable[BytesLike]:
+    return (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
+
+
+def _write_local(uri: str, data: BytesLike | Iterable[bytes]) -> None:
+    path = local_path(uri)
+    folder = os.path.dirname(path) or "."
+    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in _chunks(data):
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_folder(folder)
+    except OSError as err:
+        raise _local_error(uri, err) from None
+
+
+def _fsync_folder(folder: str) -> None:
+    """Persist the rename itself; some file systems do not allow opening a folder, which is fine."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A read-only file over an iterator of chunks, for boto3's streaming upload."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            try:
+                self._pending = bytes(next(self._chunks))
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def _write_s3(uri: str, data: BytesLike | Iterable[bytes]) -> None:
+    bucket, key = _split_s3(uri)
+    client = s3_client()
+    try:
+        if isinstance(data, (bytes, bytearray, memoryview)) and len(data) <= MULTIPART_THRESHOLD:
+            client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+            return
+        from boto3.s3.transfer import TransferConfig
+
+        stream: BinaryIO
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            stream = io.BytesIO(data)
+        else:
+            stream = io.BufferedReader(_ChunkReader(data), MULTIPART_CHUNKSIZE)  # type: ignore[arg-type]
+        config = TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNKSIZE,
+            max_concurrency=4,  # bounds memory: about this many chunks in flight
+        )
+        client.upload_fileobj(stream, bucket, key, Config=config)
+    except Exception as err:  # noqa: BLE001
+        raise _s3_error(uri, err) from None

@@ -1,0 +1,150 @@
+"""The run summary: accuracy from the Parquet rows, set beside the preset's published numbers.
+
+Accuracy is always recomputed from the files on disk (never from in-memory state), so a
+resumed run reports exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+import x3d
+from jobs.metrics import mean_class_accuracy, top_k_accuracy
+
+__all__ = ["accuracy_from_table", "build_summary", "summary_markdown", "summary_table"]
+
+
+def accuracy_from_table(table: pa.Table) -> dict[str, Any]:
+    """top-1 / top-5 / mean-class, over decoded videos and with failures counted as misses."""
+    cols = table.select(["label", "pred", "topk_classes", "error"]).to_pydict()
+    labelled = [i for i, label in enumerate(cols["label"]) if label is not None]
+    ok = [i for i in labelled if cols["error"][i] is None]
+    out: dict[str, Any] = {
+        "num_videos": table.num_rows,
+        "num_ok": sum(1 for e in cols["error"] if e is None),
+        "num_failed": sum(1 for e in cols["error"] if e is not None),
+        "num_labelled": len(labelled),
+    }
+    labels_ok = [cols["label"][i] for i in ok]
+    topk_ok = [cols["topk_classes"][i] for i in ok]
+    out["top1_acc"] = top_k_accuracy(topk_ok, labels_ok, 1) if ok else None
+    out["top5_acc"] = top_k_accuracy(topk_ok, labels_ok, 5) if ok else None
+    out["mean_class_acc"] = mean_class_accuracy([cols["pred"][i] for i in ok], labels_ok) if ok else None
+    # The same three with every failed video counted as a miss.
+    labels_all = [cols["label"][i] for i in labelled]
+    topk_all = [cols["topk_classes"][i] or [] for i in labelled]
+    preds_all = [cols["pred"][i] if cols["pred"][i] is not None else -1 for i in labelled]
+    out["top1_acc_with_failures"] = top_k_accuracy(topk_all, labels_all, 1) if labelled else None
+    out["top5_acc_with_failures"] = top_k_accuracy(topk_all, labels_all, 5) if labelled else None
+    out["mean_class_acc_with_failures"] = _mean_class_with_misses(preds_all, labels_all) if labelled else None
+    return out
+
+
+def _mean_class_with_misses(preds: list[int], labels: list[int]) -> float:
+    """Mean class accuracy where a failed video (pred -1) is a miss but adds no class of its own."""
+    preds_arr, labels_arr = np.asarray(preds), np.asarray(labels)
+    classes = np.union1d(labels_arr, preds_arr[preds_arr >= 0])
+    recalls = []
+    for cls in classes:
+        truth = labels_arr == cls
+        recalls.append(float((preds_arr[truth] == cls).sum()) / truth.sum() if truth.any() else 0.0)
+    return float(np.mean(recalls))
+
+
+def _versions() -> dict[str, str]:
+    import ray
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__}
+    try:
+        import decord
+
+        versions["decord"] = decord.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return versions
+
+
+def build_summary(
+    table: pa.Table,
+    *,
+    dataset: str,
+    model: str,
+    views: int,
+    protocol: str,
+    checkpoint: str,
+    checkpoint_sha256: str,
+    wall_s: float,
+    workers: list[dict[str, Any]],
+    output: str,
+) -> dict[str, Any]:
+    preset = x3d.get_preset(model)
+    acc = accuracy_from_table(table)
+    num_views = int(sum(v for v in table.column("num_views").to_pylist()))
+    summary: dict[str, Any] = {
+        "dataset": dataset,
+        "model": model,
+        "views": views,
+        "protocol": protocol,
+        "checkpoint": checkpoint,
+        "checkpoint_sha256": checkpoint_sha256,
+        **acc,
+        "published": [
+            {"source": p.source, "protocol": p.protocol, "views": p.views, "top1": p.top1, "top5": p.top5}
+            for p in preset.published_for(views, protocol)
+        ],
+        "wall_s": round(wall_s, 3),
+        "videos_per_s": round(table.num_rows / wall_s, 3) if wall_s > 0 else None,
+        "clips_per_s": round(num_views / wall_s, 3) if wall_s > 0 else None,
+        "num_workers": len(workers),
+        "accelerators": sorted({w.get("accelerator", "cpu") for w in workers}),
+        "versions": _versions(),
+        "output": output,
+    }
+    return summary
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}"
+
+
+def summary_table(summary: dict[str, Any]) -> str:
+    """The accuracy table printed at the end of a run: ours beside the published numbers."""
+    rows = [("this run", summary["protocol"], _pct(summary["top1_acc"]), _pct(summary["top5_acc"]), _pct(summary["mean_class_acc"]))]
+    for p in summary["published"]:
+        top5 = "n/a" if p["top5"] is None else f"{p['top5']:.2f}"
+        rows.append((p["source"], p["protocol"], f"{p['top1']:.2f}", top5, "n/a"))
+    header = ("", "protocol", "top-1 %", "top-5 %", "mean class %")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+
+    def fmt(row: tuple) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |"
+
+    lines = [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    s = summary
+    failures = (
+        f"with the {s['num_failed']} failed videos counted as misses: top-1 {_pct(s['top1_acc_with_failures'])} %, "
+        f"top-5 {_pct(s['top5_acc_with_failures'])} %, mean class {_pct(s['mean_class_acc_with_failures'])} %"
+    )
+    return "\n".join(
+        [
+            f"# {s['model']} on {s['dataset']}, {s['views']} views ({s['protocol']})",
+            "",
+            summary_table(s),
+            "",
+            f"- videos: {s['num_videos']} ({s['num_ok']} scored, {s['num_failed']} failed); {failures}",
+            f"- checkpoint: `{s['checkpoint']}` (sha256 `{s['checkpoint_sha256'][:16]}…`)",
+            f"- wall time {s['wall_s']:.1f} s, {s['videos_per_s']} videos/s, {s['clips_per_s']} clips/s "
+            f"on {s['num_workers']} model worker(s): {', '.join(s['accelerators'])}",
+            f"- versions: " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()),
+            "",
+        ]
+    )

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""x3d-ray command line: parse flags, check them, hand over to a job. Nothing else lives here.
+
+    python submit.py --dataset k400_val                  # evaluate (the default command)
+    python submit.py evaluate --video-list list.txt --data-root videos/ --views 10
+
+Mistakes (bad flag, unknown dataset, missing file, wrong checkpoint, unreachable cluster)
+print one line and exit with status 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+COMMANDS = ("evaluate",)
+EXIT_USAGE = 2
+
+K400_HINT = (
+    "Kinetics-400 is not on this machine: put it in MMAction2's layout (see MMAction2's "
+    "tools/data/kinetics/README.md), point --data-root/--ann-file at it, or run "
+    "`python submit.py --dataset sample`, which works now"
+)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line that says what to fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _fail(message: str) -> None:
+    print(f"submit.py: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="a registered dataset name (jobs/datasets.toml or --datasets FILE)")
+    g.add_argument("--datasets", metavar="FILE", help="a TOML file adding or overriding dataset entries")
+    g.add_argument("--data-root", help="folder or s3:// prefix that annotation paths are relative to")
+    g.add_argument("--ann-file", "--video-list", dest="ann_file", help="annotation / video list file (local or s3://)")
+    g.add_argument("--ann-format", choices=["auto", "video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix"])
+    g.add_argument("--label-map", help="class names, one per line (default: the model's)")
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="model preset [the dataset's, else x3d_s]")
+    g.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights]")
+    g.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=30, help="test views per video [30]")
+    g.add_argument("--protocol", help="test protocol of the preset [mmaction2]; e.g. mmaction2-0.x")
+
+
+def _add_run_flags(p: argparse.ArgumentParser, default_probs: bool) -> None:
+    g = p.add_argument_group("run")
+    g.add_argument("--output", help="output folder or s3://bucket/prefix [runs/<dataset>-<model>-<views>v-<UTC time>]")
+    g.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, else a local Ray started for the run]")
+    g.add_argument("--num-actors", type=_positive_int, help="model actors [one per GPU; one on a CPU-only cluster]")
+    g.add_argument("--batch-size", type=_positive_int, help="clips per forward pass")
+    g.add_argument("--shard-size", type=_positive_int, default=256, help="videos per Parquet file [256]")
+    g.add_argument("--limit", type=_positive_int, help="only the first N videos")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run (same --output)")
+    g.add_argument("--save-probs", action=argparse.BooleanOptionalAction, default=default_probs,
+                   help=f"keep the full score vector per video [{'on' if default_probs else 'off'}]")
+    g.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error row [300]")
+    g.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray started when no --address is given")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="submit.py", description="X3D action recognition on Ray.")
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
+    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on a labelled dataset [default command]")
+    _add_dataset_flags(ev)
+    _add_model_flags(ev)
+    _add_run_flags(ev, default_probs=True)
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["evaluate", *argv]
+    return build_parser().parse_args(argv)
+
+
+def _dataset_from_args(args: argparse.Namespace):
+    from jobs.datasets import DatasetError, resolve_dataset
+
+    if not (args.dataset or args.ann_file or args.data_root):
+        _fail("say what to evaluate: --dataset NAME, or --video-list FILE with --data-root DIR")
+    try:
+        return resolve_dataset(
+            args.dataset,
+            datasets_file=args.datasets,
+            data_root=args.data_root,
+            ann_file=args.ann_file,
+            label_map=args.label_map,
+            ann_format=args.ann_format,
+        )
+    except DatasetError as exc:
+        _fail(str(exc))
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    from cluster.runtime import ClusterError
+    from jobs.datasets import DatasetError
+    from jobs.evaluate import EvaluateConfig, JobError, run_evaluate
+    from jobs.storage import StorageError
+
+    spec = _dataset_from_args(args)
+    cfg = EvaluateConfig(
+        dataset=spec,
+        model=args.model or spec.model or "x3d_s",
+        checkpoint=args.checkpoint,
+        views=args.views,
+        protocol=args.protocol,
+        output=args.output,
+        address=args.address,
+        num_actors=args.num_actors,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        limit=args.limit,
+        resume=args.resume,
+        save_probs=args.save_probs,
+        decode_timeout_s=args.decode_timeout,
+        local_cpus=args.num_cpus,
+        quiet=args.quiet,
+    )
+    try:
+        run_evaluate(cfg)
+    except DatasetError as exc:
+        message = str(exc)
+        if spec.name == "k400_val":
+            message = f"{message}. {K400_HINT}"
+        _fail(message)
+    except (JobError, ClusterError, StorageError) as exc:
+        _fail(str(exc))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if args.command == "evaluate":
+        return run_evaluate_command(args)
+    _fail(f"unknown command {args.command!r}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
