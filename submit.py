@@ -3,6 +3,7 @@
 
     python submit.py --dataset k400_val                  # evaluate (the default command)
     python submit.py evaluate --video-list list.txt --data-root videos/ --views 10
+    python submit.py label --input s3://bucket/new-videos/ --output s3://bucket/labels/
 
 Mistakes (bad flag, unknown dataset, missing file, wrong checkpoint, unreachable cluster)
 print one line and exit with status 2 before any work starts.
@@ -14,7 +15,7 @@ import argparse
 import os
 import sys
 
-COMMANDS = ("evaluate",)
+COMMANDS = ("evaluate", "label")
 EXIT_USAGE = 2
 
 K400_HINT = (
@@ -87,6 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_flags(ev)
     _add_model_flags(ev)
     _add_run_flags(ev, default_probs=True)
+
+    lb = sub.add_parser("label", help="label new or changed videos under a prefix or in a list (incremental)")
+    lb.add_argument("--input", required=True, help="folder, s3://bucket/prefix/ (listed recursively) or a list file")
+    lb.add_argument("--output", required=True, help="output folder or s3://bucket/prefix; reruns skip what it holds")
+    lb.add_argument("--model", default="x3d_s", help="model preset [x3d_s]")
+    lb.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights]")
+    lb.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=10, help="test views per video [10]")
+    lb.add_argument("--protocol", help="test protocol of the preset [mmaction2]")
+    lb.add_argument("--top-k", type=_positive_int, default=5, help="labels kept per video [5]")
+    lb.add_argument("--min-score", type=float, default=0.0, help="drop labels scoring below this [0]")
+    lb.add_argument("--since", help="only videos modified since an ISO date or a look-back like 36h / 7d")
+    lb.add_argument("--max-attempts", type=_positive_int, default=3, help="give up on a failing video after N runs [3]")
+    lb.add_argument("--plan", action="store_true", help="dry run: count what would be processed and estimate the time")
+    lb.add_argument("--resume", action="store_true", help="continue a crashed run (every run resumes anyway)")
+    lb.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, else a local Ray]")
+    lb.add_argument("--num-actors", type=_positive_int, help="model actors [one per GPU; one on a CPU-only cluster]")
+    lb.add_argument("--batch-size", type=_positive_int, help="clips per forward pass")
+    lb.add_argument("--shard-size", type=_positive_int, default=256, help="videos per Parquet file [256]")
+    lb.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error row [300]")
+    lb.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray started when no --address is given")
+    lb.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
 
@@ -151,11 +173,54 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_label_command(args: argparse.Namespace) -> int:
+    from cluster.runtime import ClusterError
+    from jobs.evaluate import JobError
+    from jobs.label import LabelConfig, plan_label, run_label
+    from jobs.storage import StorageError
+
+    cfg = LabelConfig(
+        input=args.input,
+        output=args.output,
+        model=args.model,
+        checkpoint=args.checkpoint,
+        views=args.views,
+        protocol=args.protocol,
+        top_k=args.top_k,
+        min_score=args.min_score,
+        since=args.since,
+        max_attempts=args.max_attempts,
+        shard_size=args.shard_size,
+        address=args.address,
+        num_actors=args.num_actors,
+        batch_size=args.batch_size,
+        decode_timeout_s=args.decode_timeout,
+        local_cpus=args.num_cpus,
+        quiet=args.quiet,
+    )
+    try:
+        if args.plan:
+            plan = plan_label(cfg)
+            eta = "unknown (no earlier run to take a rate from)" if plan["estimated_s"] is None else f"{plan['estimated_s']:.0f} s"
+            print(
+                f"plan: {plan['listed']} listed, {plan['older']} older than --since, {plan['skipped']} already labelled, "
+                f"{plan['new']} new or changed, {plan['retries']} failed before and retried; "
+                f"{plan['to_process']} to process, estimated {eta}"
+            )
+        else:
+            run_label(cfg)
+    except (JobError, ClusterError, StorageError, ValueError) as exc:
+        _fail(str(exc))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if args.command == "evaluate":
         return run_evaluate_command(args)
+    if args.command == "label":
+        return run_label_command(args)
     _fail(f"unknown command {args.command!r}")
     return EXIT_USAGE
 

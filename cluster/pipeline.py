@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import ray
@@ -73,6 +73,8 @@ class _ModelActor:
     """Ray actor body: one ModelRunner, pinned to whatever device Ray granted."""
 
     def __init__(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], threads: int, batch_size: int | None):
+        # The driver keeps the state dict's ref alive for the whole run, so a restarted actor
+        # (max_restarts) can resolve it again; Ray's warning about this at start-up is expected.
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size)
 
@@ -120,7 +122,7 @@ class _Batch:
 class _Pipeline:
     def __init__(
         self,
-        shards: Sequence[Shard],
+        shards: Iterable[Shard],
         config: PipelineConfig,
         state_dict_ref: Any,
         on_video: Callable[[VideoOutcome], None],
@@ -130,11 +132,11 @@ class _Pipeline:
         self.state_dict_ref = state_dict_ref  # held for the whole run: restarted actors re-read it
         self.on_video = on_video
         self.on_shard = on_shard
-        self.pending: deque[tuple[tuple[int, int], VideoItem]] = deque(
-            ((s.index, pos), item) for s in shards for pos, item in enumerate(s.items)
-        )
-        self.remaining = {s.index: len(s.items) for s in shards}
-        self.outcomes: dict[int, dict[int, VideoOutcome]] = {s.index: {} for s in shards}
+        # Shards are pulled lazily, so a streaming listing starts work before it ends.
+        self.shards: Iterator[Shard] | None = iter(shards)
+        self.pending: deque[tuple[tuple[int, int], VideoItem]] = deque()
+        self.remaining: dict[int, int] = {}
+        self.outcomes: dict[int, dict[int, VideoOutcome]] = {}
         self.decoding: dict[Any, _Decoding] = {}
         self.ready: deque[_Decoded] = deque()
         self.scoring: dict[Any, _Batch] = {}
@@ -188,7 +190,7 @@ class _Pipeline:
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        while self.pending or self.decoding or self.ready or self.scoring:
+        while self.shards is not None or self.pending or self.decoding or self.ready or self.scoring:
             self._start_decodes()
             self._dispatch()
             refs = list(self.decoding) + list(self.scoring)
@@ -207,14 +209,33 @@ class _Pipeline:
                     self._on_scored(ref)
             self._expire_decodes()
 
+    def _pull_shard(self) -> bool:
+        """Queue the next non-empty shard's videos; False once the shards are exhausted."""
+        while self.shards is not None:
+            shard = next(self.shards, None)
+            if shard is None:
+                self.shards = None
+                break
+            if not shard.items:
+                continue
+            self.remaining[shard.index] = len(shard.items)
+            self.outcomes[shard.index] = {}
+            self.pending.extend(((shard.index, pos), item) for pos, item in enumerate(shard.items))
+            return True
+        return False
+
     def _start_decodes(self) -> None:
+        if not self.pending:
+            self._pull_shard()
         while self.pending and len(self.decoding) < self.config.decode_slots and self._in_flight() < self.max_in_flight:
             key, item = self.pending.popleft()
             meta_ref, views_ref = self.decode_fn.remote(item, self.config.spec)
             self.decoding[meta_ref] = _Decoding(key, item, views_ref, time.monotonic() + self.config.decode_timeout_s)
+            if not self.pending:
+                self._pull_shard()
 
     def _dispatch(self) -> None:
-        more_coming = bool(self.pending or self.decoding)
+        more_coming = bool(self.pending or self.decoding or self.shards is not None)
         for actor in sorted(range(len(self.actors)), key=lambda a: self.busy[a]):
             while self.ready and self.busy[actor] < self.config.calls_per_actor:
                 batch_is_full = sum(d.result.num_views for d in self.ready) >= self.config.batch_views
@@ -315,7 +336,7 @@ def run_pipeline(
     on_start: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Score every video of ``shards``; returns a description of the actors used."""
-    pipeline = _Pipeline(list(shards), config, state_dict_ref, on_video, on_shard)
+    pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard)
     actors = pipeline.describe_actors()
     if on_start is not None:
         on_start(actors)

@@ -19,7 +19,7 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, label: str = "videos", stream: TextIO | None = None, every_s: float = 10.0):
+    def __init__(self, total: int | None, label: str = "videos", stream: TextIO | None = None, every_s: float = 10.0):
         self.total = total
         self.label = label
         self.stream = stream or sys.stderr
@@ -35,13 +35,15 @@ class Progress:
         self.done += done
         self.failed += failed
         now = time.monotonic()
-        if now - self._last >= self.every_s or self.done >= self.total:
+        if now - self._last >= self.every_s or (self.total is not None and self.done >= self.total):
             self._last = now
             self._draw(final=False)
 
     def line(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         rate = self.done / elapsed
+        if self.total is None:  # streaming input: no ETA until the listing is done
+            return f"{self.done} {self.label} | {rate:6.2f} {self.label}/s | elapsed {_clock(elapsed)} | failed {self.failed}"
         eta = (self.total - self.done) / rate if rate > 0 else float("inf")
         eta_text = _clock(eta) if eta != float("inf") else "--"
         pct = 100.0 * self.done / self.total if self.total else 100.0
@@ -62,3 +64,19 @@ class Progress:
 
     def close(self) -> None:
         self._draw(final=True)
+
+
+class _Quiet:
+    def write(self, _: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def quiet_stream() -> TextIO:
+    """A stream that swallows progress output (``--quiet``)."""
+    return _Quiet()  # type: ignore[return-value]

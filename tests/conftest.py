@@ -69,3 +69,42 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
         yield bucket
     finally:
         storage.reset_client()  # the next test must not reuse a client built for this environment
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One real local Ray instance (2 CPUs) for the session's in-process job tests.
+
+    Ray workers inherit the environment the raylet starts with, so the moto endpoint and test
+    credentials are exported first: decode tasks then read s3:// videos exactly as workers on a
+    real cluster do through their own AWS configuration.
+    """
+    import os
+
+    import ray
+
+    aws_config = str(tmp_path_factory.mktemp("aws") / "none")
+    test_env = {
+        "AWS_ENDPOINT_URL": s3_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": aws_config,
+        "AWS_SHARED_CREDENTIALS_FILE": aws_config,
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    saved = {k: os.environ.get(k) for k in test_env}
+    os.environ.update(test_env)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

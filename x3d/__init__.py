@@ -11,9 +11,7 @@ from .predict import PreparedVideo, predict_clips, predict_video, prepare_views
 from .presets import PRESETS, Architecture, Preset, PublishedResult, TestProtocol, ViewPlan, Weights, get_preset, kinetics400_classes, register_preset
 from .protocol import clip_indices, crop_offsets, fuse_views, make_views, normalize, resize_frames, resize_frames_exact
 
-try:  # checkpoints.py is optional during bootstrap; it is always present in releases
-    from .checkpoints import CheckpointError, load_model
-except ImportError:  # pragma: no cover
-    pass
+from .checkpoints import CheckpointError, load_model
+from . import checkpoints, tiny  # tiny registers the bundled self-check preset, x3d_tiny
 
 __all__ = [name for name in dir() if not name.startswith("_")]

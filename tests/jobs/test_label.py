@@ -1,0 +1,158 @@
+"""The nightly labeling job on a real local Ray: incremental, idempotent, resumable, on disk and S3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import x3d
+from jobs import storage
+from jobs.label import LabelConfig, plan_label, read_labels, run_label
+from tests.videos import write_video
+
+ray = pytest.importorskip("ray")
+ROOT = Path(__file__).resolve().parents[2]
+
+LABEL_TEST = x3d.register_preset(
+    x3d.Preset(
+        name="x3d_label_test",
+        arch=x3d.Architecture(base_width=8, base_depths=(1, 1, 1, 1), head_hidden=16, num_classes=400),
+        protocols={"mmaction2": x3d.TestProtocol("mmaction2", clip_len=4, frame_interval=2, num_clips=10, resize_short=32, crop_size=32)},
+        weights=(),
+        published=(),
+    )
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    torch.manual_seed(0)
+    model = x3d.build_model(LABEL_TEST)
+    with torch.no_grad():
+        model.cls_head.fc2.weight.mul_(50.0)  # spread the scores so videos differ
+    path = tmp_path_factory.mktemp("ckpt") / "label_test.pth"
+    x3d.checkpoints.save_mmaction2_checkpoint(model, path)
+    return str(path)
+
+
+def _videos(folder: Path, count: int, start_seed: int = 0) -> list[Path]:
+    return [write_video(folder / f"clip_{i:02d}.mp4", 24 + 3 * i, 40, 56, 25, seed=start_seed + i) for i in range(count)]
+
+
+def _config(input_: str, output: str, checkpoint: str, **kw) -> LabelConfig:
+    return LabelConfig(input=input_, output=output, model="x3d_label_test", checkpoint=checkpoint, views=1, shard_size=2, quiet=True, **kw)
+
+
+def _versions(output: str) -> list[tuple[str, str, int]]:
+    """(video, version, attempt) of every row ever written: a duplicate would be a double row."""
+    table = read_labels(output, latest_only=False)
+    return list(zip(*(table.column(c).to_pylist() for c in ("video", "version", "attempt"))))
+
+
+def test_incremental_runs_on_a_local_folder(tmp_path, ray_local, checkpoint):
+    videos = tmp_path / "videos"
+    _videos(videos, 5)
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    out = str(tmp_path / "labels")
+
+    first = run_label(_config(str(videos), out, checkpoint, max_attempts=2))
+    assert (first["labelled"], first["failed"]) == (5, 1)
+    table = read_labels(out)
+    assert table.num_rows == 6
+    ok = [r for r in table.to_pylist() if r["error"] is None]
+    assert all(len(r["labels"]) == 5 and r["scores"] == sorted(r["scores"], reverse=True) for r in ok)
+    assert [r for r in table.to_pylist() if r["error"]][0]["video"].endswith("broken.mp4")
+
+    # Second run: nothing new, only the failed video is retried (attempt 2 of 2).
+    second = run_label(_config(str(videos), out, checkpoint, max_attempts=2))
+    assert (second["skipped"], second["retries"], second["labelled"], second["failed"]) == (5, 1, 0, 1)
+    # Third run: the broken video has used its attempts; nothing at all to do.
+    third = run_label(_config(str(videos), out, checkpoint, max_attempts=2))
+    assert (third["skipped"], third["labelled"], third["failed"]) == (6, 0, 0)
+
+    # Add one video and modify another: exactly those two are processed.
+    write_video(videos / "clip_new.mp4", 30, 40, 56, 25, seed=99)
+    write_video(videos / "clip_01.mp4", 33, 40, 56, 25, seed=77)
+    plan = plan_label(_config(str(videos), out, checkpoint, max_attempts=2))
+    assert (plan["new"], plan["to_process"]) == (2, 2)
+    fourth = run_label(_config(str(videos), out, checkpoint, max_attempts=2))
+    assert (fourth["new"], fourth["labelled"], fourth["failed"]) == (2, 2, 0)
+    rows = _versions(out)
+    assert len(rows) == len(set(rows)) == 9  # 5 + broken (attempts 1, 2) + new + modified
+    assert read_labels(out).num_rows == 8  # one row per video version: its latest attempt
+
+
+def test_labels_match_predict_video(tmp_path, ray_local, checkpoint):
+    videos = tmp_path / "v"
+    paths = _videos(videos, 3, start_seed=10)
+    out = str(tmp_path / "labels")
+    run_label(_config(str(videos), out, checkpoint))
+    model = x3d.load_model("x3d_label_test", checkpoint=checkpoint)
+    rows = {Path(r["video"]).name: r for r in read_labels(out).to_pylist()}
+    classes = LABEL_TEST.classes
+    for path in paths:
+        probs = x3d.predict_video(model, str(path), LABEL_TEST, views=1)
+        top = np.argsort(probs)[-5:][::-1]
+        assert rows[path.name]["labels"] == [classes[i] for i in top]
+        np.testing.assert_allclose(rows[path.name]["scores"], probs[top], atol=1e-5)
+
+
+def test_incremental_runs_on_s3(tmp_path, ray_local, checkpoint, s3_env):
+    bucket = s3_env
+    local = _videos(tmp_path / "v", 3, start_seed=20)
+    for path in local:
+        storage.write_bytes(f"s3://{bucket}/incoming/{path.name}", path.read_bytes())
+    prefix, out = f"s3://{bucket}/incoming/", f"s3://{bucket}/labels"
+
+    first = run_label(_config(prefix, out, checkpoint))
+    assert first["labelled"] == 3
+    assert run_label(_config(prefix, out, checkpoint))["skipped"] == 3
+    # A new object and a rewritten one (new etag) are the only work of the next run.
+    storage.write_bytes(f"s3://{bucket}/incoming/extra.mp4", local[0].read_bytes())
+    storage.write_bytes(f"s3://{bucket}/incoming/{local[1].name}", local[2].read_bytes())
+    third = run_label(_config(prefix, out, checkpoint))
+    assert (third["new"], third["labelled"]) == (2, 2)
+    versions = _versions(out)
+    assert len(versions) == len(set(versions)) == 5
+
+
+@pytest.mark.timeout(300)
+def test_killed_run_resumes_with_one_row_per_version(tmp_path, checkpoint):
+    """The CLI process is SIGKILLed after its first shard lands; --resume finishes the rest."""
+    videos = tmp_path / "v"
+    _videos(videos, 8, start_seed=40)
+    out = tmp_path / "labels"
+    tiny_ckpt = tmp_path / "tiny.pth"
+    x3d.checkpoints.save_mmaction2_checkpoint(x3d.build_model("x3d_tiny"), tiny_ckpt)
+    cmd = [sys.executable, str(ROOT / "submit.py"), "label", "--input", str(videos), "--output", str(out),
+           "--model", "x3d_tiny", "--checkpoint", str(tiny_ckpt), "--views", "10", "--shard-size", "2",
+           "--num-cpus", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    labels = out / "labels"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if labels.exists() and any(p.suffix == ".parquet" for p in labels.iterdir()):
+            break
+        time.sleep(0.2)
+    killed = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = read_labels(str(out), latest_only=False).num_rows
+    assert 0 < partial or not killed
+
+    rerun = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    versions = _versions(str(out))
+    assert len(versions) == len(set(versions)) == 8
+    if killed:
+        assert partial < 8  # the kill landed mid-run, so the resume had real work left
