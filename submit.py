@@ -12,6 +12,7 @@ print one line and exit with status 2 before any work starts.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -214,7 +215,22 @@ def run_label_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_extensions() -> None:
+    """Extension (and test) hook: ``X3D_PRESETS_MODULE=pkg.mod[,pkg.other]`` is imported first.
+
+    Such a module can ``x3d.register_preset(...)`` models that ship outside this package; the
+    preset object travels to the Ray workers with the job, so only the driver imports it.
+    """
+    for name in filter(None, (n.strip() for n in os.environ.get("X3D_PRESETS_MODULE", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any failure is the user's setting, not a crash
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _fail(f"X3D_PRESETS_MODULE: cannot import {name} ({type(exc).__name__}: {first})")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _import_extensions()
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if args.command == "evaluate":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import ray
@@ -30,6 +31,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _check_reachable(address)  # ray.init would retry an unreachable GCS for minutes
     env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
     ray_logger = logging.getLogger("ray")
     level = ray_logger.level
@@ -38,7 +41,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, runtime_env=env)
         else:
-            ray.init(num_cpus=num_cpus, logging_level=logging.ERROR, include_dashboard=False, runtime_env=env)
+            # "local": a fresh instance for this run, never whatever `ray start` left on this host
+            ray.init(
+                address="local", num_cpus=num_cpus, logging_level=logging.ERROR, include_dashboard=False, runtime_env=env
+            )
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = address or "a local Ray instance"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -48,6 +54,33 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     finally:
         ray_logger.setLevel(level)
     return not address
+
+
+REACH_TIMEOUT_S = 5.0
+
+
+def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Fail in seconds when nothing listens at ``address``.
+
+    ``ray.init`` itself retries an unreachable GCS for minutes, printing warnings as it
+    goes; a TCP connect to the host and port answers the common mistake at once. Addresses
+    Ray resolves itself (``auto``, ``local``) or that do not end in a port are left to Ray.
+    """
+    if address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise ClusterError(
+            f"could not connect to Ray at {address} ({reason}); check --address / RAY_ADDRESS, "
+            "or omit both to run locally"
+        ) from None
 
 
 def cluster_shape() -> ClusterShape:

@@ -202,16 +202,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     shards = shard_items(job.items, cfg.shard_size)
     done = set(results.list_shards(job.output)) if cfg.resume else set()
     todo = [Shard(i, items) for i, items in shards if i not in done]
-    storage.write_bytes(storage.join(job.output, "run.json"), json.dumps(job.manifest, indent=2).encode())
-    _log(cfg, f"evaluate: {len(job.items)} videos in {len(shards)} shards -> {job.output}")
-    if done:
-        _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
 
     import ray
 
+    # Join the cluster before the first write, so an unreachable --address leaves no output.
     started = start_cluster(cfg.address, cfg.local_cpus)
     workers: list[dict[str, Any]] = []
     try:
+        storage.write_bytes(storage.join(job.output, "run.json"), json.dumps(job.manifest, indent=2).encode())
+        _log(cfg, f"evaluate: {len(job.items)} videos in {len(shards)} shards -> {job.output}")
+        if done:
+            _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
         pipe_cfg = pipeline_config_for(
             ModelSpec(x3d.get_preset(cfg.model), cfg.views, job.protocol),
             num_actors=cfg.num_actors,

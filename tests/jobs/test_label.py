@@ -126,14 +126,19 @@ def test_incremental_runs_on_s3(tmp_path, ray_local, checkpoint, s3_env):
 
 @pytest.mark.timeout(300)
 def test_killed_run_resumes_with_one_row_per_version(tmp_path, checkpoint):
-    """The CLI process is SIGKILLed after its first shard lands; --resume finishes the rest."""
+    """The CLI process is SIGKILLed after its first shard lands; --resume finishes the rest.
+
+    Twenty one-video shards, so that work is still left when the first one lands: with fewer,
+    a fast machine could finish them all between two looks at the output folder.
+    """
+    total = 20
     videos = tmp_path / "v"
-    _videos(videos, 8, start_seed=40)
+    _videos(videos, total, start_seed=40)
     out = tmp_path / "labels"
     tiny_ckpt = tmp_path / "tiny.pth"
     x3d.checkpoints.save_mmaction2_checkpoint(x3d.build_model("x3d_tiny"), tiny_ckpt)
     cmd = [sys.executable, str(ROOT / "submit.py"), "label", "--input", str(videos), "--output", str(out),
-           "--model", "x3d_tiny", "--checkpoint", str(tiny_ckpt), "--views", "10", "--shard-size", "2",
+           "--model", "x3d_tiny", "--checkpoint", str(tiny_ckpt), "--views", "10", "--shard-size", "1",
            "--num-cpus", "2", "--quiet"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
@@ -143,7 +148,7 @@ def test_killed_run_resumes_with_one_row_per_version(tmp_path, checkpoint):
     while time.monotonic() < deadline and proc.poll() is None:
         if labels.exists() and any(p.suffix == ".parquet" for p in labels.iterdir()):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     killed = proc.poll() is None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -153,6 +158,6 @@ def test_killed_run_resumes_with_one_row_per_version(tmp_path, checkpoint):
     rerun = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     versions = _versions(str(out))
-    assert len(versions) == len(set(versions)) == 8
+    assert len(versions) == len(set(versions)) == total
     if killed:
-        assert partial < 8  # the kill landed mid-run, so the resume had real work left
+        assert partial < total  # the kill landed mid-run, so the resume had real work left

@@ -1,0 +1,191 @@
+"""A small labelled video set, its checkpoint and reference scores, for the evaluate-job tests.
+
+Built once per test session (``build_evalset`` is memoised by folder) and shared by
+``tests/cluster`` and ``tests/jobs/test_evaluate.py``:
+
+* ~10 real MP4s of different sizes, frame rates and lengths (one shorter than a clip, so
+  MMAction2's wrap-around sampling runs), each tinted differently so the random model tells
+  them apart;
+* a random-weight ``x3d_test`` checkpoint (``tests/presets.py``);
+* reference probabilities from ``x3d.predict_video``, the library's own single-process path,
+  which every Ray run must reproduce;
+* an MMAction2 video list whose labels are chosen from those references, so top-1, top-5 and
+  mean-class accuracy are all strictly between 0 and 1.
+
+Also here: the accuracy arithmetic the tests use to check ``summary.json`` without
+``jobs.metrics``, and helpers to watch and kill the process sessions the tests start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import x3d
+from tests import presets, videos
+
+PRESET = presets.NAME
+VIEWS = 30
+
+# (frames, height, width, fps): different sizes, rates, lengths; 6 frames < one 4x2 clip at 30 fps.
+# No width of 48 or 72: decord 0.6 fails on those tiny widths (a row stride mismatch in its
+# frame copy), which real videos never have.
+SHAPES = [
+    (24, 40, 56, 30),
+    (40, 48, 64, 25),
+    (6, 36, 52, 30),
+    (60, 64, 52, 24),
+    (33, 32, 80, 30),
+    (48, 56, 76, 15),
+    (20, 52, 52, 60),
+    (90, 40, 64, 30),
+    (15, 72, 96, 12),
+    (36, 44, 60, 29),
+]
+
+
+@dataclass
+class EvalSet:
+    root: Path  # data root of the video list
+    ann_file: Path  # MMAction2 video list: "name label"
+    checkpoint: Path
+    names: list[str]  # video keys, in list order
+    labels: dict[str, int]
+    probs: dict[str, np.ndarray] = field(repr=False)  # reference fused scores per video
+
+    def topk(self, name: str, k: int = 5) -> list[int]:
+        p = self.probs[name]
+        order = np.argsort(-p, kind="stable")
+        return [int(c) for c in order[:k]]
+
+    def pred(self, name: str) -> int:
+        return int(np.argmax(self.probs[name]))
+
+
+def tinted_frames(index: int, num_frames: int, height: int, width: int) -> np.ndarray:
+    """``videos.moving_frames`` with a per-video contrast and colour cast."""
+    rng = np.random.default_rng(1000 + index)
+    frames = videos.moving_frames(num_frames, height, width, seed=index).astype(np.float32)
+    frames = frames * rng.uniform(0.3, 1.0) + rng.integers(-60, 60, size=3)
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def write_videos(folder: Path, shapes=SHAPES, prefix: str = "clip") -> list[str]:
+    """Encode one video per shape under ``folder`` (in sub-folders, as Kinetics has); return keys."""
+    names = []
+    for i, (frames, height, width, fps) in enumerate(shapes):
+        name = f"{'ab'[i % 2]}/{prefix}{i:02d}.mp4"
+        videos.write_video(folder / name, frames=tinted_frames(i, frames, height, width), fps=fps)
+        names.append(name)
+    return names
+
+
+def choose_labels(names: list[str], probs: dict[str, np.ndarray]) -> dict[str, int]:
+    """Labels that make the metrics interesting: some top-1 hits, some top-5-only hits, misses."""
+    labels = {}
+    for i, name in enumerate(names):
+        order = np.argsort(-probs[name], kind="stable")
+        labels[name] = int(order[[0, 2, 0, 399, 4][i % 5]])
+    return labels
+
+
+def write_video_list(path: Path, entries: list[tuple[str, int | None]]) -> Path:
+    path.write_text("".join(f"{name} {'' if label is None else label}".rstrip() + "\n" for name, label in entries))
+    return path
+
+
+@lru_cache(maxsize=None)
+def build_evalset(folder: Path) -> EvalSet:
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder / "videos"
+    names = write_videos(root)
+    checkpoint = presets.write_checkpoint(folder / "x3d_test.pth", seed=0)
+    model = x3d.load_model(PRESET, str(checkpoint))
+    probs = {name: x3d.predict_video(model, str(root / name), preset=PRESET, views=VIEWS) for name in names}
+    labels = choose_labels(names, probs)
+    ann_file = write_video_list(folder / "val_list.txt", [(n, labels[n]) for n in names])
+    return EvalSet(root, ann_file, checkpoint, names, labels, probs)
+
+
+@pytest.fixture(scope="session")
+def evalset(tmp_path_factory: pytest.TempPathFactory) -> EvalSet:
+    return build_evalset(tmp_path_factory.getbasetemp() / "evalset")
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def ray_node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def expected_accuracy(rows: list[tuple[int, list[int] | None]]) -> dict[str, float]:
+    """top-1, top-5 and MMAction2 mean-class accuracy of (label, top-5 or None if failed) pairs.
+
+    Written out from the definitions rather than taken from jobs.metrics: mean-class
+    accuracy averages per-class recall over the classes that occur as a label or as a
+    prediction (MMAction2's confusion-matrix rule); a failed video is a miss and adds no
+    class of its own.
+    """
+    n = len(rows)
+    top1 = sum(1 for label, top in rows if top and top[0] == label) / n
+    top5 = sum(1 for label, top in rows if top and label in top[:5]) / n
+    classes = {label for label, _ in rows} | {top[0] for _, top in rows if top}
+    recalls = []
+    for c in sorted(classes):
+        truth = [(label, top) for label, top in rows if label == c]
+        hits = sum(1 for _, top in truth if top and top[0] == c)
+        recalls.append(hits / len(truth) if truth else 0.0)
+    return {"top1": top1, "top5": top5, "mean_class": sum(recalls) / len(recalls)}
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (a process started with ``start_new_session=True``)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        state, session = fields[0], int(fields[3])
+        if session == sid and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def wait_session_gone(sid: int, timeout_s: float = 30.0) -> list[int]:
+    """Wait for every process of session ``sid`` to exit; returns those still alive."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = session_pids(sid)
+        if not left:
+            return []
+        time.sleep(0.2)
+    return session_pids(sid)
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL whatever is left of session ``sid`` (only processes this test started)."""
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

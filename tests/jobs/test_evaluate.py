@@ -1,0 +1,179 @@
+"""The evaluate job end to end, in process, on a real local Ray instance.
+
+Real videos, a real (random-weight) checkpoint, real Ray tasks and actors, real Parquet on
+local disk and on an S3 server (moto over HTTP). The oracle is ``x3d.predict_video``: the job
+must give every video exactly the scores the library gives it in one process, and
+``summary.json`` must hold the accuracy computed here from the labels.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import pytest
+
+import x3d
+from jobs import storage
+from jobs.datasets import resolve_dataset
+from jobs.evaluate import EvaluateConfig, run_evaluate
+from tests import videos
+from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
+    PRESET,
+    VIEWS,
+    EvalSet,
+    evalset,
+    expected_accuracy,
+    ray_node_id,
+    write_video_list,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+PROB_TOL = 1e-5
+ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", "top5_acc_with_failures", "mean_class_acc_with_failures")
+
+
+def config(ev: EvalSet, output: str, ann_file: Path | None = None, data_root: Path | None = None, **kw) -> EvaluateConfig:
+    spec = resolve_dataset(None, data_root=str(data_root or ev.root), ann_file=str(ann_file or ev.ann_file))
+    kw.setdefault("shard_size", 4)
+    return EvaluateConfig(dataset=spec, model=PRESET, checkpoint=str(ev.checkpoint), views=VIEWS, output=output, quiet=True, **kw)
+
+
+def read_local(output: Path) -> dict[str, list]:
+    """The predictions with nothing but plain pyarrow.dataset."""
+    return ds.dataset(str(output / "predictions"), format="parquet").to_table().to_pydict()
+
+
+@pytest.fixture(scope="module")
+def local_run(evalset: EvalSet, ray_local, tmp_path_factory) -> tuple[Path, dict, str, str]:
+    """One undisturbed run to a local folder; also records the Ray node before and after."""
+    output = tmp_path_factory.mktemp("local") / "run"
+    before = ray_node_id()
+    summary = run_evaluate(config(evalset, str(output)))
+    return output, summary, before, ray_node_id()
+
+
+def test_run_uses_the_callers_ray_and_leaves_it_running(local_run):
+    import ray
+
+    _, _, before, after = local_run
+    assert ray.is_initialized()
+    assert before == after  # neither re-initialised nor shut down
+
+
+def test_predictions_equal_predict_video(evalset: EvalSet, local_run):
+    output, _, _, _ = local_run
+    rows = read_local(output)
+    assert rows["video"] == evalset.names  # one row each, in annotation order (shard order)
+    assert rows["label"] == [evalset.labels[n] for n in evalset.names]
+    classes = x3d.get_preset(PRESET).classes
+    for i, name in enumerate(evalset.names):
+        probs = np.asarray(rows["probs"][i], dtype=np.float32)
+        ref = evalset.probs[name]
+        assert probs.shape == ref.shape == (400,)
+        assert np.abs(probs - ref).max() < PROB_TOL, name
+        assert rows["error"][i] is None
+        assert rows["pred"][i] == evalset.pred(name)
+        assert rows["pred_name"][i] == classes[evalset.pred(name)]
+        assert rows["topk_classes"][i] == evalset.topk(name)
+        np.testing.assert_allclose(rows["topk_scores"][i], ref[evalset.topk(name)], atol=PROB_TOL)
+        assert rows["num_views"][i] == VIEWS
+        assert rows["worker"][i].rsplit(":", 1)[1].isdigit()
+    # The random model must actually tell the videos apart, or the comparison proves little.
+    assert len(set(rows["pred"])) >= 3
+    all_probs = np.asarray(rows["probs"])
+    gaps = [np.abs(all_probs[i] - all_probs[j]).max() for i in range(len(all_probs)) for j in range(i)]
+    assert min(gaps) > 1e-3
+
+
+def test_summary_accuracy_matches_labels(evalset: EvalSet, local_run):
+    output, returned, _, _ = local_run
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary == json.loads(json.dumps(returned))
+    expected = expected_accuracy([(evalset.labels[n], evalset.topk(n)) for n in evalset.names])
+    assert 0 < expected["top1"] < expected["top5"] < 1  # the labels exercise every metric
+    assert summary["top1_acc"] == pytest.approx(expected["top1"])
+    assert summary["top5_acc"] == pytest.approx(expected["top5"])
+    assert summary["mean_class_acc"] == pytest.approx(expected["mean_class"])
+    for key in ("top1", "top5", "mean_class"):  # no failures: the two views agree
+        assert summary[f"{key}_acc_with_failures"] == pytest.approx(expected[key])
+    assert (summary["num_videos"], summary["num_ok"], summary["num_failed"]) == (10, 10, 0)
+    assert (summary["model"], summary["views"], summary["protocol"]) == (PRESET, VIEWS, "mmaction2")
+    assert summary["checkpoint_sha256"] == x3d.checkpoints.file_sha256(evalset.checkpoint)
+    assert summary["published"] == [{"source": "test", "protocol": "mmaction2", "views": 30, "top1": 50.0, "top5": None}]
+    assert summary["accelerators"] == ["cpu"] and summary["num_workers"] == 1
+    assert summary["wall_s"] > 0 and summary["videos_per_s"] > 0
+    assert sorted(p.name for p in (output / "predictions").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
+    run = json.loads((output / "run.json").read_text())
+    assert (run["model"], run["views"], run["num_videos"], run["shard_size"]) == (PRESET, VIEWS, 10, 4)
+    assert "| this run | mmaction2 |" in (output / "summary.md").read_text()
+
+
+def test_s3_output_equals_local(evalset: EvalSet, local_run, s3_env: str, s3_server: str):
+    import boto3
+    import pyarrow.fs
+
+    output, local_summary, _, _ = local_run
+    uri = f"s3://{s3_env}/run1"
+    summary = run_evaluate(config(evalset, uri))
+
+    keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=s3_env)["Contents"])
+    assert keys == ["run1/predictions/part-00000.parquet", "run1/predictions/part-00001.parquet",
+                    "run1/predictions/part-00002.parquet", "run1/run.json", "run1/summary.json", "run1/summary.md"]
+    # Plain pyarrow, its own S3 client: what a user's notebook would do.
+    fs = pyarrow.fs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1", endpoint_override=s3_server)
+    remote = ds.dataset(f"{s3_env}/run1/predictions", format="parquet", filesystem=fs).to_table().to_pydict()
+    local = read_local(output)
+    for column in ("video", "label", "pred", "pred_name", "topk_classes", "num_views", "error"):
+        assert remote[column] == local[column], column
+    np.testing.assert_allclose(np.asarray(remote["probs"]), np.asarray(local["probs"]), atol=PROB_TOL, rtol=0)
+
+    stored = json.loads(storage.read_bytes(f"{uri}/summary.json"))
+    assert stored["output"] == uri
+    for key in ACC_KEYS + ("num_videos", "num_ok", "num_failed"):
+        assert stored[key] == summary[key] == local_summary[key], key
+
+
+def test_bad_videos_become_error_rows(evalset: EvalSet, ray_local, tmp_path: Path):
+    root = tmp_path / "data"
+    good = [evalset.names[i] for i in (0, 3, 7)]
+    for name in good:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(evalset.root / name, root / name)
+    broken = videos.write_broken_videos(root / "broken", root / good[0])
+    bad = {kind: f"broken/{path.name}" for kind, path in broken.items()}
+    assert not broken["missing"].exists() and broken["zero"].stat().st_size == 0
+    entries = [(good[0], evalset.labels[good[0]]), (bad["missing"], 1), (bad["zero"], 2), (good[1], evalset.labels[good[1]]),
+               (bad["truncated"], 3), (bad["text"], 4), (good[2], evalset.labels[good[2]])]
+    ann = write_video_list(tmp_path / "list.txt", entries)
+    output = tmp_path / "out"
+
+    summary = run_evaluate(config(evalset, str(output), ann_file=ann, data_root=root, shard_size=3))
+
+    rows = read_local(output)
+    assert rows["video"] == [name for name, _ in entries]  # every video has its row, in order
+    for i, (name, label) in enumerate(entries):
+        assert rows["label"][i] == label
+        if name in good:
+            assert rows["error"][i] is None
+            assert np.abs(np.asarray(rows["probs"][i]) - evalset.probs[name]).max() < PROB_TOL
+            continue
+        error = rows["error"][i]
+        assert isinstance(error, str) and error.strip() and "\n" not in error, (name, error)
+        assert Path(name).name in error, error  # says which file
+        assert rows["pred"][i] is None and rows["pred_name"][i] is None and rows["probs"][i] is None
+        assert rows["topk_classes"][i] == [] and rows["topk_scores"][i] == []
+        assert rows["num_views"][i] == 0
+
+    assert (summary["num_videos"], summary["num_ok"], summary["num_failed"]) == (7, 3, 4)
+    ok = expected_accuracy([(evalset.labels[n], evalset.topk(n)) for n in good])
+    with_failures = expected_accuracy([(label, evalset.topk(name) if name in good else None) for name, label in entries])
+    for key in ("top1", "top5", "mean_class"):
+        assert summary[f"{key}_acc"] == pytest.approx(ok[key]), key
+        assert summary[f"{key}_acc_with_failures"] == pytest.approx(with_failures[key]), key
+    assert summary["top1_acc_with_failures"] < summary["top1_acc"] or summary["top1_acc"] == 0
+    assert json.loads((output / "summary.json").read_text())["num_failed"] == 4
