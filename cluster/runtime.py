@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -33,7 +34,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         _check_reachable(address)  # ray.init would retry an unreachable GCS for minutes
-    env = {"env_vars": {"PYTHONUNBUFFERED": "1"}}
+    env = _driver_runtime_env()
     ray_logger = logging.getLogger("ray")
     level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # start-up chatter is not for the job's users
@@ -56,6 +57,24 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     return not address
 
 
+def _driver_runtime_env() -> dict | None:
+    """Env vars for the job's workers, less those a submitted job's runtime env already sets.
+
+    Under ``ray job submit`` the job's runtime env (``RAY_JOB_CONFIG_JSON_ENV_VAR``) is merged
+    with the one given to ``ray.init``, and Ray refuses the merge when both name the same
+    env var, even with the same value; ``--runtime-env-json '{"env_vars":
+    {"PYTHONUNBUFFERED": "1"}}'`` would otherwise fail the job.
+    """
+    env_vars = {"PYTHONUNBUFFERED": "1"}
+    try:
+        job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+        taken = set((job_config.get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError, TypeError):
+        taken = set()
+    env_vars = {k: v for k, v in env_vars.items() if k not in taken}
+    return {"env_vars": env_vars} if env_vars else None
+
+
 REACH_TIMEOUT_S = 5.0
 
 
@@ -69,8 +88,15 @@ def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
     if address in ("auto", "local"):
         return
     host, sep, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        return
+    if not sep or not host:
+        return  # no port given: left to Ray
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        return  # a bare IPv6 address, no port to check
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ClusterError(
+            f"bad Ray address {address!r}: the port {port!r} is not a number from 1 to 65535; "
+            "check --address / RAY_ADDRESS (host:port, e.g. 10.0.0.5:6379)"
+        )
     host = host.strip("[]")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s):

@@ -44,6 +44,7 @@ __all__ = [
     "VideoItem",
     "check_dataset",
     "detect_format",
+    "generate_dataset",
     "iter_items",
     "load_registry",
     "parse_path_list",
@@ -59,14 +60,21 @@ REGISTRY_NAME = "jobs/datasets.toml"  # how messages refer to it, wherever the p
 
 # Label maps known by name. Path relative to this file so it works both from a checkout
 # and from site-packages, without importing the x3d package (and torch with it).
+_X3D_DATA = Path(__file__).resolve().parent.parent / "x3d" / "data"
 LABEL_MAPS: dict[str, str] = {
-    "k400": str(Path(__file__).resolve().parent.parent / "x3d" / "data" / "kinetics400_labels.txt"),
+    "k400": str(_X3D_DATA / "kinetics400_labels.txt"),
+    "sample": str(_X3D_DATA / "sample_labels.txt"),
 }
+
+# Datasets this package can make itself (`generator = "..."` in a registry entry): the
+# synthetic motion videos of x3d.sample_data, generated into the cache on first use, so the
+# README's main command runs on a machine that has no data at all.
+GENERATORS = {"sample:val": ("val", False), "sample:val-shuffled": ("val", True)}
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv")
 FORMATS = ("video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix")
 
-_ENTRY_KEYS = ("data_root", "ann_file", "ann_format", "separator", "label_map", "model", "description")
+_ENTRY_KEYS = ("data_root", "ann_file", "ann_format", "separator", "label_map", "model", "description", "generator")
 _FLAGS = {
     "data_root": "--data-root",
     "ann_file": "--ann-file",
@@ -92,6 +100,7 @@ class DatasetSpec:
     separator: str | None = None  # None: any run of whitespace
     description: str = ""
     source: str | None = None  # registry file defining the entry; None when built from flags
+    generator: str | None = None  # one of GENERATORS: the files are made on first use
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,10 @@ def _parse_registry(text: str, source: str) -> dict[str, DatasetSpec]:
                 raise DatasetError(f"{source}: dataset '{name}': '{key}' must be a string")
         spec = DatasetSpec(name=name, source=source, **entry)
         _check_format(spec.ann_format, f"{source}: dataset '{name}'")
+        if spec.generator is not None and spec.generator not in GENERATORS:
+            raise DatasetError(
+                f"{source}: dataset '{name}': unknown generator '{spec.generator}' (one of: {', '.join(GENERATORS)})"
+            )
         specs[name] = spec
     return specs
 
@@ -193,12 +206,39 @@ def resolve_dataset(
                 "(add your own with --datasets)"
             )
         spec = registry[name]
+    if spec.generator is not None:
+        spec = _generated_paths(spec)
     flags = {"data_root": data_root, "ann_file": ann_file, "label_map": label_map, "ann_format": ann_format}
     spec = dataclasses.replace(spec, **{k: v for k, v in flags.items() if v is not None})
     _check_format(spec.ann_format, "--ann-format")
     if spec.ann_format == "auto" and spec.ann_file is None:
         spec = dataclasses.replace(spec, ann_format="prefix")  # nothing to read: list the data root
     return spec
+
+
+def _generated_paths(spec: DatasetSpec) -> DatasetSpec:
+    """Where a generated dataset lives (in the x3d cache); nothing is generated yet."""
+    from x3d import sample_data  # numpy only, but keep it off the path of every other dataset
+
+    split, shuffled = GENERATORS[spec.generator]
+    root = sample_data.sample_cache_dir()
+    ann_file = sample_data.list_file(root, split, shuffled)
+    return dataclasses.replace(spec, data_root=str(root), ann_file=str(ann_file), ann_format="video_list")
+
+
+def generate_dataset(spec: DatasetSpec, verbose: bool = True) -> None:
+    """Make a generated dataset's files if they are not complete yet (a no-op for other datasets).
+
+    Generation is deterministic and guarded by a lock and completion markers in the cache, so
+    concurrent or interrupted first runs end with the same files.
+    """
+    if spec.generator is None:
+        return
+    from x3d import sample_data
+
+    split, shuffled = GENERATORS[spec.generator]
+    splits = () if shuffled else (split,)
+    sample_data.ensure_sample_dataset(splits=splits, shuffled=shuffled, workers=os.cpu_count() or 1, verbose=verbose)
 
 
 def _hint(spec: DatasetSpec, key: str) -> str:

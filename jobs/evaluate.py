@@ -21,7 +21,7 @@ import torch
 
 import x3d
 from jobs import results, storage
-from jobs.datasets import DatasetSpec, VideoItem, check_dataset, iter_items, read_label_map
+from jobs.datasets import DatasetSpec, VideoItem, check_dataset, generate_dataset, iter_items, read_label_map
 from jobs.metrics import topk_from_scores
 from jobs.progress import Progress
 from jobs.summary import build_summary, summary_markdown, summary_table
@@ -99,6 +99,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         raise JobError(str(exc)) from None
     if cfg.shard_size < 1:
         raise JobError("--shard-size must be at least 1")
+    generate_dataset(cfg.dataset, verbose=not cfg.quiet)
     check_dataset(cfg.dataset)
     items = list(iter_items(cfg.dataset))
     if cfg.limit is not None:
@@ -116,7 +117,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
     try:
         info = x3d.checkpoints.load_checkpoint_into(model, cfg.checkpoint or _default_weights(preset), model_name=cfg.model)
     except x3d.CheckpointError as exc:
-        raise JobError(str(exc)) from None
+        raise JobError(f"{exc}; check --checkpoint and --model") from None
 
     output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
     manifest = {
@@ -225,18 +226,19 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         start = time.monotonic()
         state_ref = ray.put(job.state_dict)
 
+        done_here = {"videos": 0, "clips": 0}  # this invocation's work: a resumed run's throughput
+
+        def on_video(outcome) -> None:
+            done_here["videos"] += 1
+            done_here["clips"] += outcome.num_views
+            progress.update(1, int(outcome.error is not None))
+
         def on_shard(index: int, outcomes: list) -> None:
             rows = [outcome_row(o, job.classes, cfg.save_probs) for o in outcomes]
             results.write_shard(job.output, index, rows)
 
         if todo:
-            workers = run_pipeline(
-                todo,
-                pipe_cfg,
-                state_ref,
-                on_video=lambda o: progress.update(1, int(o.error is not None)),
-                on_shard=on_shard,
-            )
+            workers = run_pipeline(todo, pipe_cfg, state_ref, on_video=on_video, on_shard=on_shard)
             progress.close()
         wall = time.monotonic() - start
     finally:
@@ -254,6 +256,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         wall_s=wall,
         workers=workers,
         output=job.output,
+        videos_done=done_here["videos"],
+        clips_done=done_here["clips"],
     )
     results.write_json(storage.join(job.output, "summary.json"), summary)
     results.write_text(storage.join(job.output, "summary.md"), summary_markdown(summary))

@@ -81,10 +81,17 @@ def build_summary(
     wall_s: float,
     workers: list[dict[str, Any]],
     output: str,
+    videos_done: int | None = None,
+    clips_done: int | None = None,
 ) -> dict[str, Any]:
+    """``videos_done``/``clips_done``: what this invocation scored in ``wall_s`` (a resumed run
+    finds the rest of ``table`` already done); throughput is theirs. Default: all of ``table``."""
     preset = x3d.get_preset(model)
     acc = accuracy_from_table(table)
-    num_views = int(sum(v for v in table.column("num_views").to_pylist()))
+    if videos_done is None:
+        videos_done = table.num_rows
+    if clips_done is None:
+        clips_done = int(sum(v for v in table.column("num_views").to_pylist()))
     summary: dict[str, Any] = {
         "dataset": dataset,
         "model": model,
@@ -98,8 +105,8 @@ def build_summary(
             for p in preset.published_for(views, protocol)
         ],
         "wall_s": round(wall_s, 3),
-        "videos_per_s": round(table.num_rows / wall_s, 3) if wall_s > 0 else None,
-        "clips_per_s": round(num_views / wall_s, 3) if wall_s > 0 else None,
+        "videos_per_s": round(videos_done / wall_s, 3) if wall_s > 0 and videos_done else None,
+        "clips_per_s": round(clips_done / wall_s, 3) if wall_s > 0 and videos_done else None,
         "num_workers": len(workers),
         "accelerators": sorted({w.get("accelerator", "cpu") for w in workers}),
         "versions": _versions(),
@@ -128,6 +135,10 @@ def summary_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _or_na(value: Any) -> str:
+    return "n/a" if value is None else str(value)
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     s = summary
     failures = (
@@ -142,7 +153,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
             f"- videos: {s['num_videos']} ({s['num_ok']} scored, {s['num_failed']} failed); {failures}",
             f"- checkpoint: `{s['checkpoint']}` (sha256 `{s['checkpoint_sha256'][:16]}…`)",
-            f"- wall time {s['wall_s']:.1f} s, {s['videos_per_s']} videos/s, {s['clips_per_s']} clips/s "
+            f"- wall time {s['wall_s']:.1f} s, {_or_na(s['videos_per_s'])} videos/s, {_or_na(s['clips_per_s'])} clips/s "
             f"on {s['num_workers']} model worker(s): {', '.join(s['accelerators'])}",
             f"- versions: " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()),
             "",
