@@ -4,6 +4,7 @@
     python submit.py --dataset k400_val                  # evaluate (the default command)
     python submit.py evaluate --video-list list.txt --data-root videos/ --views 10
     python submit.py label --input s3://bucket/new-videos/ --output s3://bucket/labels/
+    python submit.py benchmark --model x3d_m --views 10 --num-actors 1,2,4 --dataset k400_val
 
 Mistakes (bad flag, unknown dataset, missing file, wrong checkpoint, unreachable cluster)
 print one line and exit with status 2 before any work starts.
@@ -16,7 +17,7 @@ import importlib
 import os
 import sys
 
-COMMANDS = ("evaluate", "label")
+COMMANDS = ("evaluate", "label", "benchmark")
 EXIT_USAGE = 2
 
 K400_HINT = (
@@ -110,7 +111,35 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error row [300]")
     lb.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray started when no --address is given")
     lb.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_benchmark_parser(sub)
     return parser
+
+
+def _add_benchmark_parser(sub) -> None:
+    bm = sub.add_parser("benchmark", help="throughput per model-actor count and where the time goes")
+    src = bm.add_argument_group("input (default: --synthetic)")
+    src.add_argument("--synthetic", action="store_true", help="random in-memory clips: the model alone, no reading or decoding")
+    src.add_argument("--dataset", help="a registered dataset name (jobs/datasets.toml or --datasets FILE)")
+    src.add_argument("--datasets", metavar="FILE", help="a TOML file adding or overriding dataset entries")
+    src.add_argument("--data-root", help="folder or s3:// prefix that list paths are relative to")
+    src.add_argument("--ann-file", "--video-list", dest="ann_file", help="annotation / video list file (local or s3://)")
+    src.add_argument("--ann-format", choices=["auto", "video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix"])
+    src.add_argument("--limit", type=_positive_int, help="cycle through only the first N videos [as many as the run reaches]")
+    bm.add_argument("--model", help="model preset [the dataset's, else x3d_s]")
+    bm.add_argument("--checkpoint", help="checkpoint path, URL or s3:// URI [random weights: speed does not depend on them]")
+    bm.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=30, help="test views per video [30]")
+    bm.add_argument("--protocol", help="test protocol of the preset [mmaction2]")
+    bm.add_argument("--num-actors", help="actor counts to measure, e.g. 1,2,4 [1,2,4,... up to the GPUs; 1 on CPU]")
+    bm.add_argument("--duration", type=float, default=20.0, help="seconds per timed window [20]")
+    bm.add_argument("--repeats", type=_positive_int, default=3, help="timed windows per actor count: median and min/max [3]")
+    bm.add_argument("--warmup", type=float, default=5.0, help="untimed seconds first (and one batch per actor) [5]")
+    bm.add_argument("--batch-size", type=_positive_int, help="clips per forward pass")
+    bm.add_argument("--output", help="output folder or s3://bucket/prefix [runs/benchmark-<model>-<views>v-<UTC time>]")
+    bm.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, else a local Ray]")
+    bm.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray started when no --address is given")
+    bm.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error [300]")
+    bm.add_argument("--quiet", action="store_true", help="no progress output")
+    bm.set_defaults(label_map=None)  # _dataset_from_args reads it; a benchmark needs no class names
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -215,6 +244,46 @@ def run_label_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_benchmark_command(args: argparse.Namespace) -> int:
+    from cluster.runtime import ClusterError
+    from jobs.benchmark import BenchmarkConfig, parse_actor_counts, run_benchmark
+    from jobs.datasets import DatasetError
+    from jobs.evaluate import JobError
+    from jobs.storage import StorageError
+
+    data_flags = args.dataset or args.ann_file or args.data_root
+    if args.synthetic and data_flags:
+        _fail("--synthetic runs on in-memory clips; drop it, or drop --dataset/--video-list/--data-root")
+    try:
+        counts = parse_actor_counts(args.num_actors) if args.num_actors else None
+    except ValueError as exc:
+        _fail(str(exc))
+    dataset = _dataset_from_args(args) if data_flags else None
+    cfg = BenchmarkConfig(
+        model=args.model or (dataset.model if dataset else None) or "x3d_s",
+        views=args.views,
+        protocol=args.protocol,
+        checkpoint=args.checkpoint,
+        dataset=dataset,
+        limit=args.limit,
+        num_actors=counts,
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        output=args.output,
+        address=args.address,
+        local_cpus=args.num_cpus,
+        decode_timeout_s=args.decode_timeout,
+        quiet=args.quiet,
+    )
+    try:
+        run_benchmark(cfg)
+    except (JobError, ClusterError, DatasetError, StorageError) as exc:
+        _fail(str(exc))
+    return 0
+
+
 def _import_extensions() -> None:
     """Extension (and test) hook: ``X3D_PRESETS_MODULE=pkg.mod[,pkg.other]`` is imported first.
 
@@ -237,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_evaluate_command(args)
     if args.command == "label":
         return run_label_command(args)
+    if args.command == "benchmark":
+        return run_benchmark_command(args)
     _fail(f"unknown command {args.command!r}")
     return EXIT_USAGE
 

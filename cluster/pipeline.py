@@ -67,6 +67,11 @@ class PipelineConfig:
     actor_retries: int = 3
     calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
     extra_video_budget: int = 4
+    # Instrumentation hook (jobs/benchmark.py): replacements with the same call signatures as
+    # ``_decode_remote`` (item, spec) -> (DecodeResult, views) and ``_ModelActor``; the views
+    # object is opaque to the pipeline, it only travels by ref from the decode task to the actor.
+    decode_fn: Callable[..., Any] | None = None
+    actor_body: type | None = None
 
 
 class _ModelActor:
@@ -140,12 +145,12 @@ class _Pipeline:
         self.decoding: dict[Any, _Decoding] = {}
         self.ready: deque[_Decoded] = deque()
         self.scoring: dict[Any, _Batch] = {}
-        self.decode_fn = ray.remote(max_calls=config.max_decode_calls)(_decode_remote).options(
+        self.decode_fn = ray.remote(max_calls=config.max_decode_calls)(config.decode_fn or _decode_remote).options(
             num_returns=2,
             num_cpus=config.decode_cpus,
             max_retries=config.decode_retries,
         )
-        self.actor_cls = ray.remote(_ModelActor).options(
+        self.actor_cls = ray.remote(config.actor_body or _ModelActor).options(
             num_gpus=config.actor_gpus,
             num_cpus=config.actor_cpus,
             max_restarts=config.actor_restarts,
