@@ -18,6 +18,7 @@ import os
 import sys
 
 COMMANDS = ("evaluate", "label", "benchmark")
+PRECISIONS = ("fp32", "bf16")  # x3d.predict.PRECISIONS; not imported, so --help stays instant
 EXIT_USAGE = 2
 
 K400_HINT = (
@@ -65,6 +66,7 @@ def _add_model_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights]")
     g.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=30, help="test views per video [30]")
     g.add_argument("--protocol", help="test protocol of the preset [mmaction2]; e.g. mmaction2-0.x")
+    g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
 
 
 def _add_run_flags(p: argparse.ArgumentParser, default_probs: bool) -> None:
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights]")
     lb.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=10, help="test views per video [10]")
     lb.add_argument("--protocol", help="test protocol of the preset [mmaction2]")
+    lb.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
     lb.add_argument("--top-k", type=_positive_int, default=5, help="labels kept per video [5]")
     lb.add_argument("--min-score", type=float, default=0.0, help="drop labels scoring below this [0]")
     lb.add_argument("--since", help="only videos modified since an ISO date or a look-back like 36h / 7d")
@@ -129,6 +132,7 @@ def _add_benchmark_parser(sub) -> None:
     bm.add_argument("--checkpoint", help="checkpoint path, URL or s3:// URI [random weights: speed does not depend on them]")
     bm.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=30, help="test views per video [30]")
     bm.add_argument("--protocol", help="test protocol of the preset [mmaction2]")
+    bm.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
     bm.add_argument("--num-actors", help="actor counts to measure, e.g. 1,2,4 [1,2,4,... up to the GPUs; 1 on CPU]")
     bm.add_argument("--duration", type=float, default=20.0, help="seconds per timed window [20]")
     bm.add_argument("--repeats", type=_positive_int, default=3, help="timed windows per actor count: median and min/max [3]")
@@ -179,6 +183,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         views=args.views,
         protocol=args.protocol,
+        precision=args.precision,
         output=args.output,
         address=args.address,
         num_actors=args.num_actors,
@@ -216,6 +221,7 @@ def run_label_command(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         views=args.views,
         protocol=args.protocol,
+        precision=args.precision,
         top_k=args.top_k,
         min_score=args.min_score,
         since=args.since,
@@ -263,6 +269,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         model=args.model or (dataset.model if dataset else None) or "x3d_s",
         views=args.views,
         protocol=args.protocol,
+        precision=args.precision,
         checkpoint=args.checkpoint,
         dataset=dataset,
         limit=args.limit,

@@ -4,9 +4,13 @@ Shape: CPU tasks decode one video each (killable: a hung decode is cancelled at 
 a crashed one is retried once by Ray, and workers are recycled after ``max_decode_calls`` to
 shed decord's leaks). Their uint8 views stay in the object store; the driver only sees a small
 result and forwards the views' refs to a model actor, which resolves them next to the model.
-Actors restart on failure and Ray retries their in-flight call; the driver additionally
-re-queues any batch whose actor is gone for good. Every video's outcome is recorded once, keyed
-by (shard, position), so retries can never produce a second row. A shard is handed to
+Model actors are spread over the nodes. When one is lost (its process or its whole node died)
+the driver does not wait for it: its calls fail at once (Ray retries none), their batches go
+back to the queue for the live actors, and a replacement actor is started, which gets work once
+it answers a first call. It may never answer, if the GPU it needs went with a lost node; the run
+finishes on the other actors all the same. Decoded views that died with a node are decoded
+again, and so is a video whose decode task died with a node. Every video's outcome is recorded
+once, keyed by (shard, position), so retries can never produce a second row. A shard is handed to
 ``on_shard`` as soon as its last video is done. The number of videos in flight is bounded, so
 memory and object-store use stay flat whatever the dataset size.
 """
@@ -21,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError, RayError, TaskCancelledError
+from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayError, TaskCancelledError
 
 from jobs.datasets import VideoItem
 from jobs.work import DecodeResult, ModelRunner, ModelSpec, decode_item
@@ -63,8 +67,7 @@ class PipelineConfig:
     decode_timeout_s: float = 300.0
     max_decode_calls: int = 64  # recycle decode workers after this many videos
     decode_retries: int = 1  # a crashed decode worker is retried this often, then it is a row
-    actor_restarts: int = 3
-    actor_retries: int = 3
+    actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
     calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
     extra_video_budget: int = 4
     # Instrumentation hook (jobs/benchmark.py): replacements with the same call signatures as
@@ -153,11 +156,16 @@ class _Pipeline:
         self.actor_cls = ray.remote(config.actor_body or _ModelActor).options(
             num_gpus=config.actor_gpus,
             num_cpus=config.actor_cpus,
-            max_restarts=config.actor_restarts,
-            max_task_retries=config.actor_retries,
+            # The driver, not Ray, restarts model actors (_replace_actor). A Ray restart would
+            # queue the lost actor's calls until it is back, which is never if it needs a GPU
+            # that only the lost node had; with no restarts and no retries its calls fail now.
+            max_restarts=0,
+            max_task_retries=0,
+            scheduling_strategy="SPREAD",  # one per node first: a node loss costs the fewest actors
         )
         self.actors = [self._new_actor() for _ in range(config.num_actors)]
         self.busy = [0] * len(self.actors)
+        self.starting: dict[Any, int] = {}  # first call of a replacement actor -> its index
         self.replacements = 0
         self.videos_per_call = max(1, config.batch_views // max(config.spec.views, 1))
         self.max_in_flight = (
@@ -198,7 +206,7 @@ class _Pipeline:
         while self.shards is not None or self.pending or self.decoding or self.ready or self.scoring:
             self._start_decodes()
             self._dispatch()
-            refs = list(self.decoding) + list(self.scoring)
+            refs = list(self.decoding) + list(self.scoring) + list(self.starting)
             if not refs:
                 continue
             timeout = None
@@ -210,8 +218,10 @@ class _Pipeline:
             for ref in done:
                 if ref in self.decoding:
                     self._on_decoded(ref)
-                else:
+                elif ref in self.scoring:
                     self._on_scored(ref)
+                elif ref in self.starting:
+                    self._on_started(ref)
             self._expire_decodes()
 
     def _pull_shard(self) -> bool:
@@ -241,7 +251,8 @@ class _Pipeline:
 
     def _dispatch(self) -> None:
         more_coming = bool(self.pending or self.decoding or self.shards is not None)
-        for actor in sorted(range(len(self.actors)), key=lambda a: self.busy[a]):
+        live = set(range(len(self.actors))) - set(self.starting.values())
+        for actor in sorted(live, key=lambda a: self.busy[a]):
             while self.ready and self.busy[actor] < self.config.calls_per_actor:
                 batch_is_full = sum(d.result.num_views for d in self.ready) >= self.config.batch_views
                 if more_coming and not batch_is_full and self.busy[actor] > 0:
@@ -263,6 +274,9 @@ class _Pipeline:
         except TaskCancelledError:
             return  # already recorded as a timeout
         except RayError as exc:
+            if _caused_by(exc, NodeDiedError):  # the node went, not the video's fault: again
+                self.pending.appendleft((job.key, job.item))
+                return
             self._fail(job.key, job.item, f"{job.item.key}: decode worker failed ({_short(exc)})")
             return
         if result.error is not None:
@@ -276,8 +290,8 @@ class _Pipeline:
         try:
             probs, infer_ms, worker = ray.get(ref)
         except RayActorError:
+            self.ready.extendleft(reversed(batch.videos))  # redo the batch on the live actors
             self._replace_actor(batch.actor)
-            self.ready.extendleft(reversed(batch.videos))  # redo the batch elsewhere
             return
         except RayError as exc:
             if _lost_input(exc):
@@ -296,16 +310,34 @@ class _Pipeline:
             )
 
     def _replace_actor(self, index: int) -> None:
-        """An actor that exhausted its restarts is replaced, a bounded number of times."""
-        try:
-            ray.get(self.actors[index].describe.remote(), timeout=60)
-            return  # it came back (restarted by Ray); keep it
-        except (RayError, GetTimeoutError):
-            pass
+        """Replace a lost actor (a bounded number of times); its other calls are redone too.
+
+        Those calls fail soon or have failed already; their batches go back to the queue now
+        and a late result, if one comes, is never looked at (the first outcome of a video stands).
+        """
+        for ref, batch in list(self.scoring.items()):
+            if batch.actor == index:
+                del self.scoring[ref]
+                self.ready.extendleft(reversed(batch.videos))
+        self.busy[index] = 0
         self.replacements += 1
-        if self.replacements > 2 * len(self.actors) + 2:
+        if self.replacements > self.config.actor_restarts * len(self.actors) + 2:
             raise RuntimeError("model actors keep dying; see the Ray logs (ray logs / dashboard) for the cause")
+        try:
+            ray.kill(self.actors[index], no_restart=True)  # if it only lost touch, it holds a GPU
+        except (RayError, ValueError):
+            pass
         self.actors[index] = self._new_actor()
+        # Work goes to it once it answers: Ray queues this call until the actor is placed,
+        # which takes a free GPU (or CPU) somewhere in the cluster.
+        self.starting[self.actors[index].describe.remote()] = index
+
+    def _on_started(self, ref: Any) -> None:
+        index = self.starting.pop(ref)
+        try:
+            ray.get(ref)
+        except RayError:  # died before its first call (or its constructor failed): again
+            self._replace_actor(index)
 
     def _expire_decodes(self) -> None:
         now = time.monotonic()
@@ -322,14 +354,21 @@ def _short(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def _lost_input(exc: BaseException) -> bool:
-    names = {"ObjectLostError", "OwnerDiedError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError"}
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     seen: BaseException | None = exc
-    while seen is not None:
-        if type(seen).__name__ in names:
+    for _ in range(16):
+        if seen is None:
+            return False
+        if isinstance(seen, kind):
             return True
         seen = getattr(seen, "cause", None) or seen.__cause__
     return False
+
+
+def _lost_input(exc: BaseException) -> bool:
+    """Inputs that died with a node: ObjectLostError and all its kinds (owner died,
+    reconstruction failed, fetch timed out)."""
+    return _caused_by(exc, ObjectLostError)
 
 
 def run_pipeline(

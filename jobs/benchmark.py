@@ -63,6 +63,7 @@ from jobs import results, storage
 from jobs.datasets import DatasetSpec, VideoItem
 from jobs.evaluate import JobError
 from jobs.work import DecodeResult, ModelRunner, ModelSpec, quiet_decoder_logs
+from x3d.predict import autocast_for, check_precision, to_device
 
 __all__ = ["BenchmarkConfig", "STAGES", "run_benchmark", "benchmark_table", "draw_chart", "parse_actor_counts"]
 
@@ -85,6 +86,7 @@ class BenchmarkConfig:
     model: str = "x3d_s"
     views: int = 30
     protocol: str | None = None
+    precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
     checkpoint: str | None = None  # None: random weights (speed only)
     dataset: DatasetSpec | None = None  # None: synthetic in-memory clips
     limit: int | None = None  # distinct videos to cycle through
@@ -284,7 +286,7 @@ class _BenchActor:
         step = runner.batch_size or data.shape[0] or 1
         outputs = []
         for first in range(0, data.shape[0], step):  # x3d.predict_clips, a step at a time
-            chunk = data[first : first + step].to(runner.device, non_blocking=True)
+            chunk = to_device(data[first : first + step], runner.device)
             self._sync()
             laps.charge("h2d")
             x = x3d.normalize(chunk, runner.protocol)
@@ -292,7 +294,9 @@ class _BenchActor:
                 x = x.contiguous(memory_format=torch.channels_last_3d)
             self._sync()
             laps.charge("preprocess")
-            outputs.append(runner.model(x).float().cpu())
+            with autocast_for(runner.device, runner.spec.precision):
+                logits = runner.model(x)
+            outputs.append(logits.float().cpu())
             laps.charge("forward")
 
         logits = torch.cat(outputs)
@@ -716,6 +720,7 @@ def _check(cfg: BenchmarkConfig) -> tuple[x3d.Preset, str]:
         preset = x3d.get_preset(cfg.model)
         protocol = preset.protocol(cfg.protocol)
         protocol.view_plan(cfg.views)
+        check_precision(cfg.precision)
     except ValueError as exc:
         raise JobError(str(exc)) from None
     if cfg.duration_s <= 0 or cfg.warmup_s < 0 or cfg.repeats < 1:
@@ -738,7 +743,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     log = (lambda message: None) if cfg.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     preset, protocol = _check(cfg)
     state_dict, weights = _model_weights(cfg)
-    spec = ModelSpec(preset, cfg.views, protocol)
+    spec = ModelSpec(preset, cfg.views, protocol, precision=cfg.precision)
     plan = spec.test_protocol().view_plan(cfg.views)
     proto = spec.test_protocol()
     output = cfg.output or _default_output(cfg)
@@ -799,6 +804,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         "model": cfg.model,
         "views": cfg.views,
         "protocol": protocol,
+        "precision": cfg.precision,
         "clip_shape": [proto.clip_len, plan.crop_size, plan.crop_size, 3],
         **weights,
         "input": "synthetic" if synthetic else cfg.dataset.name,
@@ -856,8 +862,10 @@ def benchmark_heading(report: dict[str, Any]) -> str:
     m = report["machine"]
     gpus = ", ".join(m["gpus"]) or ", ".join(a for a in m["actor_accelerators"] if a != "cpu") or "no GPU"
     v = m["versions"]
+    precision = report.get("precision", "fp32")
     return (
         f"{report['model']}, {report['views']} views ({report['protocol']}), "
+        f"{'' if precision == 'fp32' else precision + ' autocast, '}"
         f"{'synthetic clips' if report['input'] == 'synthetic' else 'dataset ' + report['input']}, "
         f"{'random weights' if report['checkpoint'] is None else 'checkpoint weights'}; "
         f"{report['repeats']} x {report['duration_s']:g} s after {report['warmup_s']:g} s warm-up\n"

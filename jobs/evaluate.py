@@ -26,6 +26,7 @@ from jobs.metrics import topk_from_scores
 from jobs.progress import Progress
 from jobs.summary import build_summary, summary_markdown, summary_table
 from jobs.work import ModelSpec
+from x3d.predict import check_precision
 
 __all__ = ["EvaluateConfig", "JobError", "prepare_evaluate", "run_evaluate", "outcome_row"]
 
@@ -43,6 +44,7 @@ class EvaluateConfig:
     checkpoint: str | None = None
     views: int = 30
     protocol: str | None = None
+    precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
     output: str | None = None
     address: str | None = None
     num_actors: int | None = None
@@ -95,6 +97,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         preset = x3d.get_preset(cfg.model)
         protocol = preset.protocol(cfg.protocol).name
         preset.protocol(protocol).view_plan(cfg.views)
+        check_precision(cfg.precision)
     except ValueError as exc:
         raise JobError(str(exc)) from None
     if cfg.shard_size < 1:
@@ -126,6 +129,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "model": cfg.model,
         "views": cfg.views,
         "protocol": protocol,
+        "precision": cfg.precision,
         "checkpoint_sha256": info.sha256,
         "shard_size": cfg.shard_size,
         "num_videos": len(items),
@@ -149,6 +153,7 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
             raise JobError(f"{output} has result shards but no run.json; it was not written by this tool")
         return
     previous = json.loads(storage.read_bytes(manifest_uri))
+    previous.setdefault("precision", "fp32")  # written before --precision existed: it ran fp32
     if not resume:
         raise JobError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     changed = [k for k, v in manifest.items() if previous.get(k) != v]
@@ -215,7 +220,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         if done:
             _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
         pipe_cfg = pipeline_config_for(
-            ModelSpec(x3d.get_preset(cfg.model), cfg.views, job.protocol),
+            ModelSpec(x3d.get_preset(cfg.model), cfg.views, job.protocol, precision=cfg.precision),
             num_actors=cfg.num_actors,
             batch_size=cfg.batch_size,
             decode_timeout_s=cfg.decode_timeout_s,
@@ -259,8 +264,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         videos_done=done_here["videos"],
         clips_done=done_here["clips"],
     )
+    summary = _with_precision(summary, cfg.precision)
     results.write_json(storage.join(job.output, "summary.json"), summary)
-    results.write_text(storage.join(job.output, "summary.md"), summary_markdown(summary))
+    markdown = summary_markdown(summary)
+    if cfg.precision != "fp32":
+        markdown += f"- precision: {cfg.precision} autocast forward (fp32 is the reference)\n"
+    results.write_text(storage.join(job.output, "summary.md"), markdown)
     if not cfg.quiet:
         print(summary_table(summary))
         print(
@@ -268,6 +277,17 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             f"results in {job.output}"
         )
     return summary
+
+
+def _with_precision(summary: dict[str, Any], precision: str) -> dict[str, Any]:
+    """``precision`` placed right after ``protocol`` in summary.json."""
+    out: dict[str, Any] = {}
+    for key, value in summary.items():
+        out[key] = value
+        if key == "protocol":
+            out["precision"] = precision
+    out.setdefault("precision", precision)
+    return out
 
 
 class _NullStream:

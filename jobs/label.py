@@ -34,6 +34,7 @@ from jobs.evaluate import JobError
 from jobs.metrics import topk_from_scores
 from jobs.progress import Progress, quiet_stream as _quiet_stream
 from jobs.work import ModelSpec
+from x3d.predict import check_precision
 
 __all__ = ["LabelConfig", "LABEL_SCHEMA", "run_label", "plan_label", "read_labels", "version_of"]
 
@@ -68,6 +69,7 @@ class LabelConfig:
     checkpoint: str | None = None
     views: int = 10
     protocol: str | None = None
+    precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
     top_k: int = 5
     min_score: float = 0.0
     since: str | None = None
@@ -235,6 +237,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
 
     preset, state_dict, sha = _load_checkpoint(cfg)
     preset.protocol(cfg.protocol).view_plan(cfg.views)
+    check_precision(cfg.precision)
     if not 1 <= cfg.top_k <= preset.arch.num_classes:
         raise JobError(f"--top-k must be between 1 and {preset.arch.num_classes}")
     classes = preset.classes
@@ -275,7 +278,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         import ray
 
         pipe_cfg = pipeline_config_for(
-            ModelSpec(preset, cfg.views, cfg.protocol),
+            ModelSpec(preset, cfg.views, cfg.protocol, precision=cfg.precision),
             num_actors=cfg.num_actors,
             batch_size=cfg.batch_size,
             decode_timeout_s=cfg.decode_timeout_s,
@@ -304,6 +307,7 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
         "checkpoint": cfg.checkpoint or preset.default_weights.url,
         "checkpoint_sha256": sha,
         "views": cfg.views,
+        "precision": cfg.precision,
         "top_k": cfg.top_k,
         "min_score": cfg.min_score,
         "since": cfg.since,

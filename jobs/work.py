@@ -19,6 +19,7 @@ import torch
 import x3d
 from jobs import storage
 from jobs.datasets import VideoItem
+from x3d.predict import check_precision
 from x3d.protocol import fuse_views
 
 
@@ -33,6 +34,7 @@ class ModelSpec:
     preset: x3d.Preset  # the object, not its name: presets registered at run time travel too
     views: int
     protocol: str | None = None
+    precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
 
     def test_protocol(self) -> x3d.TestProtocol:
         return self.preset.protocol(self.protocol)
@@ -101,6 +103,7 @@ class ModelRunner:
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
+        check_precision(spec.precision)
         self.protocol = spec.test_protocol()
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = x3d.build_model(spec.preset)
@@ -114,14 +117,25 @@ class ModelRunner:
 
     def describe(self) -> dict[str, Any]:
         accel = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {"worker": self.name, "device": str(self.device), "accelerator": accel, "threads": torch.get_num_threads()}
+        return {
+            "worker": self.name,
+            "device": str(self.device),
+            "accelerator": accel,
+            "threads": torch.get_num_threads(),
+            "precision": self.spec.precision,
+        }
 
     def score(self, views: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
         """Fused probabilities per video, and each video's share of the forward time."""
         counts = [v.shape[0] for v in views]
         start = time.perf_counter()
         logits = x3d.predict_clips(
-            self.model, np.concatenate(views), self.protocol, self.batch_size, channels_last=self.channels_last
+            self.model,
+            np.concatenate(views),
+            self.protocol,
+            self.batch_size,
+            channels_last=self.channels_last,
+            precision=self.spec.precision,
         )
         elapsed = _ms_since(start)
         probs, offset = [], 0

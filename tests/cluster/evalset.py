@@ -189,3 +189,32 @@ def kill_session(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+# ----------------------------------------------------------------------------- larger sets
+
+
+def replicate_evalset(ev: EvalSet, folder: Path, copies: int) -> tuple[Path, Path, dict[str, str]]:
+    """``copies`` copies of ``ev``'s videos under one data root (``cNN/<name>``, hard links
+    where the file system allows) and their video list, same labels.
+
+    For runs that must last long enough to be interrupted. Returns the data root, the video
+    list and, for every listed name, the ``ev`` name whose reference scores it must get.
+    """
+    import shutil
+
+    root = folder / "videos"
+    origin: dict[str, str] = {}
+    for copy in range(copies):
+        for name in ev.names:
+            key = f"c{copy:02d}/{name}"
+            target = root / key
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(ev.root / name, target)
+                except OSError:
+                    shutil.copyfile(ev.root / name, target)
+            origin[key] = name
+    ann_file = write_video_list(folder / "val_list.txt", [(key, ev.labels[name]) for key, name in origin.items()])
+    return root, ann_file, origin
