@@ -88,9 +88,6 @@ def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-CPU_BATCH_SIZE = 2  # clips per forward on CPU when --batch-size is not given (measured, not guessed)
-
-
 class ModelRunner:
     """Holds one X3D on one device and scores batches that mix views of several videos."""
 
@@ -115,9 +112,7 @@ class ModelRunner:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model.to(self.device).eval()
-        # On CPUs X3D's depthwise 3-D convs are memory-bound: a forward of 2 clips is ~2x faster
-        # per clip than one of 30 (bench/RESULTS.md). Accelerators take the whole call.
-        self.batch_size = batch_size or (CPU_BATCH_SIZE if self.device.type == "cpu" else None)
+        self.batch_size = batch_size
         self.name = worker_name()
 
     def describe(self) -> dict[str, Any]:
