@@ -94,7 +94,10 @@ def test_main_command_on_a_fresh_machine(x3d_cache: Path, tmp_path: Path):
     # the accuracy table is printed beside the preset's published number
     assert "top-1" in run.stdout and f"{100 * summary['top1_acc']:.1f}" in run.stdout
 
-    control = _submit(["--dataset", "sample_shuffled", "--output", str(tmp_path / "control")], x3d_cache, tmp_path)
+    # 10 views keep the control cheap; the model scores 81.5 % on the unshuffled videos at 10 views
+    control = _submit(
+        ["--dataset", "sample_shuffled", "--views", "10", "--output", str(tmp_path / "control")], x3d_cache, tmp_path
+    )
     assert control.returncode == 0, control.stderr[-3000:]
     shuffled = json.loads((tmp_path / "control" / "summary.json").read_text())
     assert shuffled["num_ok"] == sample_data.SPLIT_SIZES["val"]
