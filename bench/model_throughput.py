@@ -30,27 +30,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import x3d  # noqa: E402
+from compare_mmaction2 import cpu_model, load_average  # noqa: E402  (one machine description for every bench script)
 
 DEFAULT_REPEATS = {"x3d_s": 5, "x3d_m": 3}
 LAYOUTS = ("contiguous", "channels_last")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def gmacs_per_clip(name: str, clip_len: int, size: int) -> float | None:
