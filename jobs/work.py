@@ -19,6 +19,7 @@ import torch
 import x3d
 from jobs import storage
 from jobs.datasets import VideoItem
+from x3d.fusion import fold_batchnorm
 from x3d.predict import check_precision
 from x3d.protocol import fuse_views
 
@@ -99,6 +100,7 @@ class ModelRunner:
         threads: int | None = None,
         batch_size: int | None = None,
         channels_last: bool | None = None,
+        fold_bn: bool = True,
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -108,6 +110,11 @@ class ModelRunner:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = x3d.build_model(spec.preset)
         model.load_state_dict(dict(state_dict), strict=True)
+        # BatchNorm folded into the convs: the same scores to ~1e-7 in fewer passes over
+        # memory, which is what bounds X3D's speed (bench/RESULTS.md, "BatchNorm folding").
+        self.fold_bn = fold_bn
+        if fold_bn:
+            model = fold_batchnorm(model)
         self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
@@ -123,6 +130,7 @@ class ModelRunner:
             "accelerator": accel,
             "threads": torch.get_num_threads(),
             "precision": self.spec.precision,
+            "fold_bn": self.fold_bn,
         }
 
     def score(self, views: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:

@@ -6,6 +6,7 @@
 """
 
 from .decode import DecodeError, RawFrames, VideoInfo, probe, read_frames
+from .fusion import fold_batchnorm
 from .model import X3D, build_model
 from .predict import PreparedVideo, predict_clips, predict_video, prepare_views
 from .presets import PRESETS, Architecture, Preset, PublishedResult, TestProtocol, ViewPlan, Weights, get_preset, kinetics400_classes, register_preset
