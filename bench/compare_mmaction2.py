@@ -6,8 +6,9 @@ layout, then for every video, in this order:
 
   (a) mmaction2     ``inference_recognizer(init_recognizer(packaged config, ckpt, "cpu"), video)``
   (b) x3d           ``x3d.predict_video(load_model(name, ckpt), video, name, views)``
-  (c) x3d + CL      ``prepare_views`` + ``predict_clips(channels_last=True)`` on a channels_last_3d
-                    copy of the model (what the Ray job does on CPU), timed in its two halves
+  (c) x3d job path  ``prepare_views`` (the decode task) + ``jobs.work.ModelRunner.score`` (the
+                    model actor: BatchNorm folded, channels_last_3d, ``--batch-size`` clips per
+                    forward), timed in its two halves; the same code the Ray job runs
   (d) decode only   MMAction2's ``test_pipeline`` (Compose of its transforms) vs x3d's
                     ``prepare_views``: where (a) and (b) spend their non-model time
 
@@ -16,7 +17,8 @@ MMAction2's ``pred_score`` and ours. All in one process: same torch threads, sam
 
     python bench/compare_mmaction2.py                          # X3D-S, 30 views, 3 videos
     python bench/compare_mmaction2.py --videos 6 --views 10
-    python bench/compare_mmaction2.py --model x3d_m --views 10 --videos 2 --no-channels-last
+    python bench/compare_mmaction2.py --model x3d_m --views 10 --videos 2 --no-job-path
+    python bench/compare_mmaction2.py --batch-size 0                # (c) forwards all views at once
 
 X3D-S at 30 views is ~82 GMAC (~164 GFLOP) of model per video per method; the default of three
 videos keeps the whole run to about three minutes on 2 quiet cores.
@@ -25,7 +27,6 @@ videos keeps the whole run to about three minutes on 2 quiet cores.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import platform
 import shutil
@@ -208,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--views", type=int, choices=(10, 30), default=30)
     parser.add_argument("--videos", type=int, default=3, help=f"synthetic videos, 1-{len(VIDEO_SPECS)} distinct (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's)")
-    parser.add_argument("--no-channels-last", action="store_true", help="skip (c)")
+    parser.add_argument("--no-job-path", action="store_true", help="skip (c)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="(c): clips per forward, 0 = all views in one (default: the job's CPU choice, jobs.work.cpu_batch_size)")
     parser.add_argument("--no-decode-split", action="store_true", help="skip (d)")
     parser.add_argument("--workdir", default=None, help="keep videos and checkpoint here (default: a temp dir, removed)")
     args = parser.parse_args(argv)
@@ -256,18 +259,27 @@ def main(argv: list[str] | None = None) -> int:
             f"MISMATCH: {len(mm_keys - set(saved))} missing, {len(set(saved) - mm_keys)} unexpected")
         mm_pipeline = Compose(cfg.test_pipeline)
         ours = x3d.load_model(args.model, checkpoint=ckpt)
-        ours_cl = None if args.no_channels_last else copy.deepcopy(ours).to(memory_format=torch.channels_last_3d)
+        runner = None
+        if not args.no_job_path:
+            from jobs.work import ModelRunner, ModelSpec
+
+            spec = ModelSpec(x3d.get_preset(args.model), args.views)
+            batch = spec.test_protocol().view_plan(args.views).views if args.batch_size == 0 else args.batch_size
+            runner = ModelRunner(spec, ours.state_dict(), device="cpu", batch_size=batch)
 
         print(f"protocol:  {proto.clip_len}x{proto.frame_interval}x{plan.num_clips} clips, resize short side "
               f"{proto.resize_short}, {plan.num_crops} x {plan.crop_mode} crop {plan.crop_size}; one forward of "
               f"{plan.views} views per video (both)")
+        runner_note = "none" if runner is None else (
+            f"BN folded={runner.fold_bn}, channels_last={runner.channels_last}, batch {runner.batch_size or 'all views'}")
+        print(f"job path:  {runner_note}")
         print(f"ckpt:      random weights, MMAction2 layout; MMAction2 model keys vs checkpoint: {key_note}")
         print(f"videos:    {len(videos)} synthetic H.264: " + ", ".join(
             f"{w}x{h}@{fps}fps/{n}f" for _, (w, h, fps, _, n) in videos))
         print(f"setup:     {time.perf_counter() - wall0:.1f} s (imports, videos, checkpoint, both models)")
         print()
 
-        cols = ["video", "(a) mmaction2", "(b) x3d", "(c) x3d CL", "(c) decode", "(c) model",
+        cols = ["video", "(a) mmaction2", "(b) x3d", "(c) x3d job", "(c) decode", "(c) model",
                 "(d) mm pipeline", "(d) x3d decode", "|dp| (b)", "|dp| (c)", "top1 =="]
         widths = [max(len(c), 20) if i == 0 else len(c) for i, c in enumerate(cols)]
         print(fmt_row(cols, widths))
@@ -288,12 +300,12 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             prepared = x3d.prepare_views(str(path), args.model, args.views)
             mid = time.perf_counter()
-            logits = x3d.predict_clips(ours_cl, prepared.views, proto, channels_last=True)
-            out["cl"] = x3d.fuse_views(logits).numpy()
+            probs, _ = runner.score([prepared.views])
+            out["cl"] = probs[0]
             end = time.perf_counter()
             r["c"], r["c_dec"], r["c_model"] = end - start, mid - start, end - mid
 
-        methods = [run_mm, run_ours] + ([run_ours_cl] if ours_cl is not None else [])
+        methods = [run_mm, run_ours] + ([run_ours_cl] if runner is not None else [])
         rows = []
         cpu0, loop0 = time.process_time(), time.perf_counter()
         for i, (path, (w, h, fps, _, n)) in enumerate(videos):
@@ -349,18 +361,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  (a) MMAction2 inference_recognizer   {med['a']:.2f} s")
         print(f"  (b) x3d.predict_video                {med['b']:.2f} s   MMAction2 / x3d = {med['a'] / med['b']:.2f}x")
         if med["c"] is not None:
-            print(f"  (c) x3d, channels_last_3d            {med['c']:.2f} s   MMAction2 / x3d CL = "
+            print(f"  (c) x3d job path                     {med['c']:.2f} s   MMAction2 / x3d job = "
                   f"{med['a'] / med['c']:.2f}x  (decode {med['c_dec']:.2f} s + model {med['c_model']:.2f} s)")
         if med["d_mm"] is not None:
             print(f"  (d) decode+resize+crop: MMAction2 pipeline {med['d_mm']:.2f} s, x3d prepare_views "
                   f"{med['d_ours']:.2f} s ({med['d_mm'] / med['d_ours']:.2f}x)")
             print(f"      => model part: MMAction2 ~{med['a'] - med['d_mm']:.2f} s (a - d), "
                   f"x3d ~{med['b'] - med['d_ours']:.2f} s (b - d)"
-                  + (f", x3d CL {med['c_model']:.2f} s (measured)" if med["c"] is not None else ""))
+                  + (f", x3d job {med['c_model']:.2f} s (measured)" if med["c"] is not None else ""))
         dp_b = max(r["dp_b"] for r in rows)
         dp_c = max((r["dp_c"] for r in rows if "dp_c" in r), default=None)
         print(f"  max |prob(MMAction2) - prob(x3d)| over {len(rows)} videos x 400 classes: {dp_b:.2e} (b)"
-              + (f", {dp_c:.2e} (c, channels_last)" if dp_c is not None else "")
+              + (f", {dp_c:.2e} (c, job path)" if dp_c is not None else "")
               + f"; top-1 agrees on {sum(r['top1'] for r in rows)}/{len(rows)}; MMAction2's top-1 prob "
               f"{min(r['top_p'] for r in rows):.3f}-{max(r['top_p'] for r in rows):.3f}")
         return 0

@@ -60,6 +60,7 @@ class PipelineConfig:
     num_actors: int = 1
     actor_gpus: float = 0.0
     actor_cpus: float = 1.0
+    actor_threads: int | None = None  # torch threads per actor; None = int(actor_cpus)
     decode_slots: int = 1  # decode tasks running at once
     decode_cpus: float = 1.0
     batch_views: int = 30  # clips per actor call (whole videos, so it may run over)
@@ -175,7 +176,7 @@ class _Pipeline:
     # ------------------------------------------------------------------ actors
 
     def _new_actor(self):
-        threads = max(1, int(self.config.actor_cpus))
+        threads = self.config.actor_threads or max(1, int(self.config.actor_cpus))
         return self.actor_cls.remote(self.config.spec, self.state_dict_ref, threads, self.config.batch_size)
 
     def describe_actors(self) -> list[dict[str, Any]]:

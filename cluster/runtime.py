@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ class ClusterShape:
     cpus: float
     gpus: float
     nodes: int
+    node_cpus: float = 0.0  # CPUs of the largest node
+    cpu_nodes: int = 0  # nodes that have any CPU
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -111,8 +114,15 @@ def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
 
 def cluster_shape() -> ClusterShape:
     total = ray.cluster_resources()
-    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    return ClusterShape(cpus=float(total.get("CPU", 0)), gpus=float(total.get("GPU", 0)), nodes=nodes)
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    node_cpus = [float(n.get("Resources", {}).get("CPU", 0)) for n in alive]
+    return ClusterShape(
+        cpus=float(total.get("CPU", 0)),
+        gpus=float(total.get("GPU", 0)),
+        nodes=len(alive),
+        node_cpus=max(node_cpus, default=0.0),
+        cpu_nodes=sum(1 for c in node_cpus if c > 0),
+    )
 
 
 def start_cluster(address: str | None, local_cpus: int | None = None) -> bool:
@@ -137,19 +147,30 @@ def pipeline_config_for(
 
     shape = cluster_shape()
     gpus = int(shape.gpus)
+    actor_threads = None
+    decode_cpus = 1.0
     if gpus >= 1:
         actors = num_actors or gpus
         if actors > gpus:
             raise ClusterError(f"--num-actors {actors} needs {actors} GPUs but the cluster has {gpus}")
         actor_gpus, actor_cpus = 1.0, 1.0
+        decode_slots = max(1, int(shape.cpus - actors * actor_cpus))
     else:
+        # On CPU the forward dwarfs the decode (X3D-S, 30 views, 2 cores: ~2.8 s of model and
+        # 0.08 s of decode per video), and X3D's forward gains more than 2x from a second
+        # thread. So each actor's threads take its node's cores, and one decode slot per actor
+        # holds half a CPU: it runs beside the model, not in place of one of its threads
+        # (3.1x the videos/s of an even split on 2 cores; bench/RESULTS.md).
         actors = num_actors or 1
-        # On CPU the model is the bottleneck: give the actors half the cores, decode on the rest.
-        actor_cpus = float(max(1, int(shape.cpus // 2) // actors))
+        per_node = math.ceil(actors / max(shape.cpu_nodes, 1))
+        actor_threads = max(1, int(shape.node_cpus // per_node))
+        decode_cpus = 0.5
+        decode_slots = actors
+        actor_cpus = max(0.5, actor_threads - decode_cpus)
         actor_gpus = 0.0
-        if actors * actor_cpus > shape.cpus:
-            raise ClusterError(f"--num-actors {actors} needs {actors * actor_cpus:g} CPUs but the cluster has {shape.cpus:g}")
-    decode_slots = max(1, int(shape.cpus - actors * actor_cpus))
+        needed = actors * actor_cpus + decode_slots * decode_cpus
+        if needed > shape.cpus:
+            raise ClusterError(f"--num-actors {actors} needs {needed:g} CPUs but the cluster has {shape.cpus:g}")
     views = spec.views
     batch_views = batch_size or (max(60, views) if actor_gpus else max(views, 30))
     return PipelineConfig(
@@ -157,7 +178,9 @@ def pipeline_config_for(
         num_actors=actors,
         actor_gpus=actor_gpus,
         actor_cpus=actor_cpus,
+        actor_threads=actor_threads,
         decode_slots=decode_slots,
+        decode_cpus=decode_cpus,
         batch_views=batch_views,
         batch_size=batch_size,
         decode_timeout_s=decode_timeout_s,

@@ -85,6 +85,17 @@ def decode_item(item: VideoItem, spec: ModelSpec) -> tuple[DecodeResult, np.ndar
     return DecodeResult(error=None, num_views=int(prepared.views.shape[0]), decode_ms=_ms_since(start)), prepared.views
 
 
+#: On CPUs X3D is fastest when a forward is a couple of X3D-S clips, not all 30 views: its
+#: activations then stay close to the cores (bench/RESULTS.md: X3D-S 2 clips per forward 2.6x
+#: faster than 30, X3D-M best at 1, x3d_tiny best with all its views at once).
+CPU_VOXELS_PER_FORWARD = 900_000
+
+
+def cpu_batch_size(protocol: x3d.TestProtocol) -> int:
+    """Clips per forward on a CPU: as many as fit ``CPU_VOXELS_PER_FORWARD`` input voxels."""
+    return max(1, CPU_VOXELS_PER_FORWARD // (protocol.clip_len * protocol.crop_size**2))
+
+
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
@@ -119,7 +130,8 @@ class ModelRunner:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model.to(self.device).eval()
-        self.batch_size = batch_size
+        # None on a CPU: the cache-sized default; on an accelerator, the whole call at once
+        self.batch_size = batch_size or (cpu_batch_size(self.protocol) if self.device.type == "cpu" else None)
         self.name = worker_name()
 
     def describe(self) -> dict[str, Any]:
@@ -131,6 +143,7 @@ class ModelRunner:
             "threads": torch.get_num_threads(),
             "precision": self.spec.precision,
             "fold_bn": self.fold_bn,
+            "batch_size": self.batch_size,
         }
 
     def score(self, views: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:

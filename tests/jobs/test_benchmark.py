@@ -106,8 +106,8 @@ def test_benchmark_usage_errors(tmp_path, ray_local, capsys):
         submit.main(["benchmark", "--num-actors", "1,x"])
     assert exc.value.code == 2
     ann = _video_list(tmp_path / "videos", count=1)
-    with pytest.raises(SystemExit) as exc:  # 2 CPU actors would leave the 2-CPU cluster nothing to decode on
-        submit.main(["benchmark", "--model", "x3d_tiny", "--video-list", str(ann), "--data-root", str(ann.parent), "--num-actors", "2"])
+    with pytest.raises(SystemExit) as exc:  # 3 CPU actors and their decode slots need 3 CPUs; the cluster has 2
+        submit.main(["benchmark", "--model", "x3d_tiny", "--video-list", str(ann), "--data-root", str(ann.parent), "--num-actors", "3"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "--synthetic" in err and "1,x" in err and "no CPU for decoding" in err
+    assert "--synthetic" in err and "1,x" in err and "--num-actors 3 needs 3 CPUs" in err
