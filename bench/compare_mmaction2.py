@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"protocol:  {proto.clip_len}x{proto.frame_interval}x{plan.num_clips} clips, resize short side "
               f"{proto.resize_short}, {plan.num_crops} x {plan.crop_mode} crop {plan.crop_size}; one forward of "
-              f"{plan.views} views per video (both)")
+              f"{plan.views} views per video in (a) and (b)")
         runner_note = "none" if runner is None else (
             f"BN folded={runner.fold_bn}, channels_last={runner.channels_last}, batch {runner.batch_size or 'all views'}")
         print(f"job path:  {runner_note}")
