@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from tests.cluster.procs import comm, descendants, free_ports, kill, processes_mentioning, tail
 from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
     PRESET,
     VIEWS,
@@ -72,84 +72,6 @@ ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", 
 # ----------------------------------------------------------------------------- processes
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every live process."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    return parents
-
-
-def _descendants(roots: set[int]) -> set[int]:
-    """``roots`` and every live process below them, whatever session they moved to."""
-    children: dict[int, list[int]] = {}
-    for pid, parent in _parents().items():
-        children.setdefault(parent, []).append(pid)
-    found, todo = set(), list(roots)
-    while todo:
-        pid = todo.pop()
-        if pid not in found:
-            found.add(pid)
-            todo.extend(children.get(pid, ()))
-    return found
-
-
-def _mentioning(text: str) -> set[int]:
-    """Live processes whose command line names ``text`` (a private temp dir)."""
-    needle, found = text.encode(), set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                pass
-    found.discard(os.getpid())
-    return found
-
-
-def _comm(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return ""
-
-
-def _kill(pids: set[int]) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _tail(path: Path, chars: int = 2500) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
 # ----------------------------------------------------------------------------- the cluster
 
 
@@ -168,7 +90,7 @@ class Node:
         return set(session_pids(self.sid))
 
     def raylet(self) -> int:
-        found = [pid for pid in self.pids() if _comm(pid) == "raylet"]
+        found = [pid for pid in self.pids() if comm(pid) == "raylet"]
         assert len(found) == 1, f"{self.name}: expected one raylet, found {found}"
         return found[0]
 
@@ -185,7 +107,7 @@ class Cluster:
     def start_node(self, name: str, args: list[str]) -> Node:
         temp = self.base / name
         temp.mkdir()
-        node_manager, object_manager, agent_http, agent_grpc, metrics, runtime_env = _free_ports(6)
+        node_manager, object_manager, agent_http, agent_grpc, metrics, runtime_env = free_ports(6)
         cmd = RAY + [
             "start", "--block", "--temp-dir", str(temp), "--disable-usage-stats",
             "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
@@ -205,9 +127,9 @@ class Cluster:
         """``ray start`` prints this once the node has registered with the GCS."""
         while b"Ray runtime started" not in node.log.read_bytes():
             if node.proc.poll() is not None:
-                pytest.fail(f"`ray start` of {node.name} exited with {node.proc.returncode}:\n{_tail(node.log)}")
+                pytest.fail(f"`ray start` of {node.name} exited with {node.proc.returncode}:\n{tail(node.log)}")
             if time.monotonic() > deadline:
-                pytest.fail(f"{node.name} did not start in {START_TIMEOUT_S:g} s:\n{_tail(node.log)}")
+                pytest.fail(f"{node.name} did not start in {START_TIMEOUT_S:g} s:\n{tail(node.log)}")
             time.sleep(0.3)
 
     def dashboard_up(self) -> bool:
@@ -221,23 +143,23 @@ class Cluster:
 
     def stop(self) -> list[int]:
         """SIGKILL every process of every node, and whatever left their sessions; returns strays."""
-        _kill(_descendants({p.pid for p in self.clients if p.poll() is None}))
+        kill(descendants({p.pid for p in self.clients if p.poll() is None}))
         for _ in range(3):  # a raylet may still be forking workers while we kill
             doomed: set[int] = set()
             for node in self.nodes.values():
                 doomed |= node.pids()
-            doomed = _descendants(doomed) | _mentioning(str(self.base))
+            doomed = descendants(doomed) | processes_mentioning(str(self.base))
             doomed.discard(os.getpid())
             if not doomed:
                 break
-            _kill(doomed)
+            kill(doomed)
             time.sleep(0.5)
         for node in self.nodes.values():
             try:
                 node.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        return sorted(set().union(*(n.pids() for n in self.nodes.values())) | _mentioning(str(self.base)))
+        return sorted(set().union(*(n.pids() for n in self.nodes.values())) | processes_mentioning(str(self.base)))
 
     def state(self) -> dict:
         """Nodes and model actors, as Ray's state API (a separate client, via the dashboard) sees them."""
@@ -267,7 +189,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     base = Path(tempfile.mkdtemp(prefix="x3dmn-", dir="/tmp"))
-    gcs, dashboard, client = _free_ports(3)
+    gcs, dashboard, client = free_ports(3)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(
         RAY_TMPDIR=str(base),  # no ray.init() elsewhere on this machine finds this cluster by default
@@ -297,7 +219,7 @@ def cluster() -> Iterator[Cluster]:
             c.wait_started(node, deadline)
         while not c.dashboard_up():
             if time.monotonic() > deadline:
-                pytest.fail(f"the Ray dashboard (job submission) did not come up at {c.dashboard}:\n{_tail(head.log)}")
+                pytest.fail(f"the Ray dashboard (job submission) did not come up at {c.dashboard}:\n{tail(head.log)}")
             time.sleep(0.5)
         yield c
     finally:
@@ -350,9 +272,9 @@ def finish(c: Cluster, proc: subprocess.Popen, output: Path) -> Run:
     try:
         log, _ = proc.communicate(timeout=JOB_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        _kill(_descendants({proc.pid}))
+        kill(descendants({proc.pid}))
         log, _ = proc.communicate()
-        pytest.fail(f"the job did not finish in {JOB_TIMEOUT_S:g} s:\n{log[-4000:]}\nhead:\n{_tail(c.nodes['head'].log)}")
+        pytest.fail(f"the job did not finish in {JOB_TIMEOUT_S:g} s:\n{log[-4000:]}\nhead:\n{tail(c.nodes['head'].log)}")
     assert proc.returncode == 0, f"`ray job submit` exited with {proc.returncode}:\n{log[-5000:]}"
     assert "succeeded" in log, log[-5000:]
     rows = ds.dataset(str(output / "predictions"), format="parquet").to_table().to_pydict()
@@ -429,7 +351,7 @@ def test_worker_node_loss_loses_no_video(cluster: Cluster, evalset: EvalSet, dat
         if proc.poll() is not None:
             pytest.fail(f"the job ended before node_b had scored a video:\n{proc.communicate()[0][-4000:]}")
         if time.monotonic() > deadline:
-            _kill(_descendants({proc.pid}))
+            kill(descendants({proc.pid}))
             pytest.fail("node_b scored no video in time")
         time.sleep(0.1)
     os.kill(victim.raylet(), signal.SIGKILL)

@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
+from tests.cluster.procs import free_ports, processes_mentioning, tail
 from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
     PRESET,
     VIEWS,
@@ -60,33 +60,6 @@ class Head:
     log: Path
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _processes_mentioning(text: str) -> list[int]:
-    """Live processes whose command line names ``text`` (our private temp dir): strays."""
-    found = []
-    needle = text.encode()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return [pid for pid in found if pid != os.getpid()]
-
-
 def _dashboard_up(url: str, token: str) -> bool:
     request = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
     try:
@@ -96,18 +69,11 @@ def _dashboard_up(url: str, token: str) -> bool:
         return False
 
 
-def _tail(path: Path, chars: int = 3000) -> str:
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return ""
-
-
 @pytest.fixture
 def ray_head() -> Head:
     # /tmp and short: Ray puts Unix sockets under the temp dir, and their paths are limited.
     temp = Path(tempfile.mkdtemp(prefix="x3dh-", dir="/tmp"))
-    gcs, dashboard, agent_http, agent_grpc, client, metrics, runtime_env, node_manager, object_manager = _free_ports(9)
+    gcs, dashboard, agent_http, agent_grpc, client, metrics, runtime_env, node_manager, object_manager = free_ports(9)
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_TMPDIR=str(temp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
@@ -128,9 +94,9 @@ def ray_head() -> Head:
         deadline = time.monotonic() + 180
         while not _dashboard_up(url, token):
             if proc.poll() is not None:
-                pytest.fail(f"`ray start --head` exited with {proc.returncode}:\n{_tail(log)}")
+                pytest.fail(f"`ray start --head` exited with {proc.returncode}:\n{tail(log)}")
             if time.monotonic() > deadline:
-                pytest.fail(f"the Ray dashboard (needed for job submission) did not come up at {url}:\n{_tail(log)}")
+                pytest.fail(f"the Ray dashboard (needed for job submission) did not come up at {url}:\n{tail(log)}")
             time.sleep(0.5)
         yield Head(url, env, temp, log)
     finally:
@@ -145,12 +111,12 @@ def ray_head() -> Head:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             pass
-        for pid in _processes_mentioning(str(temp)):  # anything that left the session
+        for pid in processes_mentioning(str(temp)):  # anything that left the session
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        stray = _processes_mentioning(str(temp)) + session_pids(proc.pid)
+        stray = sorted(processes_mentioning(str(temp))) + session_pids(proc.pid)
         shutil.rmtree(temp, ignore_errors=True)
         assert not stray, f"Ray processes left behind: {stray}"
 
@@ -166,7 +132,7 @@ def test_ray_job_submit_gives_the_in_process_results(evalset: EvalSet, ray_head:
         "--output", str(output),
     ]
     job = subprocess.run(cmd, cwd=ROOT, env=ray_head.env, capture_output=True, text=True, timeout=360)
-    detail = f"stdout:\n{job.stdout[-4000:]}\nstderr:\n{job.stderr[-3000:]}\nray start:\n{_tail(ray_head.log, 1500)}"
+    detail = f"stdout:\n{job.stdout[-4000:]}\nstderr:\n{job.stderr[-3000:]}\nray start:\n{tail(ray_head.log, 1500)}"
     assert job.returncode == 0, detail
     assert "succeeded" in job.stdout + job.stderr, detail
     assert "| this run | mmaction2 |" in job.stdout + job.stderr, detail  # the job's own output came back

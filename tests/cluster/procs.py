@@ -1,0 +1,95 @@
+"""Process plumbing shared by the tests that start real Ray clusters with `ray start`.
+
+Those clusters run in their own sessions and temp dirs, so cleaning up means finding their
+processes by what they are (descendants of what we started, or anything naming our private
+temp dir) rather than by a process group. Linux only: everything reads ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+
+__all__ = ["free_ports", "descendants", "processes_mentioning", "comm", "kill", "tail"]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 right now (held together, so never repeated)."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            socks.append(sock)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every live (non-zombie) process."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
+def descendants(roots: set[int]) -> set[int]:
+    """``roots`` and every live process below them, whatever session they moved to."""
+    children: dict[int, list[int]] = {}
+    for pid, parent in _parents().items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), list(roots)
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def processes_mentioning(text: str) -> set[int]:
+    """Live processes (but this one) whose command line names ``text``, e.g. a private temp dir."""
+    needle, found = text.encode(), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if needle in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                pass
+    found.discard(os.getpid())
+    return found
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def kill(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def tail(path: Path, chars: int = 2500) -> str:
+    """The end of a log file for a failure message; empty if it cannot be read."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
