@@ -1,0 +1,51 @@
+"""How a job sizes itself to the cluster it finds (``cluster.runtime.pipeline_config_for``).
+
+On a CPU-only cluster the model actors' threads take the cores and each decode slot holds half
+a CPU beside them (bench/RESULTS.md: 3.1x the videos/s of the old even split on 2 cores); the
+model actor forwards cache-sized batches (``jobs.work.cpu_batch_size``). Checked against the real
+2-CPU local Ray of the test session.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import x3d
+from cluster.runtime import ClusterError, cluster_shape, pipeline_config_for
+from jobs.work import ModelSpec, cpu_batch_size
+
+
+def _spec(views: int = 30) -> ModelSpec:
+    return ModelSpec(x3d.get_preset("x3d_s"), views)
+
+
+def test_the_session_cluster_is_two_cpus_on_one_node(ray_local):
+    shape = cluster_shape()
+    assert (shape.cpus, shape.gpus, shape.nodes, shape.node_cpus, shape.cpu_nodes) == (2, 0, 1, 2, 1)
+
+
+def test_one_cpu_actor_gets_every_core_and_decode_half_a_cpu(ray_local):
+    cfg = pipeline_config_for(_spec())
+    assert (cfg.num_actors, cfg.actor_gpus, cfg.actor_threads, cfg.actor_cpus) == (1, 0.0, 2, 1.5)
+    assert (cfg.decode_slots, cfg.decode_cpus) == (1, 0.5)
+    assert cfg.num_actors * cfg.actor_cpus + cfg.decode_slots * cfg.decode_cpus == 2  # fits exactly
+
+
+def test_two_cpu_actors_share_the_cores(ray_local):
+    cfg = pipeline_config_for(_spec(), num_actors=2)
+    assert (cfg.actor_threads, cfg.actor_cpus, cfg.decode_slots, cfg.decode_cpus) == (1, 0.5, 2, 0.5)
+
+
+def test_more_cpu_actors_than_fit_is_one_line_up_front(ray_local):
+    with pytest.raises(ClusterError, match=r"--num-actors 3 needs 3 CPUs but the cluster has 2"):
+        pipeline_config_for(_spec(), num_actors=3)
+
+
+def test_a_gpu_count_on_a_cpu_cluster_is_not_invented(ray_local):
+    cfg = pipeline_config_for(_spec())
+    assert cfg.actor_gpus == 0.0 and cfg.batch_views == 30  # one 30-view video per actor call
+
+
+@pytest.mark.parametrize(("model", "batch"), [("x3d_s", 2), ("x3d_m", 1), ("x3d_tiny", 27)])
+def test_cpu_forward_batch_follows_the_clip_size(model, batch):
+    assert cpu_batch_size(x3d.get_preset(model).protocol()) == batch
