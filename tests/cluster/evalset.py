@@ -33,6 +33,9 @@ from tests import presets, videos
 
 PRESET = presets.NAME
 VIEWS = 30
+#: how far a job's probabilities may be from ``x3d.predict_video``'s on the same video: float
+#: noise only (other batch shapes, BatchNorm folded), never a different computation
+PROB_TOL = 1e-5
 
 # (frames, height, width, fps): different sizes, rates, lengths; 6 frames < one 4x2 clip at 30 fps.
 # No width of 48 or 72: decord 0.6 fails on those tiny widths (a row stride mismatch in its

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 
-__all__ = ["free_ports", "descendants", "processes_mentioning", "comm", "kill", "tail"]
+__all__ = ["RAY", "free_ports", "descendants", "processes_mentioning", "comm", "kill", "tail"]
+
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` CLI of this interpreter
 
 
 def free_ports(count: int) -> list[int]:

@@ -42,9 +42,10 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from tests.cluster.procs import comm, descendants, free_ports, kill, processes_mentioning, tail
+from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail
 from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
     PRESET,
+    PROB_TOL,
     VIEWS,
     EvalSet,
     evalset,
@@ -56,8 +57,6 @@ from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` CLI of this interpreter
-PROB_TOL = 1e-5
 # Once its workers are up the job scores these tiny videos at tens per second, so the set is
 # large enough that the node dies with most of the run to go (the test checks that it did).
 COPIES = 10  # 100 videos

@@ -21,7 +21,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -33,9 +32,10 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
-from tests.cluster.procs import free_ports, processes_mentioning, tail
+from tests.cluster.procs import RAY, free_ports, processes_mentioning, tail
 from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
     PRESET,
+    PROB_TOL,
     VIEWS,
     EvalSet,
     evalset,
@@ -48,8 +48,6 @@ from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 ROOT = Path(__file__).resolve().parents[2]
-RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` CLI of this interpreter
-PROB_TOL = 1e-5
 
 
 @dataclass

@@ -23,6 +23,7 @@ from jobs.evaluate import EvaluateConfig, run_evaluate
 from tests import videos
 from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
     PRESET,
+    PROB_TOL,
     VIEWS,
     EvalSet,
     evalset,
@@ -33,7 +34,6 @@ from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-PROB_TOL = 1e-5
 ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", "top5_acc_with_failures", "mean_class_acc_with_failures")
 
 

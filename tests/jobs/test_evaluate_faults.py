@@ -31,6 +31,7 @@ from jobs.datasets import resolve_dataset
 from jobs.evaluate import EvaluateConfig, run_evaluate
 from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
     PRESET,
+    PROB_TOL,
     VIEWS,
     EvalSet,
     evalset,
@@ -42,7 +43,6 @@ from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[2]
-PROB_TOL = 1e-5
 ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", "top5_acc_with_failures", "mean_class_acc_with_failures")
 # Everything in summary.json that depends on the results, not on when or how fast they were made.
 RESULT_KEYS = ACC_KEYS + ("num_videos", "num_ok", "num_failed", "num_labelled", "dataset", "model", "views", "protocol",
