@@ -296,16 +296,16 @@ def main(argv: list[str] | None = None) -> int:
             out["ours"] = x3d.predict_video(ours, str(path), args.model, args.views)
             r["b"] = time.perf_counter() - start
 
-        def run_ours_cl(path, r, out):
+        def run_job_path(path, r, out):
             start = time.perf_counter()
             prepared = x3d.prepare_views(str(path), args.model, args.views)
             mid = time.perf_counter()
             probs, _ = runner.score([prepared.views])
-            out["cl"] = probs[0]
+            out["job"] = probs[0]
             end = time.perf_counter()
             r["c"], r["c_dec"], r["c_model"] = end - start, mid - start, end - mid
 
-        methods = [run_mm, run_ours] + ([run_ours_cl] if runner is not None else [])
+        methods = [run_mm, run_ours] + ([run_job_path] if runner is not None else [])
         rows = []
         cpu0, loop0 = time.process_time(), time.perf_counter()
         for i, (path, (w, h, fps, _, n)) in enumerate(videos):
@@ -318,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             r["top_p"] = float(p_mm.max())
             r["dp_b"] = float(np.abs(p_mm - out["ours"]).max())
             top1 = int(p_mm.argmax()) == int(out["ours"].argmax())
-            if "cl" in out:
-                r["dp_c"] = float(np.abs(p_mm - out["cl"]).max())
-                top1 = top1 and int(out["cl"].argmax()) == int(p_mm.argmax())
+            if "job" in out:
+                r["dp_c"] = float(np.abs(p_mm - out["job"]).max())
+                top1 = top1 and int(out["job"].argmax()) == int(p_mm.argmax())
 
             if not args.no_decode_split:
                 start = time.perf_counter()

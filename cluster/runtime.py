@@ -141,8 +141,9 @@ def pipeline_config_for(
     batch_size: int | None = None,
     decode_timeout_s: float = 300.0,
 ):
-    """Size the pipeline to the cluster: one actor per GPU (one CPU actor without GPUs),
-    and the remaining CPUs decoding."""
+    """Size the pipeline to the cluster: one actor per GPU and the remaining CPUs decoding;
+    without GPUs, one CPU actor (or ``num_actors``) whose threads take its node's cores, each
+    with a half-CPU decode slot beside it."""
     from cluster.pipeline import PipelineConfig
 
     shape = cluster_shape()
