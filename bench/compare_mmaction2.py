@@ -6,7 +6,7 @@ layout, then for every video, in this order:
 
   (a) mmaction2     ``inference_recognizer(init_recognizer(packaged config, ckpt, "cpu"), video)``
   (b) x3d           ``x3d.predict_video(load_model(name, ckpt), video, name, views)``
-  (c) x3d job path  ``prepare_views`` (the decode task) + ``jobs.work.ModelRunner.score`` (the
+  (c) x3d job path  ``prepare_views`` (the decode task) + ``jobs.inference.ModelRunner.score`` (the
                     model actor: BatchNorm folded, channels_last_3d, ``--batch-size`` clips per
                     forward), timed in its two halves; the same code the Ray job runs
   (d) decode only   MMAction2's ``test_pipeline`` (Compose of its transforms) vs x3d's
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's)")
     parser.add_argument("--no-job-path", action="store_true", help="skip (c)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="(c): clips per forward, 0 = all views in one (default: the job's CPU choice, jobs.work.cpu_batch_size)")
+                        help="(c): clips per forward, 0 = all views in one (default: the job's CPU choice, jobs.inference.cpu_batch_size)")
     parser.add_argument("--no-decode-split", action="store_true", help="skip (d)")
     parser.add_argument("--workdir", default=None, help="keep videos and checkpoint here (default: a temp dir, removed)")
     args = parser.parse_args(argv)
@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = x3d.load_model(args.model, checkpoint=ckpt)
         runner = None
         if not args.no_job_path:
-            from jobs.work import ModelRunner, ModelSpec
+            from jobs.inference import ModelRunner
+            from jobs.work import ModelSpec
 
             spec = ModelSpec(x3d.get_preset(args.model), args.views)
             batch = spec.test_protocol().view_plan(args.views).views if args.batch_size == 0 else args.batch_size

@@ -41,7 +41,7 @@ from jobs.benchmark import _object_store_use  # noqa: E402
 from jobs.label import LabelConfig, run_label  # noqa: E402
 from x3d import sample_data  # noqa: E402
 
-ROLES = (("actor", "_ModelActor"), ("decode", "_decode_remote"), ("idle worker", "ray::IDLE"))
+ROLES = (("actor", "_ModelActor"), ("decode", "decode_item"), ("idle worker", "ray::IDLE"))
 
 
 def _status_kib(pid: int, field_name: str) -> int | None:

@@ -28,7 +28,8 @@ import torch
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayError, TaskCancelledError
 
 from jobs.datasets import VideoItem
-from jobs.work import DecodeResult, ModelRunner, ModelSpec, decode_item
+from jobs.inference import ModelRunner
+from jobs.work import DecodeResult, ModelSpec, decode_item
 
 __all__ = ["PipelineConfig", "Shard", "VideoOutcome", "run_pipeline"]
 
@@ -72,7 +73,7 @@ class PipelineConfig:
     calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
     extra_video_budget: int = 4
     # Instrumentation hook (jobs/benchmark.py): replacements with the same call signatures as
-    # ``_decode_remote`` (item, spec) -> (DecodeResult, views) and ``_ModelActor``; the views
+    # ``decode_item`` (item, spec) -> (DecodeResult, views) and ``_ModelActor``; the views
     # object is opaque to the pipeline, it only travels by ref from the decode task to the actor.
     decode_fn: Callable[..., Any] | None = None
     actor_body: type | None = None
@@ -100,10 +101,6 @@ class _ModelActor:
     def score(self, *views: np.ndarray) -> tuple[list[np.ndarray], list[float], str]:
         probs, infer_ms = self.runner.score(list(views))
         return probs, infer_ms, self.runner.name
-
-
-def _decode_remote(item: VideoItem, spec: ModelSpec) -> tuple[DecodeResult, np.ndarray | None]:
-    return decode_item(item, spec)
 
 
 @dataclass
@@ -149,7 +146,10 @@ class _Pipeline:
         self.decoding: dict[Any, _Decoding] = {}
         self.ready: deque[_Decoded] = deque()
         self.scoring: dict[Any, _Batch] = {}
-        self.decode_fn = ray.remote(max_calls=config.max_decode_calls)(config.decode_fn or _decode_remote).options(
+        # decode_item lives in a module without torch, so decode workers (recycled every
+        # max_decode_calls videos) start without loading it; a Ray task runs in the process
+        # that imports its function's module.
+        self.decode_fn = ray.remote(max_calls=config.max_decode_calls)(config.decode_fn or decode_item).options(
             num_returns=2,
             num_cpus=config.decode_cpus,
             max_retries=config.decode_retries,

@@ -62,7 +62,8 @@ import x3d
 from jobs import results, storage
 from jobs.datasets import DatasetSpec, VideoItem
 from jobs.evaluate import JobError
-from jobs.work import DecodeResult, ModelRunner, ModelSpec, quiet_decoder_logs
+from jobs.inference import ModelRunner
+from jobs.work import DecodeResult, ModelSpec, quiet_decoder_logs
 from x3d.predict import autocast_for, check_precision, to_device
 
 __all__ = ["BenchmarkConfig", "STAGES", "run_benchmark", "benchmark_table", "draw_chart", "parse_actor_counts"]

@@ -1,8 +1,10 @@
-"""The per-video work of every job, as plain functions and a plain class.
+"""The per-video work of a decode task, and the model spec every worker receives.
 
-Nothing here imports Ray: ``decode_item`` and ``ModelRunner`` are what a decode task and a
-model actor execute, so tests and notebooks can call them directly and the Ray layer
-(``cluster/pipeline.py``) only decides where and when they run.
+``decode_item`` is what a decode task executes and ``jobs.inference.ModelRunner`` what a model
+actor does; both are plain Python, so tests and notebooks can call them directly and the Ray
+layer (``cluster/pipeline.py``) only decides where and when they run. Nothing here imports Ray
+or torch: decode workers are recycled every few dozen videos, and each start that loads torch
+costs ~2 s of CPU and ~220 MB (bench/RESULTS.md, "Decode workers without torch").
 """
 
 from __future__ import annotations
@@ -14,14 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
-import torch
 
 import x3d
 from jobs import storage
 from jobs.datasets import VideoItem
-from x3d.fusion import fold_batchnorm
-from x3d.predict import check_precision
-from x3d.protocol import fuse_views
 
 
 def worker_name() -> str:
@@ -79,89 +77,12 @@ def decode_item(item: VideoItem, spec: ModelSpec) -> tuple[DecodeResult, np.ndar
     try:
         prepared = x3d.prepare_views(_source_for(item), spec.preset, spec.views, spec.protocol)
     except (x3d.DecodeError, storage.StorageError) as exc:
-        return DecodeResult(error=str(exc), decode_ms=_ms_since(start)), None
+        return DecodeResult(error=str(exc), decode_ms=ms_since(start)), None
     except Exception as exc:  # an unexpected decoder failure must still be a row, not a crash
-        return DecodeResult(error=f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], decode_ms=_ms_since(start)), None
-    return DecodeResult(error=None, num_views=int(prepared.views.shape[0]), decode_ms=_ms_since(start)), prepared.views
+        return DecodeResult(error=f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], decode_ms=ms_since(start)), None
+    return DecodeResult(error=None, num_views=int(prepared.views.shape[0]), decode_ms=ms_since(start)), prepared.views
 
 
-#: On CPUs X3D is fastest when a forward is a couple of X3D-S clips, not all 30 views: its
-#: activations then stay close to the cores (bench/RESULTS.md: X3D-S 2 clips per forward 2.6x
-#: faster than 30, X3D-M best at 1, x3d_tiny best with all its views at once).
-CPU_VOXELS_PER_FORWARD = 900_000
-
-
-def cpu_batch_size(protocol: x3d.TestProtocol) -> int:
-    """Clips per forward on a CPU: as many as fit ``CPU_VOXELS_PER_FORWARD`` input voxels."""
-    return max(1, CPU_VOXELS_PER_FORWARD // (protocol.clip_len * protocol.crop_size**2))
-
-
-def _ms_since(start: float) -> float:
+def ms_since(start: float) -> float:
+    """Milliseconds since a ``time.perf_counter()`` reading."""
     return (time.perf_counter() - start) * 1000.0
-
-
-class ModelRunner:
-    """Holds one X3D on one device and scores batches that mix views of several videos."""
-
-    def __init__(
-        self,
-        spec: ModelSpec,
-        state_dict: Mapping[str, torch.Tensor],
-        device: str | None = None,
-        threads: int | None = None,
-        batch_size: int | None = None,
-        channels_last: bool | None = None,
-        fold_bn: bool = True,
-    ):
-        if threads:
-            torch.set_num_threads(threads)
-        self.spec = spec
-        check_precision(spec.precision)
-        self.protocol = spec.test_protocol()
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = x3d.build_model(spec.preset)
-        model.load_state_dict(dict(state_dict), strict=True)
-        # BatchNorm folded into the convs: the same scores to ~1e-7 in fewer passes over
-        # memory, which is what bounds X3D's speed (bench/RESULTS.md, "BatchNorm folding").
-        self.fold_bn = fold_bn
-        if fold_bn:
-            model = fold_batchnorm(model)
-        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-        self.model = model.to(self.device).eval()
-        # None on a CPU: the cache-sized default; on an accelerator, the whole call at once
-        self.batch_size = batch_size or (cpu_batch_size(self.protocol) if self.device.type == "cpu" else None)
-        self.name = worker_name()
-
-    def describe(self) -> dict[str, Any]:
-        accel = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {
-            "worker": self.name,
-            "device": str(self.device),
-            "accelerator": accel,
-            "threads": torch.get_num_threads(),
-            "precision": self.spec.precision,
-            "fold_bn": self.fold_bn,
-            "batch_size": self.batch_size,
-        }
-
-    def score(self, views: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
-        """Fused probabilities per video, and each video's share of the forward time."""
-        counts = [v.shape[0] for v in views]
-        start = time.perf_counter()
-        logits = x3d.predict_clips(
-            self.model,
-            np.concatenate(views),
-            self.protocol,
-            self.batch_size,
-            channels_last=self.channels_last,
-            precision=self.spec.precision,
-        )
-        elapsed = _ms_since(start)
-        probs, offset = [], 0
-        for count in counts:
-            probs.append(fuse_views(logits[offset : offset + count]).numpy().astype(np.float32))
-            offset += count
-        total = max(sum(counts), 1)
-        return probs, [elapsed * c / total for c in counts]

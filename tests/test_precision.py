@@ -29,7 +29,8 @@ import torch
 import x3d
 from jobs.evaluate import EvaluateConfig, JobError, _check_resume, prepare_evaluate
 from jobs.datasets import resolve_dataset
-from jobs.work import ModelRunner, ModelSpec
+from jobs.inference import ModelRunner
+from jobs.work import ModelSpec
 from tests import presets, videos
 from x3d.predict import predict_clips, prepare_views
 from x3d.protocol import fuse_views, normalize

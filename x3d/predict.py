@@ -1,7 +1,7 @@
 """From a video to class probabilities, split where a distributed job needs the seams.
 
 ``prepare_views`` is the CPU half (decode, sample, resize, crop; uint8 out, so it is cheap to
-ship between processes), ``predict_clips`` is the accelerator half (normalise and forward any
+ship between processes; it lives in ``x3d.views``, free of torch, and is re-exported here), ``predict_clips`` is the accelerator half (normalise and forward any
 mix of views from many videos), and ``predict_video`` chains the two for one video with
 MMAction2's fusion. The Ray job calls the halves from different workers.
 """
@@ -9,52 +9,21 @@ MMAction2's fusion. The Ray job calls the halves from different workers.
 from __future__ import annotations
 
 import contextlib
-import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .decode import VideoInfo, VideoSource, read_frames
+from .decode import VideoSource
 from .presets import Preset, TestProtocol, get_preset
-from .protocol import clip_indices, fuse_views, make_views, normalize, resize_frames, resolve_protocol
+from .protocol import fuse_views, normalize, resolve_protocol
+from .views import PreparedVideo, prepare_views  # the CPU half, torch-free; re-exported here
 
 __all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "predict_video", "autocast_for", "check_precision", "to_device"]
 
 #: forward-pass precisions: ``fp32`` is the reference (and the default); ``bf16`` runs the
 #: forward under ``torch.autocast(dtype=torch.bfloat16)`` and still returns float32 logits.
 PRECISIONS = ("fp32", "bf16")
-
-
-@dataclass
-class PreparedVideo:
-    """uint8 views ``(V, T, h, w, 3)`` of one video, crop-major as MMAction2 stacks them."""
-
-    views: np.ndarray
-    info: VideoInfo
-    decode_ms: float
-
-
-def prepare_views(
-    source: VideoSource,
-    preset: str | Preset = "x3d_s",
-    views: int = 30,
-    protocol: str | TestProtocol | None = None,
-) -> PreparedVideo:
-    """Decode exactly the sampled frames and cut them into the test views."""
-    proto = resolve_protocol(preset, protocol)
-    plan = proto.view_plan(views)
-    start = time.perf_counter()
-
-    def indices_for(info: VideoInfo) -> np.ndarray:
-        return clip_indices(info.num_frames, info.fps, preset, views, proto)
-
-    frames, inverse, info = read_frames(
-        source, indices_for, transform=lambda block: resize_frames(block, proto.resize_short)
-    )
-    views_u8 = make_views(frames[inverse], plan)
-    return PreparedVideo(views_u8, info, (time.perf_counter() - start) * 1000.0)
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -1,0 +1,79 @@
+"""A decode task never loads torch, and its views are the ones the model half expects.
+
+Decode workers are recycled every ``max_decode_calls`` videos to shed decord's leaks; each
+start that imported torch cost ~2 s of CPU and ~220 MB (bench/RESULTS.md). So what a decode
+task imports (``jobs.work``, ``x3d`` and its protocol) must stay free of torch. Checked in a
+fresh interpreter, the way a Ray worker process starts: it imports the task function's module
+and unpickles the task's arguments (a ``ModelSpec`` carrying a ``Preset``, a ``VideoItem``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import x3d
+from jobs.datasets import VideoItem
+from jobs.work import ModelSpec
+from tests.videos import write_video
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = r"""
+import pickle, sys
+import numpy as np
+from jobs.work import decode_item
+item, spec, out = pickle.loads(bytes.fromhex(sys.argv[1]))
+result, views = decode_item(item, spec)
+assert result.error is None, result.error
+np.save(out, views)
+loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+print("TORCH_MODULES", len(loaded), loaded[:3])
+"""
+
+
+def test_decode_task_loads_no_torch_and_gives_the_same_views(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "clip.mp4", num_frames=60, height=96, width=128)
+    # x3d_tiny: a preset the child knows without the tests' registry; the Preset object
+    # travels in the spec anyway, as it does to a Ray worker.
+    spec = ModelSpec(x3d.get_preset("x3d_tiny"), views=30)
+    item = VideoItem(key="clip.mp4", uri=str(video), label=None)
+    out = tmp_path / "views.npy"
+    payload = pickle.dumps((item, spec, str(out))).hex()
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, payload], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TORCH_MODULES 0 []" in proc.stdout, proc.stdout
+
+    # The same views as x3d.prepare_views in this process, where torch is loaded.
+    expected = x3d.prepare_views(str(video), spec.preset, 30).views
+    got = np.load(out)
+    assert got.dtype == np.uint8 and got.shape == expected.shape == (30, 8, 64, 64, 3)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_import_x3d_is_light_until_a_torch_name_is_used() -> None:
+    code = (
+        "import sys, x3d\n"
+        "assert 'torch' not in sys.modules, 'import x3d loaded torch'\n"
+        "assert x3d.get_preset('x3d_s').name == 'x3d_s'\n"
+        "assert 'torch' not in sys.modules\n"
+        "model = x3d.build_model('x3d_tiny')\n"
+        "assert 'torch' in sys.modules and type(model).__name__ == 'X3D'\n"
+        "from x3d import load_model, fold_batchnorm, checkpoints\n"
+        "assert callable(load_model) and callable(fold_batchnorm) and hasattr(checkpoints, 'from_mmaction2')\n"
+        "try:\n"
+        "    x3d.no_such_name\n"
+        "except AttributeError as exc:\n"
+        "    assert 'no_such_name' in str(exc)\n"
+        "else:\n"
+        "    raise SystemExit('no AttributeError')\n"
+        "print('OK')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-2000:]
