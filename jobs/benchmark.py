@@ -4,6 +4,8 @@ It drives the evaluate job's own Ray pipeline (``cluster/pipeline.py``: decode t
 actors, sized by ``pipeline_config_for``), with two instrumented stand-ins plugged in through
 ``PipelineConfig.decode_fn`` / ``actor_body``: a decode task and a model actor that do exactly
 what ``decode_item`` and ``ModelRunner.score`` do, step by step, on a lap timer.
+The stages, the lap timer and the decode stand-in are in ``jobs.benchmark_decode`` (free of
+torch, as the real decode task is), the report's table and chart in ``jobs.benchmark_report``.
 
 Timing model. A *batch* is one actor call together with the decode tasks of its videos. Each
 piece of work is wall-clocked end to end in the process that runs it (every decode task, the
@@ -44,7 +46,6 @@ import itertools
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import sys
@@ -63,22 +64,13 @@ from jobs import results, storage
 from jobs.datasets import DatasetSpec, VideoItem
 from jobs.evaluate import JobError
 from jobs.inference import ModelRunner
-from jobs.work import DecodeResult, ModelSpec, quiet_decoder_logs
+from jobs.benchmark_decode import STAGE_MEANING, STAGES, Laps, make_decode, maxrss_mb
+from jobs.benchmark_report import benchmark_heading, benchmark_markdown, benchmark_table, draw_chart
+from jobs.work import ModelSpec
 from x3d.predict import autocast_for, check_precision, to_device
 
 __all__ = ["BenchmarkConfig", "STAGES", "run_benchmark", "benchmark_table", "draw_chart", "parse_actor_counts"]
 
-#: every batch's time is split into these, plus "other" (what no step timer covers)
-STAGES = ("read", "decode", "preprocess", "h2d", "forward", "write")
-STAGE_MEANING = {
-    "read": "list/read bytes: the video's bytes from local disk or S3 (listing: list_s, once per run)",
-    "decode": "decord decoding of the sampled frames",
-    "preprocess": "resize and crops (decode task); batching, normalisation, memory layout (actor)",
-    "h2d": "host-to-device copy of the uint8 batch",
-    "forward": "the network, including the copy of the logits back to the host",
-    "write": "fusing views, result rows, Parquet written through jobs.storage",
-    "other": "per-batch wall time no stage timer covers (kept small: the tests hold it under 10%)",
-}
 TOP_K = 5
 
 
@@ -112,106 +104,6 @@ def parse_actor_counts(text: str) -> list[int]:
     if not counts or counts[0] < 1:
         raise ValueError(f"--num-actors: expected counts of at least 1 like 1,2,4, got {text!r}")
     return counts
-
-
-# --------------------------------------------------------------------------- the decode task
-
-
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-class _Laps:
-    """A lap timer: ``charge(stage)`` books the time since the previous mark to ``stage``.
-
-    Consecutive stages thus leave no gaps between them: every moment of a piece of work is in
-    some stage, except the stretches deliberately passed over with ``skip()`` (bookkeeping),
-    which end up in ``other``. A process that is descheduled mid-stage is charged to that stage,
-    which is what its wall time was spent on.
-    """
-
-    def __init__(self, stages: dict[str, float]):
-        self.stages = stages
-        self.mark = time.perf_counter()
-
-    def charge(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.stages[stage] += now - self.mark
-        self.mark = now
-
-    def skip(self) -> None:
-        self.mark = time.perf_counter()
-
-
-def _make_decode(ctx: dict[str, Any], synthetic: bool) -> Callable[[VideoItem, ModelSpec], tuple]:
-    """The pipeline's decode task, instrumented; ``ctx`` rides along to the actor."""
-    if synthetic:
-
-        def synthetic_decode(item: VideoItem, spec: ModelSpec) -> tuple:
-            # A stand-in that only says which shape to score: no work of the batch happens here,
-            # so it adds nothing to the batch's wall time (its dispatch shows in actor_busy).
-            proto = spec.test_protocol()
-            plan = proto.view_plan(spec.views)
-            shape = (plan.views, proto.clip_len, plan.crop_size, plan.crop_size, 3)
-            payload = {"synthetic": shape, "video": item.key, "ctx": ctx, "stages": {}, "wall": 0.0, "rss_mb": _maxrss_mb()}
-            return DecodeResult(error=None, num_views=plan.views, decode_ms=0.0), payload
-
-        return synthetic_decode
-
-    def timed_decode(item: VideoItem, spec: ModelSpec) -> tuple:
-        return _timed_decode(item, spec, ctx)
-
-    return timed_decode
-
-
-def _timed_decode(item: VideoItem, spec: ModelSpec, ctx: dict[str, Any]) -> tuple[DecodeResult, dict | None]:
-    """``decode_item``'s work (``x3d.prepare_views``) on a lap timer."""
-    start = time.perf_counter()
-    stages = {"read": 0.0, "decode": 0.0, "preprocess": 0.0}
-    laps = _Laps(stages)
-    try:
-        quiet_decoder_logs()
-        proto = spec.test_protocol()
-        plan = proto.view_plan(spec.views)
-        laps.skip()
-        if item.kind == "rawframes":
-            from jobs.rawframes import rawframe_loader
-
-            loader = rawframe_loader(item)
-
-            def load(index: int) -> bytes:  # frames are read one by one while decoding
-                laps.charge("decode")
-                data = loader(index)
-                laps.charge("read")
-                return data
-
-            source: Any = x3d.RawFrames(load=load, num_frames=int(item.num_frames or 0), name=item.key)
-        else:
-            source = storage.read_bytes(item.uri)  # the whole file into memory, decoded from there
-        laps.charge("read")
-
-        def resize(block: np.ndarray) -> np.ndarray:  # read_frames calls it after each decoded block
-            laps.charge("decode")
-            out = x3d.resize_frames(block, proto.resize_short)
-            laps.charge("preprocess")
-            return out
-
-        def indices_for(info: x3d.VideoInfo) -> np.ndarray:
-            return x3d.clip_indices(info.num_frames, info.fps, spec.preset, spec.views, proto)
-
-        frames, inverse, _ = x3d.read_frames(source, indices_for, transform=resize)
-        laps.charge("decode")
-        views = x3d.make_views(frames[inverse], plan)
-        laps.charge("preprocess")
-    except (x3d.DecodeError, storage.StorageError) as exc:  # decoded from memory: name the video
-        message = str(exc).replace("<in-memory video>", item.key)
-        return DecodeResult(error=message, decode_ms=(time.perf_counter() - start) * 1e3), None
-    except Exception as exc:  # as decode_item: a failure is a row, never a crash
-        message = f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0]
-        return DecodeResult(error=message, decode_ms=(time.perf_counter() - start) * 1e3), None
-    payload = {"views": views, "video": item.key, "ctx": ctx, "stages": stages, "rss_mb": _maxrss_mb()}
-    payload["wall"] = time.perf_counter() - start
-    return DecodeResult(error=None, num_views=int(views.shape[0]), decode_ms=payload["wall"] * 1e3), payload
 
 
 # --------------------------------------------------------------------------- the model actor
@@ -273,7 +165,7 @@ class _BenchActor:
         started_at, start = time.time(), time.perf_counter()
         runner = self.runner
         stages = dict.fromkeys(STAGES, 0.0)
-        laps = _Laps(stages)
+        laps = Laps(stages)
         for p in payloads:  # what the decode tasks measured for these videos
             for name, seconds in p["stages"].items():
                 stages[name] += seconds
@@ -320,7 +212,7 @@ class _BenchActor:
             "decode_wall_s": decode_wall,
             "actor_wall_s": model_wall,
             "stages_s": stages,
-            "actor_rss_mb": _maxrss_mb(),
+            "actor_rss_mb": maxrss_mb(),
             "decode_rss_mb": max(p["rss_mb"] for p in payloads),
             "gpu_util": self._gpu_util(),
             "gpu_peak_mb": torch.cuda.max_memory_allocated(runner.device) / 2**20 if self.cuda else None,
@@ -331,7 +223,7 @@ class _BenchActor:
         self.handover_s = time.perf_counter() - t
         return probs, [stages["forward"] * 1e3 * c / total for c in counts], runner.name
 
-    def _synthetic_views(self, shape: tuple, laps: _Laps) -> np.ndarray:
+    def _synthetic_views(self, shape: tuple, laps: Laps) -> np.ndarray:
         """One random uint8 batch per shape, made on first use (during warm-up), then reused;
         making it is this input's "read"."""
         if shape not in self.synthetic:
@@ -739,7 +631,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     import ray
 
     from cluster.pipeline import run_pipeline
-    from cluster.runtime import ClusterError, cluster_shape, pipeline_config_for, start_cluster, stop_cluster
+    from cluster.runtime import cluster_shape, pipeline_config_for, start_cluster, stop_cluster
 
     log = (lambda message: None) if cfg.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     preset, protocol = _check(cfg)
@@ -774,7 +666,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
             recorder_name = f"x3d-benchmark-{uuid.uuid4().hex[:12]}"
             recorder = ray.remote(_Recorder).options(name=recorder_name, num_cpus=0).remote()
             ctx = {"recorder": recorder_name, "sink": sink}
-            pipe_cfg = dataclasses.replace(configs[n], decode_fn=_make_decode(ctx, synthetic), actor_body=_BenchActor)
+            pipe_cfg = dataclasses.replace(configs[n], decode_fn=make_decode(ctx, synthetic), actor_body=_BenchActor)
             trial = _Trial(cfg, stream, n, log)
             run_pipeline(trial.shards(), pipe_cfg, state_ref, on_video=trial.on_video, on_start=trial.on_start)
             records = ray.get(recorder.take.remote())
@@ -831,196 +723,3 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         print(table)
         print(f"benchmark.json, benchmark.md, benchmark.png in {output}")
     return report
-
-
-# --------------------------------------------------------------------------- table and chart
-
-
-def _num(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _sig(value: float) -> str:
-    """About three significant digits, never in e-notation: 1234, 123, 12.3, 1.23, 0.123."""
-    for limit, digits in ((100, 0), (10, 1), (1, 2)):
-        if abs(value) >= limit:
-            return f"{value:.{digits}f}"
-    return f"{value:.3f}" if value else "0"
-
-
-def _rate(spread: dict[str, Any]) -> str:
-    if spread["median"] is None:
-        return "n/a"
-    return f"{_sig(spread['median'])} ({_sig(spread['min'])}-{_sig(spread['max'])})"
-
-
-def benchmark_heading(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    gpus = ", ".join(m["gpus"]) or ", ".join(a for a in m["actor_accelerators"] if a != "cpu") or "no GPU"
-    v = m["versions"]
-    precision = report.get("precision", "fp32")
-    return (
-        f"{report['model']}, {report['views']} views ({report['protocol']}), "
-        f"{'' if precision == 'fp32' else precision + ' autocast, '}"
-        f"{'synthetic clips' if report['input'] == 'synthetic' else 'dataset ' + report['input']}, "
-        f"{'random weights' if report['checkpoint'] is None else 'checkpoint weights'}; "
-        f"{report['repeats']} x {report['duration_s']:g} s after {report['warmup_s']:g} s warm-up\n"
-        f"{m['cpu_model']} ({m['cpu_cores']} cores), {gpus}; "
-        f"ray {v['ray']}, torch {v['torch']}, decord {v['decord']}"
-        + (f"; load average {m['load_average'][0]:g} at the end" if m.get("load_average") else "")
-    )
-
-
-def benchmark_table(report: dict[str, Any]) -> str:
-    """Markdown: rates as median (min-max) over the windows, stages as % of batch time."""
-    header = ["actors", "videos/s", "clips/s", "videos/s per actor"]
-    header += [f"{name} %" for name in (*STAGES, "other")]
-    header += ["actor busy %", "accel util %", "actor RSS MB", "obj store MB"]
-    rows = []
-    for t in report["trials"]:
-        per_actor = t["per_actor"]["videos_per_s"]
-        row = [str(t["num_actors"]), _rate(t["videos_per_s"]), _rate(t["clips_per_s"]), "n/a" if per_actor is None else _sig(per_actor)]
-        row += [_num(100 * t["stages"][s]["share"], 1) if t["stages"][s]["share"] is not None else "n/a" for s in (*STAGES, "other")]
-        row += [
-            _num(100 * t["actor_busy"], 0) if t["actor_busy"] is not None else "n/a",
-            _num(t["accelerator_util"], 0),
-            _num(t["memory"]["actor_peak_rss_mb"], 0),
-            _num(t["memory"]["object_store_peak_mb"], 1),
-        ]
-        rows.append(row)
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
-
-
-def benchmark_markdown(report: dict[str, Any], table: str) -> str:
-    lines = [f"# Benchmark: {report['model']}, {report['views']} views, {report['input']}", "", "```", benchmark_heading(report), "```", "", table, ""]
-    lines.append(f"- weights: {report['weights']}; input: {report['input_note']}")
-    lines.append(
-        "- rates are median (min-max) over the timed windows; stage columns are shares of the per-batch "
-        "work time (decode tasks + actor call), see `stage_meaning` in benchmark.json"
-    )
-    for t in report["trials"]:
-        mem = t["memory"]
-        lines.append(
-            f"- {t['num_actors']} actor(s) on {', '.join(t['accelerators'])}: {t['timed_batches']} timed batches, "
-            f"{t['videos_done']} videos ({t['videos_failed']} failed); decode worker peak RSS "
-            f"{_num(mem['decode_peak_rss_mb'], 0)} MB, GPU peak "
-            f"{'n/a' if mem['gpu_peak_mb'] is None else _num(mem['gpu_peak_mb'], 0) + ' MB'}, "
-            f"object store peak {_num(mem['object_store_peak_mb'], 1)} of {_num(mem['object_store_capacity_mb'], 0)} MB"
-            + (f"; note: {t['note']}" if t["note"] else "")
-        )
-    return "\n".join(lines) + "\n"
-
-
-STAGE_COLOURS = {
-    "read": (78, 121, 167),
-    "decode": (242, 142, 43),
-    "preprocess": (237, 201, 72),
-    "h2d": (118, 183, 178),
-    "forward": (225, 87, 89),
-    "write": (89, 161, 79),
-    "other": (186, 176, 172),
-}
-
-
-def _nice_step(rough: float) -> float:
-    """1, 2 or 5 times a power of ten, at least ``rough``: axis ticks people can read."""
-    power = 10.0 ** math.floor(math.log10(rough))
-    return next(m * power for m in (1, 2, 5, 10) if m * power >= rough)
-
-
-def draw_chart(report: dict[str, Any]) -> bytes:
-    """PNG bytes: videos/s against actors (median, min-max bars, linear scaling dashed) and the
-    share of each stage in the per-batch time, one bar per actor count. Pillow only."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    width, height = 1200, 520
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    try:
-        font, small, title_font = ImageFont.load_default(14), ImageFont.load_default(12), ImageFont.load_default(16)
-    except TypeError:  # Pillow < 10.1: one bitmap size
-        font = small = title_font = ImageFont.load_default()
-    trials = report["trials"]
-    draw.text((20, 12), benchmark_heading(report).splitlines()[0], fill="black", font=title_font)
-
-    # Left: throughput against actors.
-    left, top, right, bottom = 80, 70, 560, 440
-    draw.rectangle((left, top, right, bottom), outline="black")
-    draw.text((left, top - 22), "videos/s against model actors (median, min-max)", fill="black", font=font)
-    medians = [t["videos_per_s"]["median"] or 0.0 for t in trials]
-    tops = [t["videos_per_s"]["max"] or 0.0 for t in trials]
-    linear = [medians[0] * t["num_actors"] / trials[0]["num_actors"] for t in trials] if trials else []
-    y_step = _nice_step(max([*tops, *linear, 1e-9]) * 1.1 / 5)
-    y_max = y_step * math.ceil(max([*tops, *linear, 1e-9]) * 1.1 / y_step)
-    slots = max(len(trials), 1)
-
-    def x_at(i: int) -> float:
-        return left + (right - left) * (i + 0.5) / slots
-
-    def y_at(v: float) -> float:
-        return bottom - (bottom - top) * v / y_max
-
-    for k in range(round(y_max / y_step) + 1):
-        v = y_step * k
-        y = y_at(v)
-        draw.line((left - 5, y, left, y), fill="black")
-        draw.line((left + 1, y, right - 1, y), fill=(230, 230, 230))
-        draw.text((10, y - 7), f"{v:g}", fill="black", font=small)
-    for i, t in enumerate(trials):
-        draw.text((x_at(i) - 4, bottom + 8), str(t["num_actors"]), fill="black", font=font)
-    draw.text(((left + right) / 2 - 30, bottom + 30), "model actors", fill="black", font=font)
-    for i in range(1, len(trials)):  # linear scaling from the first count, dashed
-        x0, y0, x1, y1 = x_at(i - 1), y_at(linear[i - 1]), x_at(i), y_at(linear[i])
-        for s in range(0, 20, 2):
-            draw.line((x0 + (x1 - x0) * s / 20, y0 + (y1 - y0) * s / 20, x0 + (x1 - x0) * (s + 1) / 20, y0 + (y1 - y0) * (s + 1) / 20), fill=(150, 150, 150), width=2)
-    points = [(x_at(i), y_at(m)) for i, m in enumerate(medians)]
-    if len(points) > 1:
-        draw.line(points, fill=(31, 119, 180), width=3)
-    for i, t in enumerate(trials):
-        x = x_at(i)
-        lo, hi = t["videos_per_s"]["min"] or 0.0, t["videos_per_s"]["max"] or 0.0
-        draw.line((x, y_at(lo), x, y_at(hi)), fill="black", width=2)
-        draw.line((x - 6, y_at(lo), x + 6, y_at(lo)), fill="black", width=2)
-        draw.line((x - 6, y_at(hi), x + 6, y_at(hi)), fill="black", width=2)
-        px, py = points[i]
-        draw.ellipse((px - 5, py - 5, px + 5, py + 5), fill=(31, 119, 180))
-        draw.text((px + 9, py - 18), f"{medians[i]:.3g}", fill="black", font=small)
-    if len(trials) > 1:
-        draw.text((left + 8, top + 6), "dashed: linear scaling", fill=(120, 120, 120), font=small)
-
-    # Right: stage shares per actor count.
-    left2, right2 = 680, 1160
-    draw.text((left2, top - 22), "share of per-batch time by stage", fill="black", font=font)
-    bar_area = (top, bottom - 60)
-    bar_h = min(40, (bar_area[1] - bar_area[0]) / max(slots, 1) * 0.6)
-    names = (*STAGES, "other")
-    for i, t in enumerate(trials):
-        yc = bar_area[0] + (bar_area[1] - bar_area[0]) * (i + 0.5) / slots
-        draw.text((left2 - 70, yc - 8), f"{t['num_actors']} actor{'s' if t['num_actors'] > 1 else ''}", fill="black", font=font)
-        x = left2
-        for name in names:
-            share = t["stages"][name]["share"] or 0.0
-            w = (right2 - left2) * share
-            if w >= 0.5:
-                draw.rectangle((x, yc - bar_h / 2, x + w, yc + bar_h / 2), fill=STAGE_COLOURS[name])
-                if w >= 34:  # room for the label
-                    draw.text((x + 3, yc - 7), f"{100 * share:.0f}%", fill="black", font=small)
-            x += w
-        draw.rectangle((left2, yc - bar_h / 2, right2, yc + bar_h / 2), outline="black")
-    for k in range(5):
-        x = left2 + (right2 - left2) * k / 4
-        draw.text((x - 10, bar_area[1] + 6), f"{25 * k}%", fill="black", font=small)
-    lx, ly = left2, bottom - 20
-    for name in names:
-        draw.rectangle((lx, ly, lx + 14, ly + 14), fill=STAGE_COLOURS[name], outline="black")
-        draw.text((lx + 18, ly), name, fill="black", font=small)
-        lx += 24 + draw.textlength(name, font=small) + 10
-    draw.text((20, height - 28), benchmark_heading(report).splitlines()[1], fill=(80, 80, 80), font=small)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

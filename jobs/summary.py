@@ -155,7 +155,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             f"- checkpoint: `{s['checkpoint']}` (sha256 `{s['checkpoint_sha256'][:16]}…`)",
             f"- wall time {s['wall_s']:.1f} s, {_or_na(s['videos_per_s'])} videos/s, {_or_na(s['clips_per_s'])} clips/s "
             f"on {s['num_workers']} model worker(s): {', '.join(s['accelerators'])}",
-            f"- versions: " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()),
+            "- versions: " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()),
             "",
         ]
     )

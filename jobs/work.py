@@ -13,7 +13,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
 
 import numpy as np
 

@@ -77,3 +77,32 @@ def test_import_x3d_is_light_until_a_torch_name_is_used() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-2000:]
+
+
+BENCH_CHILD = r"""
+import sys
+from ray import cloudpickle
+decode, item, spec = cloudpickle.loads(bytes.fromhex(sys.argv[1]))
+result, payload = decode(item, spec)
+assert result.error is None, result.error
+assert payload["views"].shape[0] == result.num_views and set(payload["stages"]) == {"read", "decode", "preprocess"}
+print("TORCH_MODULES", sum(1 for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+
+
+def test_benchmark_decode_task_loads_no_torch_either(tmp_path: Path) -> None:
+    """The benchmark's timed decode task ships as Ray ships it (cloudpickle, a closure) and must
+    start as light as the jobs' own, or the benchmark would report a decode limit they lack."""
+    from ray import cloudpickle
+
+    from jobs.benchmark_decode import make_decode
+
+    video = write_video(tmp_path / "clip.mp4", num_frames=60, height=96, width=128)
+    spec = ModelSpec(x3d.get_preset("x3d_tiny"), views=10)
+    item = VideoItem(key="clip.mp4", uri=str(video), label=None)
+    payload = cloudpickle.dumps((make_decode({"run": "t"}, synthetic=False), item, spec)).hex()
+    proc = subprocess.run(
+        [sys.executable, "-c", BENCH_CHILD, payload], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TORCH_MODULES 0" in proc.stdout, proc.stdout
