@@ -13,12 +13,22 @@ layout, then for every video, in this order:
                     ``prepare_views``: where (a) and (b) spend their non-model time
 
 and prints seconds per video for each, the ratios, and the largest |delta prob| between
-MMAction2's ``pred_score`` and ours. All in one process: same torch threads, same decoders.
+MMAction2's ``pred_score`` and ours. (a)-(d) run in one process: same torch threads, same
+decoders. Then, after the loop:
+
+  (e) the Ray job   ``python submit.py evaluate`` on the same videos and checkpoint, listed
+                    ``--job-repeat`` times each (hard links under other names), as a user runs it:
+                    a local Ray sized by the job itself (its own threads and decode slots, all of
+                    the machine's cores), Parquet out. Seconds per video over its pipeline
+                    (``summary.json``'s ``wall_s``: first decode to last row, actor start
+                    included) and over the whole command (Python, Ray and checkpoint start too),
+                    and |delta prob| of its saved scores against (a)'s.
 
     python bench/compare_mmaction2.py                          # X3D-S, 30 views, 3 videos
     python bench/compare_mmaction2.py --videos 6 --views 10
     python bench/compare_mmaction2.py --model x3d_m --views 10 --videos 2 --no-job-path
     python bench/compare_mmaction2.py --batch-size 0                # (c) forwards all views at once
+    python bench/compare_mmaction2.py --videos 6 --threads 2 --job-repeat 4  # issue 9's run
 
 X3D-S at 30 views is ~82 GMAC (~164 GFLOP) of model per video per method; the default of three
 videos keeps the whole run to about three minutes on 2 quiet cores.
@@ -199,6 +209,66 @@ def mm_config(Config, mmaction_pkg, model: str, views: int):
 # --------------------------------------------------------------------------- run
 
 
+def run_ray_job(args, folder: Path, videos, ckpt: Path, mm_probs: dict[str, np.ndarray]) -> dict:
+    """(e): ``submit.py evaluate`` on every video ``--job-repeat`` times; its times and scores."""
+    import json
+    import subprocess
+
+    from jobs import results
+
+    job_dir = folder / "ray_job"
+    clips = job_dir / "videos"
+    clips.mkdir(parents=True, exist_ok=True)
+    source_of: dict[str, str] = {}
+    lines = []
+    for copy in range(args.job_repeat):
+        for path, _ in videos:
+            name = f"r{copy}_{path.name}"
+            target = clips / name
+            if not target.exists():
+                try:
+                    os.link(path, target)
+                except OSError:
+                    shutil.copyfile(path, target)
+            source_of[name] = path.name
+            lines.append(f"{name} 0")
+    ann = job_dir / "videos.txt"
+    ann.write_text("\n".join(lines) + "\n")
+    output = job_dir / "run"
+    shutil.rmtree(output, ignore_errors=True)
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(root / "submit.py"), "evaluate", "--ann-file", str(ann), "--data-root", str(clips),
+               "--model", args.model, "--checkpoint", str(ckpt), "--views", str(args.views), "--output", str(output),
+               "--quiet"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    command_wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"(e) the Ray job failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    summary = json.loads((output / "summary.json").read_text())
+    table = results.read_predictions(str(output)).to_pylist()
+    errors = [r for r in table if r["error"]]
+    if errors or len(table) != len(lines):
+        raise SystemExit(f"(e) the Ray job scored {len(table)} of {len(lines)} videos, {len(errors)} with errors")
+    dps, top1 = [], 0
+    for row in table:
+        ref = mm_probs[source_of[Path(row["video"]).name]]
+        probs = np.asarray(row["probs"], dtype=np.float32)
+        dps.append(float(np.abs(ref - probs).max()))
+        top1 += int(int(probs.argmax()) == int(ref.argmax()))
+    workers = summary.get("workers") or []
+    return {
+        "videos": len(table),
+        "pipeline_wall_s": summary["wall_s"],
+        "command_wall_s": command_wall,
+        "pipeline_s": summary["wall_s"] / len(table),
+        "command_s": command_wall / len(table),
+        "dp": max(dps),
+        "top1": top1,
+        "actors": f"{summary.get('num_workers', len(workers))} model actor(s) on {', '.join(summary.get('accelerators', [])) or '?'}",
+    }
+
+
 def fmt_row(cells, widths):
     return "| " + " | ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
 
@@ -213,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="(c): clips per forward, 0 = all views in one (default: the job's CPU choice, jobs.inference.cpu_batch_size)")
     parser.add_argument("--no-decode-split", action="store_true", help="skip (d)")
+    parser.add_argument("--job-repeat", type=int, default=4,
+                        help="(e): the Ray job scores each video this many times [4]; 0 skips (e)")
     parser.add_argument("--workdir", default=None, help="keep videos and checkpoint here (default: a temp dir, removed)")
     args = parser.parse_args(argv)
     if args.videos < 1:
@@ -306,6 +378,7 @@ def main(argv: list[str] | None = None) -> int:
             end = time.perf_counter()
             r["c"], r["c_dec"], r["c_model"] = end - start, mid - start, end - mid
 
+        mm_probs: dict[str, np.ndarray] = {}
         methods = [run_mm, run_ours] + ([run_job_path] if runner is not None else [])
         rows = []
         cpu0, loop0 = time.process_time(), time.perf_counter()
@@ -316,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             for method in methods[i % len(methods):] + methods[: i % len(methods)]:
                 method(path, r, out)
             p_mm = out["mm"]
+            mm_probs[path.name] = p_mm
             r["top_p"] = float(p_mm.max())
             r["dp_b"] = float(np.abs(p_mm - out["ours"]).max())
             top1 = int(p_mm.argmax()) == int(out["ours"].argmax())
@@ -357,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
               f"wall s while measuring: {cpu_share:.2f} (~{torch.get_num_threads()} if the cores were ours alone)")
         print()
 
+        job = None
+        if args.job_repeat > 0:
+            print("(e) the Ray job ...", flush=True)
+            job = run_ray_job(args, tmp, videos, ckpt, mm_probs)
+            print(f"(e) {job['videos']} videos: pipeline {job['pipeline_wall_s']:.1f} s, whole command "
+                  f"{job['command_wall_s']:.1f} s", flush=True)
+            print()
         med = {k: agg(statistics.median, k) for k in ("a", "b", "c", "c_dec", "c_model", "d_mm", "d_ours")}
         print("Summary (medians over videos, seconds per video):")
         print(f"  (a) MMAction2 inference_recognizer   {med['a']:.2f} s")
@@ -370,6 +451,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"      => model part: MMAction2 ~{med['a'] - med['d_mm']:.2f} s (a - d), "
                   f"x3d ~{med['b'] - med['d_ours']:.2f} s (b - d)"
                   + (f", x3d job {med['c_model']:.2f} s (measured)" if med["c"] is not None else ""))
+        if med["a"] is not None and job is not None:
+            print(f"  (e) the Ray job, {job['videos']} videos ({len(videos)} x {args.job_repeat}): pipeline "
+                  f"{job['pipeline_s']:.2f} s/video (MMAction2 / job = {med['a'] / job['pipeline_s']:.2f}x), whole "
+                  f"command {job['command_s']:.2f} s/video ({med['a'] / job['command_s']:.2f}x); "
+                  f"{job['actors']}; max |dp| vs (a) {job['dp']:.2e}, top-1 agrees on {job['top1']}/{job['videos']}")
         dp_b = max(r["dp_b"] for r in rows)
         dp_c = max((r["dp_c"] for r in rows if "dp_c" in r), default=None)
         print(f"  max |prob(MMAction2) - prob(x3d)| over {len(rows)} videos x 400 classes: {dp_b:.2e} (b)"

@@ -47,7 +47,12 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         else:
             # "local": a fresh instance for this run, never whatever `ray start` left on this host
             ray.init(
-                address="local", num_cpus=num_cpus, logging_level=logging.ERROR, include_dashboard=False, runtime_env=env
+                address="local",
+                num_cpus=num_cpus,
+                logging_level=logging.ERROR,
+                include_dashboard=False,
+                runtime_env=env,
+                _system_config=LOCAL_RAY_CONFIG,
             )
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = address or "a local Ray instance"
@@ -58,6 +63,17 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     finally:
         ray_logger.setLevel(level)
     return not address
+
+
+#: Ray's raylet ends a worker that has been idle for 1 s whenever the node runs more workers than
+#: it has CPUs. On a node where the model is the bottleneck, a decode slot idles for seconds
+#: between videos, so every decode started a new worker process: ~1.5-2 s of CPU per video on
+#: a 2-core machine, more than the decode itself (bench/RESULTS.md, "Decode worker churn").
+#: Workers are still recycled after ``max_decode_calls`` videos, and stop with the run. Clusters
+#: started with ``ray start`` get the same setting from the environment variable
+#: ``RAY_idle_worker_killing_time_threshold_ms`` (cluster/ launch files set it).
+IDLE_WORKER_KEEP_MS = 60_000
+LOCAL_RAY_CONFIG = {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_KEEP_MS}
 
 
 def _driver_runtime_env() -> dict | None:

@@ -97,7 +97,9 @@ def ray_local(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     os.environ.update(test_env)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR)
+        from cluster.runtime import LOCAL_RAY_CONFIG  # the job's own local Ray settings
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, _system_config=LOCAL_RAY_CONFIG)
     try:
         yield
     finally:

@@ -293,3 +293,14 @@ def test_dockerfile_installs_the_project(dockerfile: str):
     assert wanted <= have, f"dependencies missing from the image: {sorted(wanted - have)}"
     assert "torch" not in have, "reinstalling torch would replace the base image's CUDA build"
     assert _workdir(dockerfile).startswith("/")
+
+
+def test_image_keeps_idle_decode_workers_as_the_local_ray_does(dockerfile: str):
+    """`ray start` in the image reads RAY_idle_worker_killing_time_threshold_ms from the
+    environment; without it a model-bound node restarts a decode worker for every video."""
+    from cluster.runtime import IDLE_WORKER_KEEP_MS, LOCAL_RAY_CONFIG
+
+    env = " ".join(args for op, args in _instructions(dockerfile) if op == "ENV")
+    found = re.search(r"\bRAY_idle_worker_killing_time_threshold_ms=(\d+)", env)
+    assert found, "the image's ENV does not set RAY_idle_worker_killing_time_threshold_ms"
+    assert int(found.group(1)) == IDLE_WORKER_KEEP_MS == LOCAL_RAY_CONFIG["idle_worker_killing_time_threshold_ms"]

@@ -42,6 +42,8 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from cluster.runtime import IDLE_WORKER_KEEP_MS
+
 from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail
 from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
     PRESET,
@@ -195,6 +197,7 @@ def cluster() -> Iterator[Cluster]:
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
         RAY_USAGE_STATS_ENABLED="0",
+        RAY_idle_worker_killing_time_threshold_ms=str(IDLE_WORKER_KEEP_MS),  # as cluster/Dockerfile sets it
         # A node whose raylet is gone is declared dead after ~5 failed health checks 1 s apart
         # (Ray's default is 3 s apart): what a worker node loss costs, shortened for the test.
         RAY_health_check_period_ms="1000",

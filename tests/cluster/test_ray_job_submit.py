@@ -32,6 +32,8 @@ import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
+from cluster.runtime import IDLE_WORKER_KEEP_MS
+
 from tests.cluster.procs import RAY, free_ports, processes_mentioning, tail
 from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
     PRESET,
@@ -74,7 +76,8 @@ def ray_head() -> Head:
     gcs, dashboard, agent_http, agent_grpc, client, metrics, runtime_env, node_manager, object_manager = free_ports(9)
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_TMPDIR=str(temp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    env.update(RAY_TMPDIR=str(temp), RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+               RAY_idle_worker_killing_time_threshold_ms=str(IDLE_WORKER_KEEP_MS))  # as cluster/Dockerfile sets it
     log = temp / "ray-start.log"
     cmd = RAY + [
         "start", "--head", "--block", "--num-cpus", "2", "--num-gpus", "0",
