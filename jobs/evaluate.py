@@ -207,6 +207,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     job = prepare_evaluate(cfg)
     shards = shard_items(job.items, cfg.shard_size)
     done = set(results.list_shards(job.output)) if cfg.resume else set()
+    if cfg.resume:  # the interrupted run's half-written shards: they are about to be written again
+        storage.remove_stale_temp_files(storage.join(job.output, "predictions"))
     todo = [Shard(i, items) for i, items in shards if i not in done]
 
     import ray

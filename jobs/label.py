@@ -242,6 +242,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         raise JobError(f"--top-k must be between 1 and {preset.arch.num_classes}")
     classes = preset.classes
     history = _history(cfg.output, cfg.model, sha, cfg.views)
+    storage.remove_stale_temp_files(storage.join(cfg.output, "labels"))  # left by a killed earlier run
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0, "labelled": 0, "failed": 0}
     shard_todos: dict[int, list[_Todo]] = {}

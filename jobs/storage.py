@@ -31,6 +31,7 @@ import io
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -464,6 +465,38 @@ def _write_local(uri: str, data: BytesLike | Iterable[bytes]) -> None:
         _fsync_folder(folder)
     except OSError as err:
         raise _local_error(uri, err) from None
+
+
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+def remove_stale_temp_files(folder_uri: str, older_than_s: float = 600.0) -> int:
+    """Delete the temp files that writes killed mid-way left in a local folder; returns how many.
+
+    ``_write_local`` writes ``.<name>.<random>.tmp`` and renames it; a process killed before
+    the rename (a driver's node lost, ``kill -9``) leaves it behind, hidden from every listing
+    but taking space, and a resumed run writes that file again under a new temp name. Only temp
+    files untouched for ``older_than_s`` go, so a write still running in another process (two
+    jobs sharing an output) is never pulled from under it. S3 has no such leftovers: an upload
+    becomes visible whole or not at all.
+    """
+    if is_remote(folder_uri):
+        return 0
+    folder = local_path(folder_uri)
+    removed = 0
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        if not _TEMP_NAME.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        with contextlib.suppress(OSError):
+            if now - entry.stat(follow_symlinks=False).st_mtime >= older_than_s:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def _fsync_folder(folder: str) -> None:

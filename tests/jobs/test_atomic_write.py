@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from jobs import results
+from jobs import results, storage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,6 +68,20 @@ def test_killed_writer_leaves_no_visible_shard(tmp_path: Path):
 
     # Resuming the job simply writes the shard again.
     results.write_shard(str(out), 7, [_row("redo.mp4")])
+    assert results.read_predictions(str(out)).column("video").to_pylist() == ["done.mp4", "redo.mp4"]
+
+    # A resumed run clears the killed write's temp file once it is old enough to be nobody's
+    # current write; a recent one (another process may be writing it) stays.
+    fresh = predictions / ".part-00009.parquet.0123456789ab.tmp"
+    fresh.write_bytes(b"being written")
+    not_ours = predictions / ".notes.tmp"
+    not_ours.write_bytes(b"x")
+    assert storage.remove_stale_temp_files(str(predictions)) == 0
+    hour_ago = time.time() - 3600
+    os.utime(leftovers[0], (hour_ago, hour_ago))
+    os.utime(not_ours, (hour_ago, hour_ago))
+    assert storage.remove_stale_temp_files(str(predictions)) == 1
+    assert sorted(p.name for p in _temp_files(predictions)) == [".notes.tmp", fresh.name]
     assert results.read_predictions(str(out)).column("video").to_pylist() == ["done.mp4", "redo.mp4"]
 
 
