@@ -37,8 +37,8 @@ STAGE_MEANING = {
 }
 
 
-
 def maxrss_mb() -> float:
+    """This process's peak resident set so far, reported with each batch's record."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
