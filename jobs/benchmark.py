@@ -214,6 +214,7 @@ class _BenchActor:
             "stages_s": stages,
             "actor_rss_mb": maxrss_mb(),
             "decode_rss_mb": max(p["rss_mb"] for p in payloads),
+            "decode_workers": sorted({p["worker"] for p in payloads if "worker" in p}),
             "gpu_util": self._gpu_util(),
             "gpu_peak_mb": torch.cuda.max_memory_allocated(runner.device) / 2**20 if self.cuda else None,
             "handover_s": self.handover_s,
@@ -495,6 +496,9 @@ def _summarise_trial(trial: _Trial, records: list[dict[str, Any]], pipe_cfg: Any
         "memory": {
             "actor_peak_rss_mb": round(max((r["actor_rss_mb"] for r in records), default=0.0), 1) or None,
             "decode_peak_rss_mb": round(max((r["decode_rss_mb"] for r in records), default=0.0), 1) or None,
+            # decode worker processes this trial used (all its batches, warm-up included): far more
+            # than decode slots x (videos / max_decode_calls) means workers are being restarted
+            "decode_processes": len({w for r in records for w in r.get("decode_workers", ())}) or None,
             "gpu_peak_mb": round(max(gpu_peaks), 1) if gpu_peaks else None,
             "object_store_peak_mb": round(trial.store_peak / 2**20, 1) if trial.store_peak is not None else None,
             "object_store_capacity_mb": round(trial.store_capacity / 2**20, 1) if trial.store_capacity else None,

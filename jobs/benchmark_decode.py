@@ -20,7 +20,7 @@ import numpy as np
 import x3d
 from jobs import storage
 from jobs.datasets import VideoItem
-from jobs.work import DecodeResult, ModelSpec, quiet_decoder_logs
+from jobs.work import DecodeResult, ModelSpec, quiet_decoder_logs, worker_name
 
 __all__ = ["STAGES", "STAGE_MEANING", "Laps", "make_decode", "maxrss_mb", "timed_decode_item"]
 
@@ -130,6 +130,13 @@ def timed_decode_item(item: VideoItem, spec: ModelSpec, ctx: dict[str, Any]) -> 
     except Exception as exc:  # as decode_item: a failure is a row, never a crash
         message = f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0]
         return DecodeResult(error=message, decode_ms=(time.perf_counter() - start) * 1e3), None
-    payload = {"views": views, "video": item.key, "ctx": ctx, "stages": stages, "rss_mb": maxrss_mb()}
+    payload = {
+        "views": views,
+        "video": item.key,
+        "ctx": ctx,
+        "stages": stages,
+        "rss_mb": maxrss_mb(),
+        "worker": worker_name(),  # counted per trial: a decode worker started per video is hidden time
+    }
     payload["wall"] = time.perf_counter() - start
     return DecodeResult(error=None, num_views=int(views.shape[0]), decode_ms=payload["wall"] * 1e3), payload

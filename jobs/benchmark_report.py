@@ -86,8 +86,8 @@ def benchmark_markdown(report: dict[str, Any], table: str) -> str:
         mem = t["memory"]
         lines.append(
             f"- {t['num_actors']} actor(s) on {', '.join(t['accelerators'])}: {t['timed_batches']} timed batches, "
-            f"{t['videos_done']} videos ({t['videos_failed']} failed); decode worker peak RSS "
-            f"{_num(mem['decode_peak_rss_mb'], 0)} MB, GPU peak "
+            f"{t['videos_done']} videos ({t['videos_failed']} failed); decode worker processes "
+            f"{mem.get('decode_processes') or 'n/a'}, peak RSS {_num(mem['decode_peak_rss_mb'], 0)} MB, GPU peak "
             f"{'n/a' if mem['gpu_peak_mb'] is None else _num(mem['gpu_peak_mb'], 0) + ' MB'}, "
             f"object store peak {_num(mem['object_store_peak_mb'], 1)} of {_num(mem['object_store_capacity_mb'], 0)} MB"
             + (f"; note: {t['note']}" if t["note"] else "")
