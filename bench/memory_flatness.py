@@ -37,7 +37,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from compare_mmaction2 import cpu_model, load_average  # noqa: E402
-from jobs.benchmark import _object_store_use  # noqa: E402
+from jobs.benchmark import object_store_use  # noqa: E402
 from jobs.label import LabelConfig, run_label  # noqa: E402
 from x3d import sample_data  # noqa: E402
 
@@ -101,7 +101,7 @@ def sample_until(stop: threading.Event, out: Samples, interval_s: float) -> None
             if role == "actor":
                 rss = _status_kib(pid, "VmRSS")
                 actor_now = max(actor_now, (rss or 0) / 1024)
-        used, _ = _object_store_use()
+        used, _ = object_store_use()
         out.t.append(time.monotonic() - start)
         out.actor_rss_mb.append(actor_now)
         out.store_mb.append((used or 0.0) / 2**20)

@@ -69,7 +69,7 @@ from jobs.benchmark_report import benchmark_heading, benchmark_markdown, benchma
 from jobs.work import ModelSpec
 from x3d.predict import autocast_for, check_precision, to_device
 
-__all__ = ["BenchmarkConfig", "STAGES", "run_benchmark", "benchmark_table", "draw_chart", "parse_actor_counts"]
+__all__ = ["BenchmarkConfig", "STAGES", "run_benchmark", "benchmark_table", "draw_chart", "object_store_use", "parse_actor_counts"]
 
 TOP_K = 5
 
@@ -361,7 +361,7 @@ class _Trial:
         if not self._store_ok or (not force and now - self._store_at < 0.5):
             return
         self._store_at = now
-        used, capacity = _object_store_use()
+        used, capacity = object_store_use()
         if used is None:
             self._store_ok = False
             return
@@ -393,7 +393,7 @@ def _inside(record: dict[str, Any], lo: float, hi: float) -> float:
     return max(0.0, min(end, hi) - max(start, lo)) / (end - start)
 
 
-def _object_store_use() -> tuple[float | None, float | None]:
+def object_store_use() -> tuple[float | None, float | None]:
     """(bytes used, bytes available) in the object store, summed over nodes; (None, None) when
     this Ray does not expose it (the raylets' store stats are not public API)."""
     try:
