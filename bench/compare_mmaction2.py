@@ -259,7 +259,6 @@ def run_ray_job(args, folder: Path, videos, ckpt: Path, mm_probs: dict[str, np.n
         probs = np.asarray(row["probs"], dtype=np.float32)
         dps.append(float(np.abs(ref - probs).max()))
         top1 += int(int(probs.argmax()) == int(ref.argmax()))
-    workers = summary.get("workers") or []
     return {
         "videos": len(table),
         "pipeline_wall_s": summary["wall_s"],
@@ -269,7 +268,7 @@ def run_ray_job(args, folder: Path, videos, ckpt: Path, mm_probs: dict[str, np.n
         "forward_s": forward_s,
         "dp": max(dps),
         "top1": top1,
-        "actors": f"{summary.get('num_workers', len(workers))} model actor(s) on {', '.join(summary.get('accelerators', [])) or '?'}",
+        "actors": f"{summary['num_workers']} model actor(s) on {', '.join(summary['accelerators'])}",
     }
 
 

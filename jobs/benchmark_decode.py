@@ -20,7 +20,7 @@ import numpy as np
 import x3d
 from jobs import storage
 from jobs.datasets import VideoItem
-from jobs.work import DecodeResult, ModelSpec, quiet_decoder_logs, worker_name
+from jobs.work import DecodeResult, ModelSpec, ms_since, quiet_decoder_logs, worker_name
 
 __all__ = ["STAGES", "STAGE_MEANING", "Laps", "make_decode", "maxrss_mb", "timed_decode_item"]
 
@@ -126,10 +126,10 @@ def timed_decode_item(item: VideoItem, spec: ModelSpec, ctx: dict[str, Any]) -> 
         laps.charge("preprocess")
     except (x3d.DecodeError, storage.StorageError) as exc:  # decoded from memory: name the video
         message = str(exc).replace("<in-memory video>", item.key)
-        return DecodeResult(error=message, decode_ms=(time.perf_counter() - start) * 1e3), None
+        return DecodeResult(error=message, decode_ms=ms_since(start)), None
     except Exception as exc:  # as decode_item: a failure is a row, never a crash
         message = f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0]
-        return DecodeResult(error=message, decode_ms=(time.perf_counter() - start) * 1e3), None
+        return DecodeResult(error=message, decode_ms=ms_since(start)), None
     payload = {
         "views": views,
         "video": item.key,

@@ -444,10 +444,18 @@ def _chunks(data: BytesLike | Iterable[bytes]) -> Iterable[BytesLike]:
     return (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
 
 
+#: ``.<name>.<12 hex>.tmp``: where ``_write_local`` builds a file before renaming it into place
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
+
+
+def _temp_name(name: str) -> str:
+    return f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+
+
 def _write_local(uri: str, data: BytesLike | Iterable[bytes]) -> None:
     path = local_path(uri)
     folder = os.path.dirname(path) or "."
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = os.path.join(folder, _temp_name(os.path.basename(path)))
     try:
         os.makedirs(folder, exist_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
@@ -467,13 +475,10 @@ def _write_local(uri: str, data: BytesLike | Iterable[bytes]) -> None:
         raise _local_error(uri, err) from None
 
 
-_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
-
-
 def remove_stale_temp_files(folder_uri: str, older_than_s: float = 600.0) -> int:
     """Delete the temp files that writes killed mid-way left in a local folder; returns how many.
 
-    ``_write_local`` writes ``.<name>.<random>.tmp`` and renames it; a process killed before
+    ``_write_local`` writes ``_temp_name(name)`` and renames it; a process killed before
     the rename (a driver's node lost, ``kill -9``) leaves it behind, hidden from every listing
     but taking space, and a resumed run writes that file again under a new temp name. Only temp
     files untouched for ``older_than_s`` go, so a write still running in another process (two

@@ -1,9 +1,10 @@
 """From a video to class probabilities, split where a distributed job needs the seams.
 
 ``prepare_views`` is the CPU half (decode, sample, resize, crop; uint8 out, so it is cheap to
-ship between processes; it lives in ``x3d.views``, free of torch, and is re-exported here), ``predict_clips`` is the accelerator half (normalise and forward any
-mix of views from many videos), and ``predict_video`` chains the two for one video with
-MMAction2's fusion. The Ray job calls the halves from different workers.
+ship between processes; it lives in ``x3d.views``, free of torch, and is re-exported here),
+``predict_clips`` is the accelerator half (normalise and forward any mix of views from many
+videos), and ``predict_video`` chains the two for one video with MMAction2's fusion. The Ray
+job calls the halves from different workers.
 """
 
 from __future__ import annotations
