@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+from dataclasses import fields
 import os
 import sys
 
 COMMANDS = ("evaluate", "label", "benchmark")
 PRECISIONS = ("fp32", "bf16")  # x3d.predict.PRECISIONS; not imported, so --help stays instant
+ANN_FORMATS = ("auto", "video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix")  # jobs.datasets.FORMATS
 EXIT_USAGE = 2
 
 K400_HINT = (
@@ -50,100 +52,101 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_dataset_flags(p: argparse.ArgumentParser) -> None:
+def _dataset_flags() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="a registered dataset name (jobs/datasets.toml or --datasets FILE)")
     g.add_argument("--datasets", metavar="FILE", help="a TOML file adding or overriding dataset entries")
     g.add_argument("--data-root", help="folder or s3:// prefix that annotation paths are relative to")
     g.add_argument("--ann-file", "--video-list", dest="ann_file", help="annotation / video list file (local or s3://)")
-    g.add_argument("--ann-format", choices=["auto", "video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix"])
-    g.add_argument("--label-map", help="class names, one per line (default: the model's)")
+    g.add_argument("--ann-format", choices=ANN_FORMATS, help="how the annotation file is laid out [auto: from its first line]")
+    return p
 
 
-def _add_model_flags(p: argparse.ArgumentParser) -> None:
+def _model_flags() -> argparse.ArgumentParser:
+    """Flags of jobs.options.ModelOptions, shared by every command."""
+    p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
     g.add_argument("--model", help="model preset [the dataset's, else x3d_s]")
-    g.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights]")
-    g.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=30, help="test views per video [30]")
+    g.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights; benchmark: random]")
+    g.add_argument("--views", type=int, choices=[1, 3, 10, 30], help="test views per video [evaluate, benchmark: 30; label: 10]")
     g.add_argument("--protocol", help="test protocol of the preset [mmaction2]; e.g. mmaction2-0.x")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
+    return p
 
 
-def _add_run_flags(p: argparse.ArgumentParser, default_probs: bool) -> None:
-    g = p.add_argument_group("run")
-    g.add_argument("--output", help="output folder or s3://bucket/prefix [runs/<dataset>-<model>-<views>v-<UTC time>]")
+def _cluster_flags() -> argparse.ArgumentParser:
+    """Flags of jobs.options.ClusterOptions, shared by every command."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("cluster")
     g.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, else a local Ray started for the run]")
-    g.add_argument("--num-actors", type=_positive_int, help="model actors [one per GPU; one on a CPU-only cluster]")
-    g.add_argument("--batch-size", type=_positive_int, help="clips per forward pass")
-    g.add_argument("--shard-size", type=_positive_int, default=256, help="videos per Parquet file [256]")
-    g.add_argument("--limit", type=_positive_int, help="only the first N videos")
-    g.add_argument("--resume", action="store_true", help="continue an interrupted run (same --output)")
-    g.add_argument("--save-probs", action=argparse.BooleanOptionalAction, default=default_probs,
-                   help=f"keep the full score vector per video [{'on' if default_probs else 'off'}]")
-    g.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error row [300]")
     g.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray started when no --address is given")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.add_argument("--batch-size", type=_positive_int, help="clips per forward pass")
+    g.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error row [300]")
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+    return p
+
+
+def _run_flags() -> argparse.ArgumentParser:
+    """Flags of jobs.options.RunOptions: the jobs that write results shard by shard."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("run")
+    g.add_argument("--num-actors", type=_positive_int, help="model actors [one per GPU; one on a CPU-only cluster]")
+    g.add_argument("--shard-size", type=_positive_int, default=256, help="videos per Parquet file [256]")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="submit.py", description="X3D action recognition on Ray.")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint on a labelled dataset [default command]")
-    _add_dataset_flags(ev)
-    _add_model_flags(ev)
-    _add_run_flags(ev, default_probs=True)
+    common = [_model_flags(), _cluster_flags()]
+    ev = sub.add_parser("evaluate", parents=[_dataset_flags(), *common, _run_flags()],
+                        help="evaluate a checkpoint on a labelled dataset [default command]")
+    ev.add_argument("--label-map", help="class names, one per line (default: the model's)")
+    ev.add_argument("--output", help="output folder or s3://bucket/prefix [runs/<dataset>-<model>-<views>v-<UTC time>]")
+    ev.add_argument("--limit", type=_positive_int, help="only the first N videos")
+    ev.add_argument("--resume", action="store_true", help="continue an interrupted run (same --output)")
+    ev.add_argument("--save-probs", action=argparse.BooleanOptionalAction, default=True, help="keep the full score vector per video [on]")
+    ev.set_defaults(views=30)
 
-    lb = sub.add_parser("label", help="label new or changed videos under a prefix or in a list (incremental)")
+    lb = sub.add_parser("label", parents=[*common, _run_flags()],
+                        help="label new or changed videos under a prefix or in a list (incremental)")
     lb.add_argument("--input", required=True, help="folder, s3://bucket/prefix/ (listed recursively) or a list file")
     lb.add_argument("--output", required=True, help="output folder or s3://bucket/prefix; reruns skip what it holds")
-    lb.add_argument("--model", default="x3d_s", help="model preset [x3d_s]")
-    lb.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights]")
-    lb.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=10, help="test views per video [10]")
-    lb.add_argument("--protocol", help="test protocol of the preset [mmaction2]")
-    lb.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
     lb.add_argument("--top-k", type=_positive_int, default=5, help="labels kept per video [5]")
     lb.add_argument("--min-score", type=float, default=0.0, help="drop labels scoring below this [0]")
     lb.add_argument("--since", help="only videos modified since an ISO date or a look-back like 36h / 7d")
     lb.add_argument("--max-attempts", type=_positive_int, default=3, help="give up on a failing video after N runs [3]")
     lb.add_argument("--plan", action="store_true", help="dry run: count what would be processed and estimate the time")
     lb.add_argument("--resume", action="store_true", help="continue a crashed run (every run resumes anyway)")
-    lb.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, else a local Ray]")
-    lb.add_argument("--num-actors", type=_positive_int, help="model actors [one per GPU; one on a CPU-only cluster]")
-    lb.add_argument("--batch-size", type=_positive_int, help="clips per forward pass")
-    lb.add_argument("--shard-size", type=_positive_int, default=256, help="videos per Parquet file [256]")
-    lb.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error row [300]")
-    lb.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray started when no --address is given")
-    lb.add_argument("--quiet", action="store_true", help="no progress output")
-    _add_benchmark_parser(sub)
-    return parser
+    lb.set_defaults(views=10)
 
-
-def _add_benchmark_parser(sub) -> None:
-    bm = sub.add_parser("benchmark", help="throughput per model-actor count and where the time goes")
-    src = bm.add_argument_group("input (default: --synthetic)")
-    src.add_argument("--synthetic", action="store_true", help="random in-memory clips: the model alone, no reading or decoding")
-    src.add_argument("--dataset", help="a registered dataset name (jobs/datasets.toml or --datasets FILE)")
-    src.add_argument("--datasets", metavar="FILE", help="a TOML file adding or overriding dataset entries")
-    src.add_argument("--data-root", help="folder or s3:// prefix that list paths are relative to")
-    src.add_argument("--ann-file", "--video-list", dest="ann_file", help="annotation / video list file (local or s3://)")
-    src.add_argument("--ann-format", choices=["auto", "video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix"])
-    src.add_argument("--limit", type=_positive_int, help="cycle through only the first N videos [as many as the run reaches]")
-    bm.add_argument("--model", help="model preset [the dataset's, else x3d_s]")
-    bm.add_argument("--checkpoint", help="checkpoint path, URL or s3:// URI [random weights: speed does not depend on them]")
-    bm.add_argument("--views", type=int, choices=[1, 3, 10, 30], default=30, help="test views per video [30]")
-    bm.add_argument("--protocol", help="test protocol of the preset [mmaction2]")
-    bm.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
+    bm = sub.add_parser("benchmark", parents=[_dataset_flags(), *common],
+                        help="throughput per model-actor count and where the time goes")
+    bm.add_argument("--synthetic", action="store_true", help="random uint8 views of the real shape: no reading or decoding [default]")
+    bm.add_argument("--limit", type=_positive_int, help="cycle through only the first N videos [as many as the run reaches]")
     bm.add_argument("--num-actors", help="actor counts to measure, e.g. 1,2,4 [1,2,4,... up to the GPUs; 1 on CPU]")
     bm.add_argument("--duration", type=float, default=20.0, help="seconds per timed window [20]")
     bm.add_argument("--repeats", type=_positive_int, default=3, help="timed windows per actor count: median and min/max [3]")
     bm.add_argument("--warmup", type=float, default=5.0, help="untimed seconds first (and one batch per actor) [5]")
-    bm.add_argument("--batch-size", type=_positive_int, help="clips per forward pass")
     bm.add_argument("--output", help="output folder or s3://bucket/prefix [runs/benchmark-<model>-<views>v-<UTC time>]")
-    bm.add_argument("--address", help="Ray cluster address [RAY_ADDRESS, else a local Ray]")
-    bm.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray started when no --address is given")
-    bm.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error [300]")
-    bm.add_argument("--quiet", action="store_true", help="no progress output")
-    bm.set_defaults(label_map=None)  # _dataset_from_args reads it; a benchmark needs no class names
+    bm.set_defaults(views=30, label_map=None)  # _dataset_from_args reads label_map; a benchmark needs no class names
+    return parser
+
+
+#: config field -> the flag's dest where the two names differ
+_FLAG_FOR_FIELD = {"local_cpus": "num_cpus", "decode_timeout_s": "decode_timeout", "duration_s": "duration", "warmup_s": "warmup"}
+
+
+def _config(cls, args: argparse.Namespace, **values):
+    """A job config from the parsed flags: every field that has a flag of the same name (or
+    the one in ``_FLAG_FOR_FIELD``), then ``values``."""
+    taken = {}
+    for f in fields(cls):
+        dest = _FLAG_FOR_FIELD.get(f.name, f.name)
+        if f.name not in values and hasattr(args, dest):
+            taken[f.name] = getattr(args, dest)
+    return cls(**taken, **values)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -171,31 +174,14 @@ def _dataset_from_args(args: argparse.Namespace):
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
-    from cluster.runtime import ClusterError
+    from cluster.errors import ClusterError
     from jobs.datasets import DatasetError
-    from jobs.evaluate import EvaluateConfig, JobError, run_evaluate
-    from jobs.storage import StorageError
+    from jobs.errors import JobError
+    from jobs.evaluate import EvaluateConfig, run_evaluate
+    from x3d.storage import StorageError
 
     spec = _dataset_from_args(args)
-    cfg = EvaluateConfig(
-        dataset=spec,
-        model=args.model or spec.model or "x3d_s",
-        checkpoint=args.checkpoint,
-        views=args.views,
-        protocol=args.protocol,
-        precision=args.precision,
-        output=args.output,
-        address=args.address,
-        num_actors=args.num_actors,
-        batch_size=args.batch_size,
-        shard_size=args.shard_size,
-        limit=args.limit,
-        resume=args.resume,
-        save_probs=args.save_probs,
-        decode_timeout_s=args.decode_timeout,
-        local_cpus=args.num_cpus,
-        quiet=args.quiet,
-    )
+    cfg = _config(EvaluateConfig, args, dataset=spec, model=args.model or spec.model or "x3d_s")
     try:
         run_evaluate(cfg)
     except DatasetError as exc:
@@ -209,31 +195,12 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 
 
 def run_label_command(args: argparse.Namespace) -> int:
-    from cluster.runtime import ClusterError
-    from jobs.evaluate import JobError
+    from cluster.errors import ClusterError
+    from jobs.errors import JobError
     from jobs.label import LabelConfig, plan_label, run_label
-    from jobs.storage import StorageError
+    from x3d.storage import StorageError
 
-    cfg = LabelConfig(
-        input=args.input,
-        output=args.output,
-        model=args.model,
-        checkpoint=args.checkpoint,
-        views=args.views,
-        protocol=args.protocol,
-        precision=args.precision,
-        top_k=args.top_k,
-        min_score=args.min_score,
-        since=args.since,
-        max_attempts=args.max_attempts,
-        shard_size=args.shard_size,
-        address=args.address,
-        num_actors=args.num_actors,
-        batch_size=args.batch_size,
-        decode_timeout_s=args.decode_timeout,
-        local_cpus=args.num_cpus,
-        quiet=args.quiet,
-    )
+    cfg = _config(LabelConfig, args, model=args.model or "x3d_s")
     try:
         if args.plan:
             plan = plan_label(cfg)
@@ -251,11 +218,11 @@ def run_label_command(args: argparse.Namespace) -> int:
 
 
 def run_benchmark_command(args: argparse.Namespace) -> int:
-    from cluster.runtime import ClusterError
+    from cluster.errors import ClusterError
     from jobs.benchmark import BenchmarkConfig, parse_actor_counts, run_benchmark
     from jobs.datasets import DatasetError
-    from jobs.evaluate import JobError
-    from jobs.storage import StorageError
+    from jobs.errors import JobError
+    from x3d.storage import StorageError
 
     data_flags = args.dataset or args.ann_file or args.data_root
     if args.synthetic and data_flags:
@@ -265,24 +232,8 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _fail(str(exc))
     dataset = _dataset_from_args(args) if data_flags else None
-    cfg = BenchmarkConfig(
-        model=args.model or (dataset.model if dataset else None) or "x3d_s",
-        views=args.views,
-        protocol=args.protocol,
-        precision=args.precision,
-        checkpoint=args.checkpoint,
-        dataset=dataset,
-        limit=args.limit,
-        num_actors=counts,
-        duration_s=args.duration,
-        warmup_s=args.warmup,
-        repeats=args.repeats,
-        batch_size=args.batch_size,
-        output=args.output,
-        address=args.address,
-        local_cpus=args.num_cpus,
-        decode_timeout_s=args.decode_timeout,
-        quiet=args.quiet,
+    cfg = _config(
+        BenchmarkConfig, args, dataset=dataset, num_actors=counts, model=args.model or (dataset.model if dataset else None) or "x3d_s"
     )
     try:
         run_benchmark(cfg)

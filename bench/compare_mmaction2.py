@@ -6,7 +6,7 @@ layout, then for every video, in this order:
 
   (a) mmaction2     ``inference_recognizer(init_recognizer(packaged config, ckpt, "cpu"), video)``
   (b) x3d           ``x3d.predict_video(load_model(name, ckpt), video, name, views)``
-  (c) x3d job path  ``prepare_views`` (the decode task) + ``jobs.inference.ModelRunner.score`` (the
+  (c) x3d job path  ``prepare_views`` (the decode task) + ``worker.model_runner.ModelRunner.score`` (the
                     model actor: BatchNorm folded, channels_last_3d, ``--batch-size`` clips per
                     forward), timed in its two halves; the same code the Ray job runs
   (d) decode only   MMAction2's ``test_pipeline`` (Compose of its transforms) vs x3d's
@@ -55,6 +55,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import x3d  # noqa: E402
+from jobs.machine import cpu_model, load_average_text as load_average  # noqa: E402
 from x3d.checkpoints import save_mmaction2_checkpoint  # noqa: E402
 
 #: (width, height, fps, seconds): landscape 340x256 / 320x240, one portrait, 30 and 25 fps.
@@ -71,26 +72,6 @@ CONFIGS = {
     "x3d_s": "recognition/x3d/x3d_s_13x6x1_facebook-kinetics400-rgb.py",
     "x3d_m": "recognition/x3d/x3d_m_16x5x1_facebook-kinetics400-rgb.py",
 }
-
-
-# --------------------------------------------------------------------------- machine
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 # --------------------------------------------------------------------------- inputs
@@ -284,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's)")
     parser.add_argument("--no-job-path", action="store_true", help="skip (c)")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="(c): clips per forward, 0 = all views in one (default: the job's CPU choice, jobs.inference.cpu_batch_size)")
+                        help="(c): clips per forward, 0 = all views in one (default: the job's CPU choice, worker.model_runner.cpu_batch_size)")
     parser.add_argument("--no-decode-split", action="store_true", help="skip (d)")
     parser.add_argument("--job-repeat", type=int, default=4,
                         help="(e): the Ray job scores each video this many times [4]; 0 skips (e)")
@@ -336,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         ours = x3d.load_model(args.model, checkpoint=ckpt)
         runner = None
         if not args.no_job_path:
-            from jobs.inference import ModelRunner
-            from jobs.work import ModelSpec
+            from worker.model_runner import ModelRunner
+            from worker.decode_task import ModelSpec
 
             spec = ModelSpec(x3d.get_preset(args.model), args.views)
             batch = spec.test_protocol().view_plan(args.views).views if args.batch_size == 0 else args.batch_size

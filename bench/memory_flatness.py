@@ -36,12 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ray  # noqa: E402
 import torch  # noqa: E402
 
-from compare_mmaction2 import cpu_model, load_average  # noqa: E402
-from jobs.benchmark import object_store_use  # noqa: E402
+from jobs.machine import cpu_model, load_average_text as load_average  # noqa: E402  (one machine description for every benchmark)
+from jobs.machine import object_store_use  # noqa: E402
 from jobs.label import LabelConfig, run_label  # noqa: E402
 from x3d import sample_data  # noqa: E402
 
-ROLES = (("actor", "_ModelActor"), ("decode", "decode_item"), ("idle worker", "ray::IDLE"))
+ROLES = (("actor", "ModelActor"), ("decode", "decode_item"), ("idle worker", "ray::IDLE"))
 
 
 def _status_kib(pid: int, field_name: str) -> int | None:

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import x3d  # noqa: E402
-from compare_mmaction2 import cpu_model, load_average  # noqa: E402  (one machine description for every bench script)
+from jobs.machine import cpu_model, load_average_text as load_average  # noqa: E402  (one machine description for every benchmark)
 
 DEFAULT_REPEATS = {"x3d_s": 5, "x3d_m": 3}
 LAYOUTS = ("contiguous", "channels_last")

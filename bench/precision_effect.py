@@ -1,7 +1,7 @@
 """bf16 autocast against the fp32 reference: what it does to the scores, and to the speed.
 
 Scores every view of every video twice, in fp32 and under bf16 autocast (``--precision bf16``
-of the jobs), with the Ray job's own model half (``jobs.inference.ModelRunner``: same memory
+of the jobs), with the Ray job's own model half (``worker.model_runner.ModelRunner``: same memory
 layout, normalisation and fusion) on one device, and prints
 
 - max and mean |Δprob| of the fused scores (per class, over all videos), and the mean over
@@ -46,9 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 import x3d  # noqa: E402
-from compare_mmaction2 import cpu_model, load_average, random_checkpoint, write_videos  # noqa: E402
-from jobs.inference import ModelRunner  # noqa: E402
-from jobs.work import ModelSpec  # noqa: E402
+from compare_mmaction2 import random_checkpoint, write_videos  # noqa: E402
+from jobs.machine import cpu_model, load_average_text as load_average  # noqa: E402
+from worker.model_runner import ModelRunner  # noqa: E402
+from worker.decode_task import ModelSpec  # noqa: E402
 from x3d.predict import PRECISIONS  # noqa: E402
 
 

@@ -20,16 +20,15 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import ray
-import torch
 from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayError, TaskCancelledError
 
-from jobs.datasets import VideoItem
-from jobs.inference import ModelRunner
-from jobs.work import DecodeResult, ModelSpec, decode_item
+from cluster.actors import ModelActor
+from worker.decode_task import DecodeResult, ModelSpec, decode_item
+from worker.items import VideoItem
 
 __all__ = ["PipelineConfig", "Shard", "VideoOutcome", "run_pipeline"]
 
@@ -53,6 +52,7 @@ class VideoOutcome:
     decode_ms: float = 0.0
     infer_ms: float = 0.0
     worker: str = ""
+    decode: DecodeResult | None = None  # the decode task's result (its stage times when timed)
 
 
 @dataclass(frozen=True)
@@ -72,35 +72,14 @@ class PipelineConfig:
     actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
     calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
     extra_video_budget: int = 4
-    # Instrumentation hook (jobs/benchmark.py): replacements with the same call signatures as
-    # ``decode_item`` (item, spec) -> (DecodeResult, views) and ``_ModelActor``; the views
-    # object is opaque to the pipeline, it only travels by ref from the decode task to the actor.
+    # The benchmark's switch: the decode tasks and model actors time their steps and every
+    # actor call's record goes to ``on_batch``. Off, each step costs a no-op call.
+    timed: bool = False
+    # Stand-ins for measuring the pipeline without real work (the benchmark's synthetic input):
+    # the same call signatures as ``decode_item`` (item, spec, timed) -> (DecodeResult, views)
+    # and ``ModelActor``; the views travel by ref from the decode task to the actor, unopened.
     decode_fn: Callable[..., Any] | None = None
     actor_body: type | None = None
-
-
-class _ModelActor:
-    """Ray actor body: one ModelRunner, pinned to whatever device Ray granted."""
-
-    def __init__(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], threads: int, batch_size: int | None):
-        # The driver keeps the state dict's ref alive for the whole run, so a restarted actor
-        # (max_restarts) can resolve it again; Ray's warning about this at start-up is expected.
-        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size)
-
-    def describe(self) -> dict[str, Any]:
-        info = self.runner.describe()
-        info["node"] = ray.get_runtime_context().get_node_id()
-        return info
-
-    def pid(self) -> int:
-        import os
-
-        return os.getpid()
-
-    def score(self, *views: np.ndarray) -> tuple[list[np.ndarray], list[float], str]:
-        probs, infer_ms = self.runner.score(list(views))
-        return probs, infer_ms, self.runner.name
 
 
 @dataclass
@@ -133,8 +112,10 @@ class _Pipeline:
         state_dict_ref: Any,
         on_video: Callable[[VideoOutcome], None],
         on_shard: Callable[[int, list[VideoOutcome]], None],
+        on_batch: Callable[[dict[str, Any], list[VideoOutcome]], None] | None = None,
     ):
         self.config = config
+        self.on_batch = on_batch
         self.state_dict_ref = state_dict_ref  # held for the whole run: restarted actors re-read it
         self.on_video = on_video
         self.on_shard = on_shard
@@ -154,7 +135,7 @@ class _Pipeline:
             num_cpus=config.decode_cpus,
             max_retries=config.decode_retries,
         )
-        self.actor_cls = ray.remote(config.actor_body or _ModelActor).options(
+        self.actor_cls = ray.remote(config.actor_body or ModelActor).options(
             num_gpus=config.actor_gpus,
             num_cpus=config.actor_cpus,
             # The driver, not Ray, restarts model actors (_replace_actor). A Ray restart would
@@ -245,7 +226,7 @@ class _Pipeline:
             self._pull_shard()
         while self.pending and len(self.decoding) < self.config.decode_slots and self._in_flight() < self.max_in_flight:
             key, item = self.pending.popleft()
-            meta_ref, views_ref = self.decode_fn.remote(item, self.config.spec)
+            meta_ref, views_ref = self.decode_fn.remote(item, self.config.spec, self.config.timed)
             self.decoding[meta_ref] = _Decoding(key, item, views_ref, time.monotonic() + self.config.decode_timeout_s)
             if not self.pending:
                 self._pull_shard()
@@ -264,7 +245,7 @@ class _Pipeline:
                     video = self.ready.popleft()
                     batch.videos.append(video)
                     views += video.result.num_views
-                ref = self.actors[actor].score.remote(*[v.views_ref for v in batch.videos])
+                ref = self.actors[actor].score.remote(self.config.timed, *[v.views_ref for v in batch.videos])
                 self.scoring[ref] = batch
                 self.busy[actor] += 1
 
@@ -281,7 +262,8 @@ class _Pipeline:
             self._fail(job.key, job.item, f"{job.item.key}: decode worker failed ({_short(exc)})")
             return
         if result.error is not None:
-            self._fail(job.key, job.item, result.error, result.decode_ms, result.worker)
+            self._finish(job.key, VideoOutcome(job.key[0], job.key[1], job.item, None, result.error,
+                                               decode_ms=result.decode_ms, worker=result.worker, decode=result))
         else:
             self.ready.append(_Decoded(job.key, job.item, result, job.views_ref))
 
@@ -289,7 +271,7 @@ class _Pipeline:
         batch = self.scoring.pop(ref)
         self.busy[batch.actor] -= 1
         try:
-            probs, infer_ms, worker = ray.get(ref)
+            probs, infer_ms, worker, record = ray.get(ref)
         except RayActorError:
             self.ready.extendleft(reversed(batch.videos))  # redo the batch on the live actors
             self._replace_actor(batch.actor)
@@ -302,13 +284,17 @@ class _Pipeline:
             for video in batch.videos:
                 self._fail(video.key, video.item, f"{video.item.key}: inference failed ({_short(exc)})", video.result.decode_ms)
             return
-        for video, p, ms in zip(batch.videos, probs, infer_ms):
-            self._finish(
-                video.key,
-                VideoOutcome(
-                    video.key[0], video.key[1], video.item, p, None, video.result.num_views, video.result.decode_ms, ms, worker
-                ),
+        outcomes = [
+            VideoOutcome(
+                video.key[0], video.key[1], video.item, p, None, video.result.num_views, video.result.decode_ms, ms, worker,
+                decode=video.result,
             )
+            for video, p, ms in zip(batch.videos, probs, infer_ms)
+        ]
+        if self.on_batch is not None and record is not None:
+            self.on_batch(record, outcomes)
+        for outcome in outcomes:
+            self._finish((outcome.shard, outcome.position), outcome)
 
     def _replace_actor(self, index: int) -> None:
         """Replace a lost actor (a bounded number of times); its other calls are redone too.
@@ -379,9 +365,13 @@ def run_pipeline(
     on_video: Callable[[VideoOutcome], None] = lambda o: None,
     on_shard: Callable[[int, list[VideoOutcome]], None] = lambda i, o: None,
     on_start: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_batch: Callable[[dict[str, Any], list[VideoOutcome]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Score every video of ``shards``; returns a description of the actors used."""
-    pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard)
+    """Score every video of ``shards``; returns a description of the actors used.
+
+    With ``config.timed`` each actor call's record (and its videos) goes to ``on_batch``.
+    """
+    pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard, on_batch)
     actors = pipeline.describe_actors()
     if on_start is not None:
         on_start(actors)

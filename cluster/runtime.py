@@ -1,30 +1,20 @@
-"""Joining a Ray cluster and sizing the job to what it offers."""
+"""Joining a Ray cluster (or starting a local one), and reading what it offers."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
-from dataclasses import dataclass
 
 import ray
 
-__all__ = ["ClusterError", "ClusterShape", "connect", "cluster_shape"]
+from cluster.errors import ClusterError
+from cluster.pipeline import PipelineConfig
+from cluster.sizing import ClusterShape, size_pipeline
+from worker.decode_task import ModelSpec
 
-
-class ClusterError(Exception):
-    """Ray could not be reached or cannot run the job; one line for the user."""
-
-
-@dataclass(frozen=True)
-class ClusterShape:
-    cpus: float
-    gpus: float
-    nodes: int
-    node_cpus: float = 0.0  # CPUs of the largest node
-    cpu_nodes: int = 0  # nodes that have any CPU
+__all__ = ["ClusterError", "ClusterShape", "connect", "cluster_shape", "pipeline_config_for", "start_cluster", "stop_cluster"]
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -128,6 +118,12 @@ def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
         ) from None
 
 
+def pipeline_config_for(spec: ModelSpec, num_actors: int | None = None, batch_size: int | None = None,
+                        decode_timeout_s: float = 300.0) -> PipelineConfig:
+    """The pipeline sized to the cluster this process is connected to (``cluster.sizing``)."""
+    return size_pipeline(cluster_shape(), spec, num_actors=num_actors, batch_size=batch_size, decode_timeout_s=decode_timeout_s)
+
+
 def cluster_shape() -> ClusterShape:
     total = ray.cluster_resources()
     alive = [n for n in ray.nodes() if n.get("Alive")]
@@ -151,54 +147,3 @@ def stop_cluster(started: bool) -> None:
         ray.shutdown()
 
 
-def pipeline_config_for(
-    spec,
-    num_actors: int | None = None,
-    batch_size: int | None = None,
-    decode_timeout_s: float = 300.0,
-):
-    """Size the pipeline to the cluster: one actor per GPU and the remaining CPUs decoding;
-    without GPUs, one CPU actor (or ``num_actors``) whose threads take its node's cores, each
-    with a half-CPU decode slot beside it."""
-    from cluster.pipeline import PipelineConfig
-
-    shape = cluster_shape()
-    gpus = int(shape.gpus)
-    actor_threads = None
-    decode_cpus = 1.0
-    if gpus >= 1:
-        actors = num_actors or gpus
-        if actors > gpus:
-            raise ClusterError(f"--num-actors {actors} needs {actors} GPUs but the cluster has {gpus}")
-        actor_gpus, actor_cpus = 1.0, 1.0
-        decode_slots = max(1, int(shape.cpus - actors * actor_cpus))
-    else:
-        # On CPU the forward dwarfs the decode (X3D-S, 30 views, 2 cores: ~2.8 s of model and
-        # 0.08 s of decode per video), and X3D's forward gains more than 2x from a second
-        # thread. So each actor's threads take its node's cores, and one decode slot per actor
-        # holds half a CPU: it runs beside the model, not in place of one of its threads
-        # (3.1x the videos/s of an even split on 2 cores; bench/RESULTS.md).
-        actors = num_actors or 1
-        per_node = math.ceil(actors / max(shape.cpu_nodes, 1))
-        actor_threads = max(1, int(shape.node_cpus // per_node))
-        decode_cpus = 0.5
-        decode_slots = actors
-        actor_cpus = max(0.5, actor_threads - decode_cpus)
-        actor_gpus = 0.0
-        needed = actors * actor_cpus + decode_slots * decode_cpus
-        if needed > shape.cpus:
-            raise ClusterError(f"--num-actors {actors} needs {needed:g} CPUs but the cluster has {shape.cpus:g}")
-    views = spec.views
-    batch_views = batch_size or (max(60, views) if actor_gpus else max(views, 30))
-    return PipelineConfig(
-        spec=spec,
-        num_actors=actors,
-        actor_gpus=actor_gpus,
-        actor_cpus=actor_cpus,
-        actor_threads=actor_threads,
-        decode_slots=decode_slots,
-        decode_cpus=decode_cpus,
-        batch_views=batch_views,
-        batch_size=batch_size,
-        decode_timeout_s=decode_timeout_s,
-    )

@@ -10,7 +10,7 @@ import io
 import math
 from typing import Any
 
-from jobs.benchmark_decode import STAGES
+from worker.stages import STAGES
 
 __all__ = ["benchmark_heading", "benchmark_markdown", "benchmark_table", "draw_chart"]
 

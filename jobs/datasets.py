@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from jobs import storage
+from worker.items import VideoItem
+from x3d import storage
 
 __all__ = [
     "FORMATS",
@@ -101,21 +102,6 @@ class DatasetSpec:
     description: str = ""
     source: str | None = None  # registry file defining the entry; None when built from flags
     generator: str | None = None  # one of GENERATORS: the files are made on first use
-
-
-@dataclass(frozen=True)
-class VideoItem:
-    """One video (or frame folder) to score.
-
-    `key` is the path exactly as the annotation wrote it and becomes the `video` column of
-    the results, so rows can be matched against the annotation file; `uri` is where to read it.
-    """
-
-    key: str
-    uri: str
-    label: int | None
-    num_frames: int | None = None  # rawframes only: frames are img_00001.jpg .. img_{n:05d}.jpg
-    kind: str = "video"  # "video" | "rawframes"
 
 
 class AnnLine(NamedTuple):

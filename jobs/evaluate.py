@@ -8,6 +8,7 @@ one Parquet file when its last video is done; ``--resume`` skips shards whose fi
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import sys
@@ -17,58 +18,47 @@ from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-import x3d
-from jobs import results, storage
-from jobs.datasets import DatasetSpec, VideoItem, check_dataset, generate_dataset, iter_items, read_label_map
+from cluster.pipeline import Shard
+from jobs import results
+from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
+from jobs.errors import JobError
+from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_job
 from jobs.metrics import topk_from_scores
-from jobs.progress import Progress
+from jobs.options import RunOptions
+from jobs.progress import Progress, quiet_stream
 from jobs.summary import build_summary, summary_markdown, summary_table
-from jobs.work import ModelSpec
-from x3d.predict import check_precision
+from worker.decode_task import ModelSpec
+from worker.items import VideoItem
+from x3d import storage
 
 __all__ = ["EvaluateConfig", "JobError", "prepare_evaluate", "run_evaluate", "outcome_row"]
 
 TOP_K = 5
 
 
-class JobError(Exception):
-    """A request that cannot run as given; the message says what to fix, in one line."""
-
-
-@dataclass
-class EvaluateConfig:
+@dataclass(kw_only=True)
+class EvaluateConfig(RunOptions):
     dataset: DatasetSpec
-    model: str = "x3d_s"
-    checkpoint: str | None = None
-    views: int = 30
-    protocol: str | None = None
-    precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
     output: str | None = None
-    address: str | None = None
-    num_actors: int | None = None
-    batch_size: int | None = None
-    shard_size: int = 256
     limit: int | None = None
     resume: bool = False
     save_probs: bool = True
-    decode_timeout_s: float = 300.0
-    local_cpus: int | None = None  # size of the local Ray started when no address is given
-    quiet: bool = False
 
 
 @dataclass
 class PreparedJob:
     config: EvaluateConfig
+    spec: ModelSpec
     items: list[VideoItem]
     classes: Sequence[str]
-    state_dict: dict[str, torch.Tensor]
-    checkpoint_path: str
-    checkpoint_sha256: str
+    weights: LoadedWeights
     output: str
-    protocol: str
     manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def protocol(self) -> str:
+        return str(self.spec.protocol)
 
 
 def _default_output(cfg: EvaluateConfig) -> str:
@@ -78,8 +68,6 @@ def _default_output(cfg: EvaluateConfig) -> str:
 
 def _latest_run(cfg: EvaluateConfig) -> str | None:
     """For ``--resume`` without ``--output``: the newest local run of the same kind."""
-    import glob
-
     runs = sorted(glob.glob(f"runs/{cfg.dataset.name}-{cfg.model}-{cfg.views}v-*"))
     return runs[-1] if runs else None
 
@@ -93,13 +81,8 @@ def _fingerprint(items: Sequence[VideoItem]) -> str:
 
 def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
     """All checks that need no cluster: dataset, flags, checkpoint, output and resume state."""
-    try:
-        preset = x3d.get_preset(cfg.model)
-        protocol = preset.protocol(cfg.protocol).name
-        preset.protocol(protocol).view_plan(cfg.views)
-        check_precision(cfg.precision)
-    except ValueError as exc:
-        raise JobError(str(exc)) from None
+    spec = check_model(cfg)
+    preset, protocol = spec.preset, spec.protocol
     if cfg.shard_size < 1:
         raise JobError("--shard-size must be at least 1")
     generate_dataset(cfg.dataset, verbose=not cfg.quiet)
@@ -116,12 +99,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
             "pass the matching --label-map or --model"
         )
 
-    model = x3d.build_model(preset)
-    try:
-        info = x3d.checkpoints.load_checkpoint_into(model, cfg.checkpoint or _default_weights(preset), model_name=cfg.model)
-    except x3d.CheckpointError as exc:
-        raise JobError(f"{exc}; check --checkpoint and --model") from None
-
+    weights = load_weights(cfg)
     output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
     manifest = {
         "job": "evaluate",
@@ -130,20 +108,14 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "views": cfg.views,
         "protocol": protocol,
         "precision": cfg.precision,
-        "checkpoint_sha256": info.sha256,
+        "checkpoint_sha256": weights.sha256,
         "shard_size": cfg.shard_size,
         "num_videos": len(items),
         "videos_sha256": _fingerprint(items),
         "save_probs": cfg.save_probs,
     }
     _check_resume(output, manifest, cfg.resume)
-    return PreparedJob(cfg, items, classes, model.state_dict(), str(info.path), info.sha256, output, protocol, manifest)
-
-
-def _default_weights(preset: x3d.Preset) -> str:
-    if preset.default_weights is None:
-        raise JobError(f"{preset.name} has no published weights; pass --checkpoint")
-    return preset.default_weights.url
+    return PreparedJob(cfg, spec, items, classes, weights, output, manifest)
 
 
 def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
@@ -201,55 +173,42 @@ def _log(cfg: EvaluateConfig, message: str) -> None:
 
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run the whole job and return the summary (also written next to the predictions)."""
-    from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
-    from cluster.pipeline import Shard, run_pipeline
-
     job = prepare_evaluate(cfg)
     shards = shard_items(job.items, cfg.shard_size)
     done = set(results.list_shards(job.output)) if cfg.resume else set()
     if cfg.resume:  # the interrupted run's half-written shards: they are about to be written again
         storage.remove_stale_temp_files(storage.join(job.output, "predictions"))
     todo = [Shard(i, items) for i, items in shards if i not in done]
+    todo_videos = sum(len(s.items) for s in todo)
+    progress = Progress(todo_videos, stream=quiet_stream() if cfg.quiet else sys.stderr)
+    done_here = {"videos": 0, "clips": 0}  # this invocation's work: a resumed run's throughput
+    manifest_uri = storage.join(job.output, "run.json")
 
-    import ray
-
-    # Join the cluster before the first write, so an unreachable --address leaves no output.
-    started = start_cluster(cfg.address, cfg.local_cpus)
-    workers: list[dict[str, Any]] = []
-    try:
-        storage.write_bytes(storage.join(job.output, "run.json"), json.dumps(job.manifest, indent=2).encode())
+    def on_sized(pipe_cfg) -> None:  # the cluster fits the job: the first write
+        storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
         _log(cfg, f"evaluate: {len(job.items)} videos in {len(shards)} shards -> {job.output}")
         if done:
             _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
-        pipe_cfg = pipeline_config_for(
-            ModelSpec(x3d.get_preset(cfg.model), cfg.views, job.protocol, precision=cfg.precision),
-            num_actors=cfg.num_actors,
-            batch_size=cfg.batch_size,
-            decode_timeout_s=cfg.decode_timeout_s,
-        )
         _log(cfg, f"evaluate: {pipe_cfg.num_actors} model actor(s), {pipe_cfg.decode_slots} decode slot(s)")
-        todo_videos = sum(len(s.items) for s in todo)
-        progress = Progress(todo_videos, stream=sys.stderr if not cfg.quiet else _NullStream())
-        start = time.monotonic()
-        state_ref = ray.put(job.state_dict)
+        progress.start = time.monotonic()  # the rate counts scoring, not start-up
 
-        done_here = {"videos": 0, "clips": 0}  # this invocation's work: a resumed run's throughput
+    def on_video(outcome) -> None:
+        done_here["videos"] += 1
+        done_here["clips"] += outcome.num_views
+        progress.update(1, int(outcome.error is not None))
 
-        def on_video(outcome) -> None:
-            done_here["videos"] += 1
-            done_here["clips"] += outcome.num_views
-            progress.update(1, int(outcome.error is not None))
+    def on_shard(index: int, outcomes: list) -> None:
+        rows = [outcome_row(o, job.classes, cfg.save_probs) for o in outcomes]
+        results.write_shard(job.output, index, rows)
 
-        def on_shard(index: int, outcomes: list) -> None:
-            rows = [outcome_row(o, job.classes, cfg.save_probs) for o in outcomes]
-            results.write_shard(job.output, index, rows)
-
-        if todo:
-            workers = run_pipeline(todo, pipe_cfg, state_ref, on_video=on_video, on_shard=on_shard)
-            progress.close()
-        wall = time.monotonic() - start
-    finally:
-        stop_cluster(started)
+    start = time.monotonic()
+    workers: list[dict[str, Any]] = []
+    if todo:
+        workers = run_model_job(cfg, job.spec, job.weights, todo, on_shard, on_video=on_video, on_sized=on_sized)
+        progress.close()
+    elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
+        storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
+    wall = time.monotonic() - start
 
     table = results.read_predictions(job.output)
     summary = build_summary(
@@ -258,8 +217,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         model=cfg.model,
         views=cfg.views,
         protocol=job.protocol,
-        checkpoint=cfg.checkpoint or _default_weights(x3d.get_preset(cfg.model)),
-        checkpoint_sha256=job.checkpoint_sha256,
+        checkpoint=job.weights.source,
+        checkpoint_sha256=job.weights.sha256,
         wall_s=wall,
         workers=workers,
         output=job.output,
@@ -290,14 +249,3 @@ def _with_precision(summary: dict[str, Any], precision: str) -> dict[str, Any]:
             out["precision"] = precision
     out.setdefault("precision", precision)
     return out
-
-
-class _NullStream:
-    def write(self, _: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False

@@ -4,7 +4,7 @@ A video *version* is its URI plus its etag (S3) or size and mtime (files). A run
 versions that have no row yet for the same model, checkpoint and view count, so running the
 same command again processes nothing, a crashed run continues where it stopped, and a failed
 video is retried on later runs until it has failed ``max_attempts`` times. Rows are written
-per shard, atomically, under ``<output>/labels/``; each run also leaves a manifest under
+per shard, atomically, under ``<output>/labels/`` (columns: ``jobs.schemas.LABEL_SCHEMA``); each run also leaves a manifest under
 ``<output>/manifests/``. Read the labels with ``read_labels`` (one row per video version: the
 latest attempt) or with any Parquet reader.
 
@@ -28,59 +28,30 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import x3d
-from jobs import results, storage
-from jobs.datasets import VIDEO_EXTENSIONS, VideoItem
-from jobs.evaluate import JobError
+from cluster.pipeline import Shard
+from jobs import results
+from jobs.datasets import VIDEO_EXTENSIONS
+from jobs.errors import JobError
+from jobs.lifecycle import check_model, load_weights, run_model_job
 from jobs.metrics import topk_from_scores
+from jobs.options import RunOptions
+from jobs.parquet_writer import write_parquet
 from jobs.progress import Progress, quiet_stream as _quiet_stream
-from jobs.work import ModelSpec
-from x3d.predict import check_precision
+from jobs.schemas import LABEL_SCHEMA
+from worker.items import VideoItem
+from x3d import storage
 
 __all__ = ["LabelConfig", "LABEL_SCHEMA", "run_label", "plan_label", "read_labels", "version_of"]
 
-LABEL_SCHEMA = pa.schema(
-    [
-        pa.field("video", pa.string(), nullable=False),
-        pa.field("version", pa.string(), nullable=False),
-        pa.field("labels", pa.list_(pa.string()), nullable=False),
-        pa.field("scores", pa.list_(pa.float32()), nullable=False),
-        pa.field("pred", pa.int32()),
-        pa.field("error", pa.string()),
-        pa.field("attempt", pa.int16(), nullable=False),
-        pa.field("etag", pa.string()),
-        pa.field("size", pa.int64()),
-        pa.field("mtime", pa.float64()),
-        pa.field("model", pa.string(), nullable=False),
-        pa.field("checkpoint_sha256", pa.string(), nullable=False),
-        pa.field("views", pa.int16(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("decode_ms", pa.float32(), nullable=False),
-        pa.field("infer_ms", pa.float32(), nullable=False),
-        pa.field("worker", pa.string(), nullable=False),
-    ]
-)
-
-
-@dataclass
-class LabelConfig:
+@dataclass(kw_only=True)
+class LabelConfig(RunOptions):
     input: str
     output: str
-    model: str = "x3d_s"
-    checkpoint: str | None = None
     views: int = 10
-    protocol: str | None = None
-    precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
     top_k: int = 5
     min_score: float = 0.0
     since: str | None = None
     max_attempts: int = 3
-    shard_size: int = 256
-    address: str | None = None
-    num_actors: int | None = None
-    batch_size: int | None = None
-    decode_timeout_s: float = 300.0
-    local_cpus: int | None = None
-    quiet: bool = False
 
 
 def version_of(info: storage.ObjectInfo) -> str:
@@ -197,19 +168,6 @@ def _select(cfg: LabelConfig, history: _History, counts: dict[str, int]) -> Iter
         yield _Todo(info, version, attempts + 1)
 
 
-def _load_checkpoint(cfg: LabelConfig):
-    preset = x3d.get_preset(cfg.model)
-    model = x3d.build_model(preset)
-    source = cfg.checkpoint or (preset.default_weights.url if preset.default_weights else None)
-    if source is None:
-        raise JobError(f"{cfg.model} has no published weights; pass --checkpoint")
-    try:
-        info = x3d.checkpoints.load_checkpoint_into(model, source, model_name=cfg.model)
-    except x3d.CheckpointError as exc:
-        raise JobError(str(exc)) from None
-    return preset, model.state_dict(), info.sha256
-
-
 def _last_rate(output: str) -> float | None:
     latest = storage.join(output, "manifest.json")
     if not storage.exists(latest):
@@ -219,7 +177,8 @@ def _last_rate(output: str) -> float | None:
 
 def plan_label(cfg: LabelConfig) -> dict[str, Any]:
     """``--plan``: what a run would do, without starting Ray."""
-    _, _, sha = _load_checkpoint(cfg)
+    check_model(cfg)
+    sha = load_weights(cfg).sha256
     history = _history(cfg.output, cfg.model, sha, cfg.views)
     counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0}
     for _ in _select(cfg, history, counts):
@@ -232,12 +191,10 @@ def plan_label(cfg: LabelConfig) -> dict[str, Any]:
 
 
 def run_label(cfg: LabelConfig) -> dict[str, Any]:
-    from cluster.pipeline import Shard, run_pipeline
-    from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
-
-    preset, state_dict, sha = _load_checkpoint(cfg)
-    preset.protocol(cfg.protocol).view_plan(cfg.views)
-    check_precision(cfg.precision)
+    spec = check_model(cfg)
+    preset = spec.preset
+    weights = load_weights(cfg)
+    sha = weights.sha256
     if not 1 <= cfg.top_k <= preset.arch.num_classes:
         raise JobError(f"--top-k must be between 1 and {preset.arch.num_classes}")
     classes = preset.classes
@@ -274,27 +231,16 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     first = next(work, None)
     if first is None:  # nothing new since the last run: no cluster needed
         return _finish_run(cfg, preset, sha, run_id, counts, start)
-    started = start_cluster(cfg.address, cfg.local_cpus)
-    try:
-        import ray
-
-        pipe_cfg = pipeline_config_for(
-            ModelSpec(preset, cfg.views, cfg.protocol, precision=cfg.precision),
-            num_actors=cfg.num_actors,
-            batch_size=cfg.batch_size,
-            decode_timeout_s=cfg.decode_timeout_s,
-        )
-        progress = Progress(None, stream=_quiet_stream() if cfg.quiet else None)
-        run_pipeline(
-            itertools.chain([first], work),
-            pipe_cfg,
-            ray.put(state_dict),
-            on_video=lambda o: progress.update(1, int(o.error is not None)),
-            on_shard=on_shard,
-        )
-        progress.close()
-    finally:
-        stop_cluster(started)
+    progress = Progress(None, stream=_quiet_stream() if cfg.quiet else None)
+    run_model_job(
+        cfg,
+        spec,
+        weights,
+        itertools.chain([first], work),
+        on_shard,
+        on_video=lambda o: progress.update(1, int(o.error is not None)),
+    )
+    progress.close()
     return _finish_run(cfg, preset, sha, run_id, counts, start)
 
 
@@ -305,7 +251,7 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
         "run_id": run_id,
         "input": cfg.input,
         "model": cfg.model,
-        "checkpoint": cfg.checkpoint or preset.default_weights.url,
+        "checkpoint": cfg.checkpoint or (preset.default_weights.url if preset.default_weights else None),
         "checkpoint_sha256": sha,
         "views": cfg.views,
         "precision": cfg.precision,
@@ -357,7 +303,4 @@ def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], s
 
 
 def _write_rows(uri: str, rows: list[dict[str, Any]]) -> None:
-    table = pa.Table.from_pylist(rows, schema=LABEL_SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    storage.write_bytes(uri, buffer.getvalue())
+    write_parquet(uri, rows, LABEL_SCHEMA)

@@ -7,22 +7,8 @@ reports", and a crash mid-write leaves only a hidden temp file that every reader
 The schema is fixed (`PREDICTION_SCHEMA`) so shards from different workers, or from a
 run that was resumed with another version, concatenate without casts.
 
-Schema of `predictions/part-NNNNN.parquet`, one row per video:
-
-| column         | type           | null | meaning                                                      |
-|----------------|----------------|------|--------------------------------------------------------------|
-| `video`        | string         | no   | the video's path exactly as written in the annotation file   |
-| `label`        | int32          | yes  | ground-truth class index; null for unlabeled videos          |
-| `pred`         | int32          | yes  | predicted class (argmax of the fused scores); null on error  |
-| `pred_name`    | string         | yes  | label-map name of `pred`; null without a label map or on error |
-| `topk_classes` | list<int32>    | no   | the k best classes, best first; empty on error               |
-| `topk_scores`  | list<float32>  | no   | their fused scores, same order; empty on error               |
-| `probs`        | list<float32>  | yes  | the whole fused score vector; null unless the job keeps it   |
-| `num_views`    | int16          | no   | clips x crops fused into the scores; 0 on error              |
-| `error`        | string         | yes  | one line saying why the video was not scored; null if it was |
-| `decode_ms`    | float32        | no   | wall time spent reading and decoding the video               |
-| `infer_ms`     | float32        | no   | wall time spent in the model for this video                  |
-| `worker`       | string         | no   | which process scored it (e.g. host:pid or a Ray actor id)     |
+The schema (`PREDICTION_SCHEMA`) is declared with the meaning of every column in `jobs/schemas.py`
+(rendered as docs/output-schemas.md).
 
 A video that failed to decode is a row with `error` set, not a missing row, so every
 video of the dataset is accounted for in the output.
@@ -39,7 +25,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from jobs import storage
+from jobs.parquet_writer import write_parquet
+from jobs.schemas import PREDICTION_SCHEMA
+from x3d import storage
 
 __all__ = [
     "PREDICTION_SCHEMA",
@@ -51,25 +39,6 @@ __all__ = [
     "write_text",
 ]
 
-PREDICTION_SCHEMA = pa.schema(
-    [
-        pa.field("video", pa.string(), nullable=False),
-        pa.field("label", pa.int32()),
-        pa.field("pred", pa.int32()),
-        pa.field("pred_name", pa.string()),
-        pa.field("topk_classes", pa.list_(pa.int32()), nullable=False),
-        pa.field("topk_scores", pa.list_(pa.float32()), nullable=False),
-        pa.field("probs", pa.list_(pa.float32())),
-        pa.field("num_views", pa.int16(), nullable=False),
-        pa.field("error", pa.string()),
-        pa.field("decode_ms", pa.float32(), nullable=False),
-        pa.field("infer_ms", pa.float32(), nullable=False),
-        pa.field("worker", pa.string(), nullable=False),
-    ]
-)
-
-_COLUMNS = frozenset(PREDICTION_SCHEMA.names)
-_REQUIRED = tuple(f.name for f in PREDICTION_SCHEMA if not f.nullable)
 _SHARD_NAME = re.compile(r"part-(\d{5,})\.parquet")
 
 
@@ -78,26 +47,9 @@ def shard_uri(output: str, shard_index: int) -> str:
     return storage.join(output, "predictions", f"part-{shard_index:05d}.parquet")
 
 
-def _check_rows(rows: Sequence[Mapping[str, Any]]) -> None:
-    """Catch a misspelt or forgotten column here rather than as a confusing Arrow error."""
-    for i, row in enumerate(rows):
-        unknown = set(row) - _COLUMNS
-        if unknown:
-            raise ValueError(f"row {i}: unknown column(s) {', '.join(sorted(unknown))}")
-        missing = [name for name in _REQUIRED if row.get(name) is None]
-        if missing:
-            raise ValueError(f"row {i}: missing value for {', '.join(missing)}")
-
-
 def write_shard(output: str, shard_index: int, rows: Sequence[Mapping[str, Any]]) -> str:
     """Write one shard's rows atomically and return its URI; missing nullable columns are null."""
-    _check_rows(rows)
-    table = pa.Table.from_pylist(list(rows), schema=PREDICTION_SCHEMA)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    uri = shard_uri(output, shard_index)
-    storage.write_bytes(uri, sink.getvalue().to_pybytes())
-    return uri
+    return write_parquet(shard_uri(output, shard_index), rows, PREDICTION_SCHEMA)
 
 
 def list_shards(output: str) -> dict[int, str]:

@@ -48,7 +48,7 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> I
     """Point boto3 at the moto server with test credentials and yield a new, empty bucket."""
     import boto3
 
-    from jobs import storage
+    from x3d import storage
 
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(name, raising=False)
@@ -110,3 +110,11 @@ def ray_local(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def evalset(tmp_path_factory: pytest.TempPathFactory):
+    """The tiny labelled video set the evaluate and cluster tests score (tests/cluster/evalset.py)."""
+    from tests.cluster.evalset import build_evalset
+
+    return build_evalset(tmp_path_factory.getbasetemp() / "evalset")

@@ -2,7 +2,7 @@
 
 >>> import x3d
 >>> model = x3d.load_model("x3d_s", checkpoint="x3d_s.pth")
->>> probs = x3d.predict_video(model, "video.mp4", preset="x3d_s", views=30)
+>>> probs = x3d.predict_video(model, "video.mp4", views=30)  # the model knows its preset
 
 ``import x3d`` does not import torch: the model, its checkpoints and the forward pass load on
 first use of one of their names (``x3d.load_model``, ``x3d.build_model``, ...). A process that

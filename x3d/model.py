@@ -160,5 +160,12 @@ class X3D(nn.Module):
 
 
 def build_model(preset: str | Preset = "x3d_s") -> X3D:
-    """An X3D with freshly initialised weights for ``preset``, in eval mode."""
-    return X3D(get_preset(preset).arch).eval()
+    """An X3D with freshly initialised weights for ``preset``, in eval mode.
+
+    The model carries its preset (``model.preset``), so ``predict_video(model, path)`` scores
+    with that preset's test protocol and cannot silently use another model's frame count or size.
+    """
+    chosen = get_preset(preset)
+    model = X3D(chosen.arch).eval()
+    model.preset = chosen
+    return model

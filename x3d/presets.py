@@ -11,7 +11,7 @@ Facts (sizes, offsets, URLs, accuracies) come from ../shared/reference/x3d-proto
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from typing import Mapping
@@ -191,47 +191,36 @@ def _x3d_protocols(clip_len: int, interval: int, resize_1x: int, resize_0x: int,
 
 _X3D_ARCH = Architecture()
 
-X3D_S = Preset(
-    name="x3d_s",
-    description="X3D-S 13x6x1, Kinetics-400, weights converted from PySlowFast by OpenMMLab",
-    arch=_X3D_ARCH,
-    protocols=_x3d_protocols(13, 6, resize_1x=182, resize_0x=192, sf_center=160),
-    weights=(
-        _mm_weights(_MM1 + "x3d_s_13x6x1_facebook-kinetics400-rgb_20201027-623825a0.pth"),
-        _mm_weights(_MM0 + "x3d_s_facebook_13x6x1_kinetics400_rgb_20201027-623825a0.pth"),
-        Weights(url=_SF + "x3d_s.pyth", layout="pyslowfast"),
-    ),
-    published=(
-        PublishedResult("MMAction2 1.x model card", "mmaction2", 10, 73.2),
-        PublishedResult("MMAction2 1.x model card", "mmaction2", 30, 73.3),
-        PublishedResult("MMAction2 0.x model card", "mmaction2-0.x", 10, 72.7),
-        PublishedResult("MMAction2 0.x model card", "mmaction2-0.x", 30, 73.2),
-        PublishedResult("PySlowFast model zoo", "pyslowfast", 10, 73.1),
-        PublishedResult("PySlowFast model zoo", "pyslowfast", 30, 73.5),
-    ),
-    parameters=3_794_322,
-)
+def _kinetics_x3d(size: str, clip_len: int, interval: int, resize_1x: int, resize_0x: int, sf_center: int,
+                  mm_stamp: str, top1: tuple[float, float, float, float, float, float]) -> Preset:
+    """One of the published Kinetics-400 X3Ds: its protocols, its three checkpoint files and the
+    published top-1 at 10 and 30 views (MMAction2 1.x, MMAction2 0.x, PySlowFast)."""
+    name = f"x3d_{size.lower()}"
+    shape = f"{clip_len}x{interval}x1"
+    cards = (("MMAction2 1.x model card", "mmaction2"), ("MMAction2 0.x model card", "mmaction2-0.x"), ("PySlowFast model zoo", "pyslowfast"))
+    return Preset(
+        name=name,
+        description=f"X3D-{size} {shape}, Kinetics-400, weights converted from PySlowFast by OpenMMLab",
+        arch=_X3D_ARCH,
+        protocols=_x3d_protocols(clip_len, interval, resize_1x=resize_1x, resize_0x=resize_0x, sf_center=sf_center),
+        weights=(
+            _mm_weights(_MM1 + f"{name}_{shape}_facebook-kinetics400-rgb_{mm_stamp}.pth"),
+            _mm_weights(_MM0 + f"{name}_facebook_{shape}_kinetics400_rgb_{mm_stamp}.pth"),
+            Weights(url=_SF + f"{name}.pyth", layout="pyslowfast"),
+        ),
+        published=tuple(
+            PublishedResult(source, protocol, views, top1[2 * i + j])
+            for i, (source, protocol) in enumerate(cards)
+            for j, views in enumerate((10, 30))
+        ),
+        parameters=3_794_322,
+    )
 
-X3D_M = Preset(
-    name="x3d_m",
-    description="X3D-M 16x5x1, Kinetics-400, weights converted from PySlowFast by OpenMMLab",
-    arch=_X3D_ARCH,
-    protocols=_x3d_protocols(16, 5, resize_1x=256, resize_0x=256, sf_center=224),
-    weights=(
-        _mm_weights(_MM1 + "x3d_m_16x5x1_facebook-kinetics400-rgb_20201027-3f42382a.pth"),
-        _mm_weights(_MM0 + "x3d_m_facebook_16x5x1_kinetics400_rgb_20201027-3f42382a.pth"),
-        Weights(url=_SF + "x3d_m.pyth", layout="pyslowfast"),
-    ),
-    published=(
-        PublishedResult("MMAction2 1.x model card", "mmaction2", 10, 75.2),
-        PublishedResult("MMAction2 1.x model card", "mmaction2", 30, 76.4),
-        PublishedResult("MMAction2 0.x model card", "mmaction2-0.x", 10, 75.0),
-        PublishedResult("MMAction2 0.x model card", "mmaction2-0.x", 30, 75.6),
-        PublishedResult("PySlowFast model zoo", "pyslowfast", 10, 75.1),
-        PublishedResult("PySlowFast model zoo", "pyslowfast", 30, 76.2),
-    ),
-    parameters=3_794_322,
-)
+
+X3D_S = _kinetics_x3d("S", 13, 6, resize_1x=182, resize_0x=192, sf_center=160, mm_stamp="20201027-623825a0",
+                      top1=(73.2, 73.3, 72.7, 73.2, 73.1, 73.5))
+X3D_M = _kinetics_x3d("M", 16, 5, resize_1x=256, resize_0x=256, sf_center=224, mm_stamp="20201027-3f42382a",
+                      top1=(75.2, 76.4, 75.0, 75.6, 75.1, 76.2))
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (X3D_S, X3D_M)}
 

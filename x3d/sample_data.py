@@ -43,6 +43,8 @@ from typing import Iterator
 
 import numpy as np
 
+from . import storage
+
 __all__ = [
     "VERSION",
     "CLASSES",
@@ -408,12 +410,8 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide a shared cache from other users
-    os.replace(tmp, path)
+def _write_text(path: Path, text: str) -> None:
+    storage.write_bytes(str(path), text.encode())  # atomic, and mode 0666 less the umask: a cache others can share
 
 
 def generate_sample_dataset(
@@ -448,9 +446,9 @@ def generate_sample_dataset(
         os.rename(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_write_text(labels_file(root), "".join(f"{name}\n" for name in CLASSES))
+    _write_text(labels_file(root), "".join(f"{name}\n" for name in CLASSES))
     target = list_file(root, split, shuffle_frames)
-    _atomic_write_text(target, "".join(f"{folder}/{name} {label}\n" for name, label in rows))
+    _write_text(target, "".join(f"{folder}/{name} {label}\n" for name, label in rows))
     return target
 
 
@@ -528,7 +526,7 @@ def ensure_sample_dataset(
                 print(f"generating {size} {folder} videos of the sample dataset into {root}", flush=True)
             generate_sample_dataset(root, split, size, shuffle_frames, workers)
             seconds = round(time.perf_counter() - start, 2)
-            _atomic_write_text(
+            _write_text(
                 _marker(root, folder), json.dumps({"version": VERSION, "videos": size, "seconds": seconds}) + "\n"
             )
     return root

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -33,8 +34,14 @@ def prepare_views(
     preset: str | Preset = "x3d_s",
     views: int = 30,
     protocol: str | TestProtocol | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> PreparedVideo:
-    """Decode exactly the sampled frames and cut them into the test views."""
+    """Decode exactly the sampled frames and cut them into the test views.
+
+    ``on_step(name)`` is called as each step ends ("decode" after frames are decoded,
+    "preprocess" after resizing or cropping), for callers that time the steps.
+    """
+    step = on_step or _no_step
     proto = resolve_protocol(preset, protocol)
     plan = proto.view_plan(views)
     start = time.perf_counter()
@@ -42,8 +49,18 @@ def prepare_views(
     def indices_for(info: VideoInfo) -> np.ndarray:
         return clip_indices(info.num_frames, info.fps, preset, views, proto)
 
-    frames, inverse, info = read_frames(
-        source, indices_for, transform=lambda block: resize_frames(block, proto.resize_short)
-    )
+    def resize(block: np.ndarray) -> np.ndarray:  # read_frames calls it after each decoded block
+        step("decode")
+        out = resize_frames(block, proto.resize_short)
+        step("preprocess")
+        return out
+
+    frames, inverse, info = read_frames(source, indices_for, transform=resize)
+    step("decode")
     views_u8 = make_views(frames[inverse], plan)
+    step("preprocess")
     return PreparedVideo(views_u8, info, (time.perf_counter() - start) * 1000.0)
+
+
+def _no_step(name: str) -> None:
+    pass

@@ -26,7 +26,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 import x3d
 from tests import presets, videos
@@ -115,14 +114,6 @@ def build_evalset(folder: Path) -> EvalSet:
     labels = choose_labels(names, probs)
     ann_file = write_video_list(folder / "val_list.txt", [(n, labels[n]) for n in names])
     return EvalSet(root, ann_file, checkpoint, names, labels, probs)
-
-
-@pytest.fixture(scope="session")
-def evalset(tmp_path_factory: pytest.TempPathFactory) -> EvalSet:
-    return build_evalset(tmp_path_factory.getbasetemp() / "evalset")
-
-
-# ----------------------------------------------------------------------------- Ray
 
 
 def ray_node_id() -> str:

@@ -45,12 +45,11 @@ import pytest
 from cluster.runtime import IDLE_WORKER_KEEP_MS
 
 from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail
-from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
+from tests.cluster.evalset import (
     PRESET,
     PROB_TOL,
     VIEWS,
     EvalSet,
-    evalset,
     expected_accuracy,
     replicate_evalset,
     session_pids,
@@ -171,7 +170,7 @@ class Cluster:
             "nodes = {n.node_id: {'state': n.state, 'resources': n.resources_total}"
             " for n in list_nodes(address=url, detail=True, limit=100)}\n"
             "actors = [{'pid': a.pid, 'node_id': a.node_id, 'state': a.state}"
-            " for a in list_actors(address=url, filters=[('class_name', '=', '_ModelActor')], detail=True, limit=1000)]\n"
+            " for a in list_actors(address=url, filters=[('class_name', '=', 'ModelActor')], detail=True, limit=1000)]\n"
             "print(json.dumps({'nodes': nodes, 'actors': actors}))\n"
         )
         out = subprocess.run([sys.executable, "-c", query, self.dashboard], env=self.env, capture_output=True, text=True,

@@ -35,12 +35,11 @@ import pytest
 from cluster.runtime import IDLE_WORKER_KEEP_MS
 
 from tests.cluster.procs import RAY, free_ports, processes_mentioning, tail
-from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
+from tests.cluster.evalset import (
     PRESET,
     PROB_TOL,
     VIEWS,
     EvalSet,
-    evalset,
     expected_accuracy,
     kill_session,
     session_pids,

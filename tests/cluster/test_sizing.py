@@ -2,7 +2,7 @@
 
 On a CPU-only cluster the model actors' threads take the cores and each decode slot holds half
 a CPU beside them (bench/RESULTS.md: 3.1x the videos/s of the old even split on 2 cores); the
-model actor forwards cache-sized batches (``jobs.inference.cpu_batch_size``). Checked against the real
+model actor forwards cache-sized batches (``worker.model_runner.cpu_batch_size``). Checked against the real
 2-CPU local Ray of the test session.
 """
 
@@ -12,8 +12,8 @@ import pytest
 
 import x3d
 from cluster.runtime import ClusterError, cluster_shape, pipeline_config_for
-from jobs.inference import cpu_batch_size
-from jobs.work import ModelSpec
+from worker.model_runner import cpu_batch_size
+from worker.decode_task import ModelSpec
 
 
 def _spec(views: int = 30) -> ModelSpec:

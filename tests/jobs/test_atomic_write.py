@@ -12,23 +12,24 @@ from pathlib import Path
 import pyarrow.dataset as ds
 import pytest
 
-from jobs import results, storage
+from jobs import results
+from x3d import storage
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# The child streams a shard's bytes through write_bytes: the first chunk (a few MiB)
-# reaches the temp file, then the producer stalls, standing in for a slow network or a
-# huge shard. The parent waits until it sees those bytes on disk and kills the child.
+# The child writes a shard through the project's one atomic-write helper: the first few MiB
+# reach the temp file, then the writer stalls, standing in for a slow disk or a huge shard.
+# The parent waits until it sees those bytes on disk and kills the child.
 WRITER = """
 import sys, time
-from jobs import storage
+from x3d import storage
 
-def chunks():
-    yield b"PAR1" + b"\\0" * (4 * 1024 * 1024)
-    time.sleep(120)
-    yield b"PAR1"
-
-storage.write_bytes(sys.argv[1], chunks())
+with storage.atomic_local_file(sys.argv[1]) as tmp:
+    with open(tmp, "wb") as f:
+        f.write(b"PAR1" + b"\\0" * (4 * 1024 * 1024))
+        f.flush()
+        time.sleep(120)
+        f.write(b"PAR1")
 """
 
 

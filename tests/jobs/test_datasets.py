@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs import datasets, storage
+from jobs import datasets
+from x3d import storage
 from jobs.datasets import DatasetError, DatasetSpec, VideoItem
 
 

@@ -17,16 +17,15 @@ import pyarrow.dataset as ds
 import pytest
 
 import x3d
-from jobs import storage
+from x3d import storage
 from jobs.datasets import resolve_dataset
 from jobs.evaluate import EvaluateConfig, run_evaluate
 from tests import videos
-from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
+from tests.cluster.evalset import (
     PRESET,
     PROB_TOL,
     VIEWS,
     EvalSet,
-    evalset,
     expected_accuracy,
     ray_node_id,
     write_video_list,

@@ -29,12 +29,11 @@ import pytest
 
 from jobs.datasets import resolve_dataset
 from jobs.evaluate import EvaluateConfig, run_evaluate
-from tests.cluster.evalset import (  # noqa: F401  (evalset is a fixture)
+from tests.cluster.evalset import (
     PRESET,
     PROB_TOL,
     VIEWS,
     EvalSet,
-    evalset,
     expected_accuracy,
     kill_session,
     wait_session_gone,
@@ -87,7 +86,7 @@ def _is_model_actor(pid: int) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return cmdline.startswith(b"ray::_ModelActor")
+    return cmdline.startswith(b"ray::ModelActor")
 
 
 # ----------------------------------------------------------------------------- actor killed

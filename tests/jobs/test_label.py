@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import x3d
-from jobs import storage
+from x3d import storage
 from jobs.label import LabelConfig, plan_label, read_labels, run_label
 from tests.videos import write_video
 

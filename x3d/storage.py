@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 __all__ = [
@@ -46,13 +46,13 @@ __all__ = [
     "join",
     "list_files",
     "local_path",
-    "open_for_read",
     "read_bytes",
-    "read_range",
     "reset_client",
     "s3_client",
     "stat",
     "write_bytes",
+    "atomic_local_file",
+    "remove_stale_temp_files",
 ]
 
 # Payloads above this go through boto3's managed (multipart) upload instead of a single
@@ -264,41 +264,6 @@ def read_bytes(uri: str) -> bytes:
         raise _local_error(uri, err) from None
 
 
-def read_range(uri: str, start: int, length: int) -> bytes:
-    """Up to `length` bytes from offset `start`; fewer (or none) past the end, as with a file."""
-    if start < 0 or length < 0:
-        raise ValueError(f"read_range needs start >= 0 and length >= 0, got {start}, {length}")
-    if length == 0:
-        return b""
-    if is_remote(uri):
-        bucket, key = _split_s3(uri)
-        try:
-            response = s3_client().get_object(
-                Bucket=bucket, Key=key, Range=f"bytes={start}-{start + length - 1}"
-            )
-            return response["Body"].read()
-        except Exception as err:  # noqa: BLE001
-            if _error_code(err) == "InvalidRange":  # start at or past the end of the object
-                return b""
-            raise _s3_error(uri, err) from None
-    try:
-        with open(local_path(uri), "rb") as f:
-            f.seek(start)
-            return f.read(length)
-    except OSError as err:
-        raise _local_error(uri, err) from None
-
-
-def open_for_read(uri: str) -> BinaryIO:
-    """A seekable binary file object; S3 objects are fetched whole into memory."""
-    if is_remote(uri):
-        return io.BytesIO(read_bytes(uri))
-    try:
-        return open(local_path(uri), "rb")
-    except OSError as err:
-        raise _local_error(uri, err) from None
-
-
 def stat(uri: str) -> ObjectInfo:
     """Size, modification time and (S3 only) ETag of one file or object."""
     if is_remote(uri):
@@ -426,22 +391,19 @@ def _list_local(prefix: str, wanted: tuple[str, ...] | None) -> Iterator[ObjectI
 BytesLike = bytes | bytearray | memoryview
 
 
-def write_bytes(uri: str, data: BytesLike | Iterable[bytes]) -> None:
-    """Write a whole file or object atomically: readers see the old content or the new, never a part.
-
-    `data` is either bytes or an iterable of byte chunks; chunks let a large payload be
-    streamed without holding it all in memory.
-    """
+def write_bytes(uri: str, data: BytesLike) -> None:
+    """Write a whole file or object atomically: readers see the old content or the new, never a part."""
     if isinstance(data, str):
         raise TypeError("write_bytes needs bytes, not str (encode it first)")
     if is_remote(uri):
         _write_s3(uri, data)
     else:
-        _write_local(uri, data)
-
-
-def _chunks(data: BytesLike | Iterable[bytes]) -> Iterable[BytesLike]:
-    return (data,) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        try:
+            with atomic_local_file(local_path(uri)) as tmp:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+        except OSError as err:
+            raise _local_error(uri, err) from None
 
 
 #: ``.<name>.<12 hex>.tmp``: where ``_write_local`` builds a file before renaming it into place
@@ -452,27 +414,33 @@ def _temp_name(name: str) -> str:
     return f".{name}.{uuid.uuid4().hex[:12]}.tmp"
 
 
-def _write_local(uri: str, data: BytesLike | Iterable[bytes]) -> None:
-    path = local_path(uri)
+@contextlib.contextmanager
+def atomic_local_file(path: str | os.PathLike) -> Iterator[str]:
+    """The one way this project creates a local file: yield a hidden temp path beside ``path``
+    for the caller to fill (open and write it, ``torch.save`` to it, download into it); on a
+    clean exit it is fsynced and renamed onto ``path``, on any error removed.
+
+    A reader never sees half a file and a crash leaves only a ``_TEMP_NAME`` file, which every
+    listing skips and ``remove_stale_temp_files`` deletes later.
+    """
+    path = os.fspath(path)
     folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, _temp_name(os.path.basename(path)))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in _chunks(data):
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        _fsync_folder(folder)
-    except OSError as err:
-        raise _local_error(uri, err) from None
+            os.fsync(fd)  # the bytes are on disk before the name points at them
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_folder(folder)
 
 
 def remove_stale_temp_files(folder_uri: str, older_than_s: float = 600.0) -> int:
@@ -514,47 +482,20 @@ def _fsync_folder(folder: str) -> None:
             os.close(fd)
 
 
-class _ChunkReader(io.RawIOBase):
-    """A read-only file over an iterator of chunks, for boto3's streaming upload."""
-
-    def __init__(self, chunks: Iterable[bytes]):
-        self._chunks = iter(chunks)
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            try:
-                self._pending = bytes(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-
-def _write_s3(uri: str, data: BytesLike | Iterable[bytes]) -> None:
+def _write_s3(uri: str, data: BytesLike) -> None:
     bucket, key = _split_s3(uri)
     client = s3_client()
     try:
-        if isinstance(data, (bytes, bytearray, memoryview)) and len(data) <= MULTIPART_THRESHOLD:
+        if len(data) <= MULTIPART_THRESHOLD:
             client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
             return
         from boto3.s3.transfer import TransferConfig
 
-        stream: BinaryIO
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            stream = io.BytesIO(data)
-        else:
-            stream = io.BufferedReader(_ChunkReader(data), MULTIPART_CHUNKSIZE)  # type: ignore[arg-type]
         config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,
             multipart_chunksize=MULTIPART_CHUNKSIZE,
             max_concurrency=4,  # bounds memory: about this many chunks in flight
         )
-        client.upload_fileobj(stream, bucket, key, Config=config)
+        client.upload_fileobj(io.BytesIO(data), bucket, key, Config=config)
     except Exception as err:  # noqa: BLE001
         raise _s3_error(uri, err) from None

@@ -1,4 +1,4 @@
-"""jobs.rawframes: frame i of a rawframe item comes from img_{i+1:05d}.jpg, local or on S3."""
+"""worker.rawframes: frame i of a rawframe item comes from img_{i+1:05d}.jpg, local or on S3."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from jobs import datasets, storage
-from jobs.datasets import VideoItem
-from jobs.rawframes import rawframe_loader
+from jobs import datasets
+from x3d import storage
+from worker.items import VideoItem
+from worker.rawframes import rawframe_loader
 
 
 def jpeg(shade: int) -> bytes:

@@ -1,6 +1,6 @@
 """The per-video work of a decode task, and the model spec every worker receives.
 
-``decode_item`` is what a decode task executes and ``jobs.inference.ModelRunner`` what a model
+``decode_item`` is what a decode task executes and ``worker.model_runner.ModelRunner`` what a model
 actor does; both are plain Python, so tests and notebooks can call them directly and the Ray
 layer (``cluster/pipeline.py``) only decides where and when they run. Nothing here imports Ray
 or torch: decode workers are recycled every few dozen videos, and each start that loads torch
@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import x3d
-from jobs import storage
-from jobs.datasets import VideoItem
+from worker.items import VideoItem
+from worker.stages import NULL_TIMER, StageTimer, maxrss_mb
+from x3d import storage
 
 
 def worker_name() -> str:
@@ -46,12 +47,14 @@ class DecodeResult:
     num_views: int = 0
     decode_ms: float = 0.0
     worker: str = field(default_factory=worker_name)
+    stages: dict[str, float] | None = None  # seconds per stage, when the task was timed
+    rss_mb: float | None = None  # the worker's peak RSS, when the task was timed
 
 
 def _source_for(item: VideoItem) -> x3d.decode.VideoSource:
     """Local files are handed to decord by path; remote objects arrive as bytes, no temp file."""
     if item.kind == "rawframes":
-        from jobs.rawframes import rawframe_loader
+        from worker.rawframes import rawframe_loader
 
         return x3d.RawFrames(load=rawframe_loader(item), num_frames=int(item.num_frames or 0), name=item.key)
     if storage.is_remote(item.uri):
@@ -69,17 +72,34 @@ def quiet_decoder_logs() -> None:
         pass
 
 
-def decode_item(item: VideoItem, spec: ModelSpec) -> tuple[DecodeResult, np.ndarray | None]:
-    """Read and cut one video into uint8 views. Bad input becomes an error result, never a raise."""
+def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[DecodeResult, np.ndarray | None]:
+    """Read and cut one video into uint8 views. Bad input becomes an error result, never a raise.
+
+    ``timed`` books each step to a ``StageTimer`` and returns its readings in the result
+    (the benchmark); the jobs leave it off.
+    """
     quiet_decoder_logs()
     start = time.perf_counter()
+    timer = StageTimer() if timed else NULL_TIMER
     try:
-        prepared = x3d.prepare_views(_source_for(item), spec.preset, spec.views, spec.protocol)
-    except (x3d.DecodeError, storage.StorageError) as exc:
-        return DecodeResult(error=str(exc), decode_ms=ms_since(start)), None
+        source = _source_for(item)
+        timer.charge("read")
+        prepared = x3d.prepare_views(source, spec.preset, spec.views, spec.protocol, on_step=timer.charge)
+    except (x3d.DecodeError, storage.StorageError) as exc:  # decoded from memory: name the video
+        return _failed(str(exc).replace("<in-memory video>", item.key), start, timer, timed), None
     except Exception as exc:  # an unexpected decoder failure must still be a row, not a crash
-        return DecodeResult(error=f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], decode_ms=ms_since(start)), None
-    return DecodeResult(error=None, num_views=int(prepared.views.shape[0]), decode_ms=ms_since(start)), prepared.views
+        return _failed(f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], start, timer, timed), None
+    result = DecodeResult(error=None, num_views=int(prepared.views.shape[0]), decode_ms=ms_since(start))
+    if timed:
+        result.stages, result.rss_mb = timer.stages, maxrss_mb()
+    return result, prepared.views
+
+
+def _failed(error: str, start: float, timer: StageTimer, timed: bool) -> DecodeResult:
+    result = DecodeResult(error=error, decode_ms=ms_since(start))
+    if timed:
+        result.stages, result.rss_mb = timer.stages, maxrss_mb()
+    return result
 
 
 def ms_since(start: float) -> float:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jobs import storage
-from jobs.datasets import VideoItem
+from x3d import storage
+from worker.items import VideoItem
 
 __all__ = ["FRAME_TEMPLATE", "RawframeLoader", "rawframe_loader"]
 

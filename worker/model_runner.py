@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 import x3d
-from jobs.work import ModelSpec, ms_since, worker_name
+from worker.decode_task import ModelSpec, ms_since, worker_name
+from worker.stages import NULL_TIMER, StageTimer
 from x3d.fusion import fold_batchnorm
 from x3d.predict import check_precision
 from x3d.protocol import fuse_views
@@ -78,22 +79,35 @@ class ModelRunner:
             "batch_size": self.batch_size,
         }
 
-    def score(self, views: list[np.ndarray]) -> tuple[list[np.ndarray], list[float]]:
-        """Fused probabilities per video, and each video's share of the forward time."""
+    def timer(self) -> StageTimer:
+        """A stage timer that waits for the device before each reading (the benchmark's)."""
+        if self.device.type == "cuda":
+            return StageTimer(sync=lambda: torch.cuda.synchronize(self.device))
+        return StageTimer()
+
+    def score(self, views: list[np.ndarray], timer: StageTimer = NULL_TIMER) -> tuple[list[np.ndarray], list[float]]:
+        """Fused probabilities per video, and each video's share of the forward time.
+
+        ``timer`` (the benchmark's) is charged from its last mark, so make it just before.
+        """
         counts = [v.shape[0] for v in views]
         start = time.perf_counter()
+        clips = np.concatenate(views)
+        timer.charge("preprocess")
         logits = x3d.predict_clips(
             self.model,
-            np.concatenate(views),
+            clips,
             self.protocol,
             self.batch_size,
             channels_last=self.channels_last,
             precision=self.spec.precision,
+            on_step=timer.charge,
         )
-        elapsed = ms_since(start)
         probs, offset = [], 0
         for count in counts:
             probs.append(fuse_views(logits[offset : offset + count]).numpy().astype(np.float32))
             offset += count
+        timer.charge("forward")
+        elapsed = ms_since(start)
         total = max(sum(counts), 1)
         return probs, [elapsed * c / total for c in counts]

@@ -2,7 +2,7 @@
 
 Decode workers are recycled every ``max_decode_calls`` videos to shed decord's leaks; each
 start that imported torch cost ~2 s of CPU and ~220 MB (bench/RESULTS.md). So what a decode
-task imports (``jobs.work``, ``x3d`` and its protocol) must stay free of torch. Checked in a
+task imports (``worker.decode_task``, ``x3d`` and its protocol) must stay free of torch. Checked in a
 fresh interpreter, the way a Ray worker process starts: it imports the task function's module
 and unpickles the task's arguments (a ``ModelSpec`` carrying a ``Preset``, a ``VideoItem``).
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 import x3d
-from jobs.datasets import VideoItem
-from jobs.work import ModelSpec
+from worker.items import VideoItem
+from worker.decode_task import ModelSpec
 from tests.videos import write_video
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHILD = r"""
 import pickle, sys
 import numpy as np
-from jobs.work import decode_item
+from worker.decode_task import decode_item
 item, spec, out = pickle.loads(bytes.fromhex(sys.argv[1]))
 result, views = decode_item(item, spec)
 assert result.error is None, result.error
@@ -79,30 +79,37 @@ def test_import_x3d_is_light_until_a_torch_name_is_used() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "OK", proc.stderr[-2000:]
 
 
-BENCH_CHILD = r"""
+TIMED_CHILD = r"""
 import sys
 from ray import cloudpickle
 decode, item, spec = cloudpickle.loads(bytes.fromhex(sys.argv[1]))
-result, payload = decode(item, spec)
+result, views = decode(item, spec, True)
 assert result.error is None, result.error
-assert payload["views"].shape[0] == result.num_views and set(payload["stages"]) == {"read", "decode", "preprocess"}
+assert views.shape[0] == result.num_views and set(result.stages) >= {"read", "decode", "preprocess"}
+assert result.stages["decode"] > 0 and result.stages["preprocess"] > 0 and result.rss_mb > 0
 print("TORCH_MODULES", sum(1 for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """
 
 
-def test_benchmark_decode_task_loads_no_torch_either(tmp_path: Path) -> None:
-    """The benchmark's timed decode task ships as Ray ships it (cloudpickle, a closure) and must
-    start as light as the jobs' own, or the benchmark would report a decode limit they lack."""
+def test_timed_decode_tasks_load_no_torch_either(tmp_path: Path) -> None:
+    """The benchmark times the production decode task (and its synthetic stand-in); shipped as
+    Ray ships them (cloudpickle) they must start as light as the jobs' own, or the benchmark
+    would report a decode limit the jobs lack."""
     from ray import cloudpickle
 
-    from jobs.benchmark_decode import make_decode
+    from jobs.benchmark_inputs import synthetic_decode
+    from worker.decode_task import decode_item
 
     video = write_video(tmp_path / "clip.mp4", num_frames=60, height=96, width=128)
     spec = ModelSpec(x3d.get_preset("x3d_tiny"), views=10)
     item = VideoItem(key="clip.mp4", uri=str(video), label=None)
-    payload = cloudpickle.dumps((make_decode({"run": "t"}, synthetic=False), item, spec)).hex()
-    proc = subprocess.run(
-        [sys.executable, "-c", BENCH_CHILD, payload], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    payload = cloudpickle.dumps((decode_item, item, spec)).hex()
+    proc = subprocess.run([sys.executable, "-c", TIMED_CHILD, payload], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TORCH_MODULES 0" in proc.stdout, proc.stdout
+
+    check = TIMED_CHILD.replace('assert result.stages["decode"] > 0 and result.stages["preprocess"] > 0 and ', "assert ")
+    payload = cloudpickle.dumps((synthetic_decode, item, spec)).hex()
+    proc = subprocess.run([sys.executable, "-c", check, payload], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TORCH_MODULES 0" in proc.stdout, proc.stdout

@@ -1,0 +1,66 @@
+"""The model actor: Ray's callable-class shape around one ``worker.model_runner.ModelRunner``.
+
+``__init__`` loads the model once, on whatever device Ray granted the actor (a GPU when it was
+given ``num_gpus``); ``score`` takes the decoded views of a batch of videos by reference and
+returns their fused probabilities. The pipeline (``cluster.pipeline``) declares the resources,
+starts, watches and replaces these actors.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import ray
+import torch
+
+from worker.decode_task import ModelSpec
+from worker.model_runner import ModelRunner
+from worker.stages import NULL_TIMER, maxrss_mb
+
+__all__ = ["ModelActor"]
+
+
+class ModelActor:
+    """Ray actor body: one ModelRunner, pinned to the device Ray granted."""
+
+    def __init__(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], threads: int, batch_size: int | None):
+        # The driver keeps the state dict's ref alive for the whole run, so a replacement actor
+        # can resolve it again; Ray's warning about this at start-up is expected.
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        info = self.runner.describe()
+        info["node"] = ray.get_runtime_context().get_node_id()
+        return info
+
+    def score(self, timed: bool, *views: np.ndarray) -> tuple[list[np.ndarray], list[float], str, dict[str, Any] | None]:
+        """Probabilities and forward time per video, the actor's name and, when ``timed``, the
+        batch's record for the benchmark (start and end, stages, memory, accelerator use)."""
+        if not timed:
+            probs, infer_ms = self.runner.score(list(views), NULL_TIMER)
+            return probs, infer_ms, self.runner.name, None
+        timer = self.runner.timer()
+        started_at, start = time.time(), timer.mark
+        probs, infer_ms = self.runner.score(list(views), timer)
+        wall = time.perf_counter() - start
+        cuda = self.runner.device.type == "cuda"
+        record = {
+            "t_start": started_at,
+            "t_end": started_at + wall,
+            "actor_wall_s": wall,
+            "stages_s": timer.stages,
+            "actor_rss_mb": maxrss_mb(),
+            "gpu_util": _gpu_util(self.runner.device) if cuda else None,
+            "gpu_peak_mb": torch.cuda.max_memory_allocated(self.runner.device) / 2**20 if cuda else None,
+        }
+        return probs, infer_ms, self.runner.name, record
+
+
+def _gpu_util(device: torch.device) -> float | None:
+    try:
+        return float(torch.cuda.utilization(device))
+    except Exception:  # no NVML in this image: utilisation unknown, not an error
+        return None

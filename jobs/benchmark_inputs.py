@@ -1,0 +1,70 @@
+"""What the benchmark feeds the pipeline: a dataset's videos, cycled, or synthetic clips.
+
+Kept free of torch like ``worker.decode_task``: Ray runs a task in a process that imports the
+task function's module, and the synthetic stand-in below runs as the pipeline's decode task,
+so its workers must start as light as the jobs' own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+
+from jobs.datasets import DatasetSpec, iter_items
+from jobs.errors import JobError
+from worker.decode_task import DecodeResult, ModelSpec
+from worker.items import VideoItem
+from worker.stages import STAGES, maxrss_mb
+
+__all__ = ["VideoStream", "synthetic_decode"]
+
+_BLANK: dict[tuple[int, ...], np.ndarray] = {}  # one uint8 batch per shape and decode worker
+
+
+def synthetic_decode(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[DecodeResult, np.ndarray]:
+    """The decode task's stand-in for synthetic input: views of the real shape, no work.
+
+    The views are made once per worker and shape and reused, so the batch's decode stages are
+    zero: the numbers are the pipeline's (object store, dispatch) and the model's alone.
+    """
+    proto = spec.test_protocol()
+    plan = proto.view_plan(spec.views)
+    shape = (plan.views, proto.clip_len, plan.crop_size, plan.crop_size, 3)
+    if shape not in _BLANK:
+        _BLANK[shape] = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    result = DecodeResult(error=None, num_views=plan.views)
+    if timed:
+        result.stages, result.rss_mb = dict.fromkeys(STAGES, 0.0), maxrss_mb()
+    return result, _BLANK[shape]
+
+
+class VideoStream:
+    """Items for the pipeline, pulled lazily from the dataset and cycled when it runs out."""
+
+    def __init__(self, dataset: DatasetSpec | None, limit: int | None):
+        self.dataset = dataset
+        self.limit = limit
+        self.seen: list[VideoItem] = []
+        self.source: Iterator[VideoItem] | None = None
+        self.list_s = 0.0
+        self.count = 0
+        if dataset is not None:
+            self.source = iter_items(dataset)
+
+    def next(self) -> VideoItem:
+        self.count += 1
+        if self.dataset is None:
+            return VideoItem(key=f"synthetic/{self.count:07d}", uri="synthetic", label=None)
+        if self.source is not None and (self.limit is None or len(self.seen) < self.limit):
+            t = time.perf_counter()
+            item = next(self.source, None)
+            self.list_s += time.perf_counter() - t
+            if item is not None:
+                self.seen.append(item)
+                return item
+            self.source = None
+        if not self.seen:
+            raise JobError(f"dataset {self.dataset.name!r} lists no videos")
+        return self.seen[(self.count - 1) % len(self.seen)]

@@ -1,0 +1,90 @@
+"""One model job's life, written once: check, load weights, join the cluster, size, run, stop.
+
+Evaluate and label differ in what they read and what they write; everything between is here.
+The order matters for the user: every check that needs no cluster runs first (a mistake costs
+one line and no cluster time), then the cluster is joined and the pipeline sized (a cluster too
+small is refused before anything is written), and only then does the job write its first byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import ray
+import torch
+
+import x3d
+from cluster.pipeline import PipelineConfig, Shard, VideoOutcome, run_pipeline
+from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
+from jobs.errors import JobError
+from jobs.options import ClusterOptions, ModelOptions, RunOptions
+from worker.decode_task import ModelSpec
+from x3d.predict import check_precision
+
+__all__ = ["LoadedWeights", "check_model", "load_weights", "run_model_job"]
+
+
+def check_model(opts: ModelOptions) -> ModelSpec:
+    """Preset, protocol, view count and precision, checked together; a bad one is a JobError."""
+    try:
+        preset = x3d.get_preset(opts.model)
+        protocol = preset.protocol(opts.protocol)
+        protocol.view_plan(opts.views)
+        check_precision(opts.precision)
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    return ModelSpec(preset, opts.views, protocol.name, precision=opts.precision)
+
+
+@dataclass(frozen=True)
+class LoadedWeights:
+    """The weights every actor receives, and what the outputs record about them."""
+
+    state_dict: dict[str, torch.Tensor]
+    source: str | None  # what the user asked for (or the preset's URL); None: random init
+    sha256: str | None
+
+
+def load_weights(opts: ModelOptions, random_ok: bool = False) -> LoadedWeights:
+    """``x3d.load_model`` with the job's error type; ``random_ok`` (the benchmark) allows no
+    checkpoint at all, which gives seeded random weights: speed does not depend on them."""
+    preset = x3d.get_preset(opts.model)
+    if opts.checkpoint is None and random_ok:
+        torch.manual_seed(0)
+        return LoadedWeights(x3d.build_model(preset).state_dict(), None, None)
+    if opts.checkpoint is None and preset.default_weights is None:
+        raise JobError(f"{preset.name} has no published weights; pass --checkpoint")
+    try:
+        model = x3d.load_model(preset, opts.checkpoint)
+    except x3d.CheckpointError as exc:
+        raise JobError(f"{exc}; check --checkpoint and --model") from None
+    source = opts.checkpoint or preset.default_weights.url
+    return LoadedWeights(model.state_dict(), source, model.checkpoint_sha256)
+
+
+def size_for(opts: ClusterOptions, spec: ModelSpec, num_actors: int | None) -> PipelineConfig:
+    """The pipeline sized to the connected cluster, with the job's batch size and deadline."""
+    return pipeline_config_for(spec, num_actors=num_actors, batch_size=opts.batch_size, decode_timeout_s=opts.decode_timeout_s)
+
+
+def run_model_job(
+    opts: RunOptions,
+    spec: ModelSpec,
+    weights: LoadedWeights,
+    shards: Iterable[Shard],
+    on_shard: Callable[[int, list[VideoOutcome]], None],
+    on_video: Callable[[VideoOutcome], None] = lambda outcome: None,
+    on_sized: Callable[[PipelineConfig], None] = lambda config: None,
+) -> list[dict[str, Any]]:
+    """Join (or start) the cluster, size the pipeline, then ``on_sized`` (the job's first write),
+    then score every shard; Ray is stopped again if this call started it. Returns the actors'
+    descriptions."""
+    started = start_cluster(opts.address, opts.local_cpus)
+    try:
+        config = size_for(opts, spec, opts.num_actors)
+        on_sized(config)
+        state_ref = ray.put(weights.state_dict)  # held for the run: replacement actors re-read it
+        return run_pipeline(shards, config, state_ref, on_video=on_video, on_shard=on_shard)
+    finally:
+        stop_cluster(started)
