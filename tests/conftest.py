@@ -12,10 +12,14 @@ import logging
 import socket
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.faulty_s3 import FaultyS3Proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # so plain `pytest` (not only `python -m pytest`) finds the packages
@@ -118,3 +122,30 @@ def evalset(tmp_path_factory: pytest.TempPathFactory):
     from tests.cluster.evalset import build_evalset
 
     return build_evalset(tmp_path_factory.getbasetemp() / "evalset")
+
+
+@pytest.fixture
+def faulty_s3(s3_env: str, s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultyS3Proxy]]:
+    """Start a fault-injecting proxy in front of the test S3 server and point boto3 at it.
+
+    Call it as ``faulty_s3(share, mode="reset", ...)`` (see tests/faulty_s3.py); the test's
+    bucket (``s3_env``) already exists. Every proxy started is stopped when the test ends.
+    """
+    from tests.faulty_s3 import FaultyS3Proxy
+    from x3d import storage
+
+    started: list[FaultyS3Proxy] = []
+
+    def start(share: float, **options: Any) -> FaultyS3Proxy:
+        proxy = FaultyS3Proxy(s3_server, share, **options).start()
+        started.append(proxy)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        storage.reset_client()
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in started:
+            proxy.stop()
+        storage.reset_client()

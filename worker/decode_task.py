@@ -63,13 +63,12 @@ def _source_for(item: VideoItem) -> x3d.decode.VideoSource:
 
 
 def quiet_decoder_logs() -> None:
-    """decord/FFmpeg print native warnings for every broken file; the error row says it once."""
-    try:
-        import decord
+    """decord/FFmpeg print native warnings for every broken file; the error row says it once.
 
-        decord.logging.set_level(decord.logging.QUIET)
-    except (ImportError, AttributeError):  # pragma: no cover
-        pass
+    A decode worker decodes one video at a time, so it may mute the native stderr output
+    process-wide (``x3d.decode.quiet_native_logs`` says how and why).
+    """
+    x3d.decode.quiet_native_logs()
 
 
 def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[DecodeResult, np.ndarray | None]:

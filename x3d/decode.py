@@ -5,6 +5,18 @@ removed: overlapping clips would otherwise make decord seek backwards, which cos
 times the decode itself. Every failure (missing, empty, truncated, not a video) surfaces as
 one ``DecodeError`` with a short message; the caller decides whether that is a row or a crash.
 
+decord is the decoder because it is MMAction2's: its frame count, fps and frames are what the
+published scores were measured on. When decord cannot read a valid video (tiny sizes such as
+16x16 trip a buffer-size check in decord 0.6; codecs its bundled FFmpeg lacks, such as AV1),
+that one video is decoded with PyAV instead, keeping decord's rules: frame i is the i-th frame
+in presentation order, and the count and fps are decord's, or computed the way decord computes
+them (the stream's frame count, else average rate x duration) when decord cannot open the file
+at all. On videos both can read, the two give identical RGB frames (tests/x3d/test_decode_edge.py);
+the fallback still runs only when decord fails, so a video decord reads is always decord's.
+
+decord and FFmpeg print their own diagnostics on stderr; ``quiet_native_logs`` silences them
+for a process whose job is decoding (the DecodeError says what went wrong, once).
+
 decord can still hang or abort inside native code on rare corrupt files; this module cannot
 guard against that from inside the same process. The Ray job runs it in killable tasks with a
 wall-clock timeout (cluster/), which is where that hazard is handled.
@@ -12,14 +24,18 @@ wall-clock timeout (cluster/), which is where that hazard is handled.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import sys
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Union
+from typing import Any, BinaryIO, Callable, Union
 
 import numpy as np
 
-__all__ = ["DecodeError", "VideoSource", "RawFrames", "VideoInfo", "probe", "read_frames"]
+__all__ = ["DecodeError", "VideoSource", "RawFrames", "VideoInfo", "probe", "quiet_native_logs", "read_frames"]
 
 
 class DecodeError(Exception):
@@ -53,9 +69,70 @@ def _describe(source: VideoSource) -> str:
     return "<in-memory video>"
 
 
-def _open_decord(source: VideoSource):
-    import decord  # imported lazily: importing x3d must not require the decoder
+# --------------------------------------------------------------------------- native logs
 
+_quiet = False
+_mute_lock = threading.Lock()
+_mute_depth = 0
+_saved_stderr: int | None = None
+
+
+def quiet_native_logs() -> None:
+    """Keep decord's and FFmpeg's own messages off stderr in this process, from now on.
+
+    Three sources print there: decord's FFmpeg (silenced by ``decord.logging.QUIET``), PyAV's
+    FFmpeg (silent unless ``av.logging`` is given a level; left so) and decord's C++ logging,
+    which writes lines such as ``video_reader.cc:83: ERROR opening: ...`` straight to file
+    descriptor 2 whatever the level. For that last one the native calls run with fd 2 pointed
+    at /dev/null. fd 2 is process-wide, so this is for processes whose work is decoding (a
+    decode worker, one video at a time); anyone else keeps the messages unless they call it.
+    """
+    global _quiet
+    try:
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)
+    except (ImportError, AttributeError):  # pragma: no cover - decord missing or too old
+        pass
+    _quiet = True
+
+
+@contextlib.contextmanager
+def _native_stderr_muted() -> Iterator[None]:
+    """fd 2 goes to /dev/null around a native call, once ``quiet_native_logs`` has been called.
+
+    Re-entrant and shared between threads: the first caller in redirects, the last one out
+    restores, so overlapping decodes in one process never restore each other's stderr early.
+    """
+    global _mute_depth, _saved_stderr
+    if not _quiet:
+        yield
+        return
+    with _mute_lock:
+        if _mute_depth == 0:
+            with contextlib.suppress(Exception):
+                sys.stderr.flush()
+            _saved_stderr = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        _mute_depth += 1
+    try:
+        yield
+    finally:
+        with _mute_lock:
+            _mute_depth -= 1
+            if _mute_depth == 0 and _saved_stderr is not None:
+                os.dup2(_saved_stderr, 2)
+                os.close(_saved_stderr)
+                _saved_stderr = None
+
+
+# --------------------------------------------------------------------------- decoders
+
+
+def _checked_target(source: VideoSource) -> object:
+    """What the decoders open; a missing or empty file is an error before any decoder runs."""
     name = _describe(source)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -63,22 +140,131 @@ def _open_decord(source: VideoSource):
             raise DecodeError(f"{name}: no such file")
         if os.path.getsize(path) == 0:
             raise DecodeError(f"{name}: empty file")
-        target: object = path
-    elif isinstance(source, (bytes, bytearray)):
+        return path
+    if isinstance(source, (bytes, bytearray)):
         if not source:
             raise DecodeError(f"{name}: empty file")
-        target = io.BytesIO(source)
-    else:
-        target = source
-    try:
-        reader = decord.VideoReader(target, num_threads=1)
-        if len(reader) <= 0:
+        return bytes(source)
+    return source
+
+
+def _fresh(target: object) -> object:
+    """A new handle on the target for one decoder: decoders consume and close file objects."""
+    if isinstance(target, bytes):
+        return io.BytesIO(target)
+    if hasattr(target, "seek"):
+        target.seek(0)  # type: ignore[union-attr]
+    return target
+
+
+class _DecordFailed(Exception):
+    """decord could not read this video; the PyAV fallback gets its turn."""
+
+
+class _Decord:
+    """decord, MMAction2's decoder: the reference for frame count, fps and pixels."""
+
+    def __init__(self, target: object):
+        import decord  # imported lazily: importing x3d must not require the decoder
+
+        try:
+            with _native_stderr_muted():
+                self._reader = decord.VideoReader(_fresh(target), num_threads=1)
+                self.info = VideoInfo(len(self._reader), float(self._reader.get_avg_fps()) or None)
+        except Exception as exc:  # decord raises RuntimeError / DECORDError with native log text
+            raise _DecordFailed(_first_line(exc)) from None
+
+    def frames(self, block: np.ndarray) -> np.ndarray:
+        try:
+            with _native_stderr_muted():
+                frames = self._reader.get_batch(block.tolist()).asnumpy()
+        except Exception as exc:
+            raise _DecordFailed(_first_line(exc)) from None
+        if frames.ndim != 4 or frames.shape[0] != block.size or frames.shape[-1] != 3:
+            raise _DecordFailed(f"decord returned {frames.shape} for {block.size} frames")
+        return frames
+
+
+class _PyAV:
+    """PyAV (FFmpeg) for the videos decord cannot read, with decord's counting rules."""
+
+    def __init__(self, target: object, name: str, info: VideoInfo | None):
+        import av
+
+        self._av = av
+        self.name = name
+        try:
+            with _native_stderr_muted():
+                self._container = av.open(_fresh(target))
+        except Exception as exc:
+            raise DecodeError(f"{name}: not a readable video ({_av_reason(exc)})") from None
+        self._stream = self._video_stream()
+        self.info = info or self._decord_info()
+        if self.info.num_frames <= 0:
+            self.close()
             raise DecodeError(f"{name}: no video frames")
-        return reader
-    except DecodeError:
-        raise
-    except Exception as exc:  # decord raises RuntimeError / DECORDError with native log text
-        raise DecodeError(f"{name}: not a readable video ({_first_line(exc)})") from None
+
+    def _video_stream(self) -> Any:
+        streams = list(self._container.streams)
+        video = [s for s in streams if s.type == "video"]
+        if not video:
+            kinds = ", ".join(f"{s.type} {_codec_name(s)}" for s in streams) or "none"
+            self.close()
+            raise DecodeError(f"{self.name}: no video stream (streams: {kinds})")
+        stream = self._container.streams.best("video") or video[0]  # av_find_best_stream, as decord
+        if stream.codec_context is None:
+            self.close()
+            raise DecodeError(f"{self.name}: no decodable video stream (codec {_codec_name(stream)})")
+        return stream
+
+    def _decord_info(self) -> VideoInfo:
+        """decord 0.6's VideoReader: nb_frames, else avg_frame_rate x duration; fps = avg_frame_rate."""
+        rate = self._stream.average_rate
+        count = int(self._stream.frames or 0)
+        if count < 1 and rate and self._container.duration:
+            count = int(float(rate) * self._container.duration / self._av.time_base)
+        return VideoInfo(count, float(rate) if rate else None)
+
+    def frames_at(self, unique: np.ndarray) -> Iterator[np.ndarray]:
+        """The frames at the ascending indices ``unique``, one (H, W, 3) array each, in one pass."""
+        wanted = iter(unique.tolist())
+        target = next(wanted, None)
+        index = -1
+        try:
+            with _native_stderr_muted():
+                frames = self._container.decode(self._stream)
+                for index, frame in enumerate(frames):
+                    while target is not None and index == target:
+                        yield frame.to_ndarray(format="rgb24")
+                        target = next(wanted, None)
+                    if target is None:
+                        return
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"{self.name}: decoding failed at frame {index + 1} ({_av_reason(exc)})") from None
+        finally:
+            self.close()
+        raise DecodeError(f"{self.name}: video ends after {index + 1} frames, {self.info.num_frames} expected")
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._container.close()
+
+
+def _codec_name(stream: Any) -> str:
+    context = stream.codec_context
+    if context is not None:
+        return context.codec.canonical_name
+    with contextlib.suppress(Exception):
+        return str(stream.codec.canonical_name)  # PyAV versions without a decoder context
+    return "unknown"
+
+
+def _av_reason(exc: BaseException) -> str:
+    """PyAV's message without its errno and file name: 'Invalid data found when processing input'."""
+    text = getattr(exc, "strerror", None) or _first_line(exc)
+    return str(text)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -87,12 +273,23 @@ def _first_line(exc: BaseException) -> str:
     return line if len(line) < 160 else line[:157] + "..."
 
 
+# --------------------------------------------------------------------------- reading
+
+
 def probe(source: VideoSource) -> VideoInfo:
     """Frame count and average fps as decord reports them (what MMAction2's sampler uses)."""
     if isinstance(source, RawFrames):
         return VideoInfo(source.num_frames, source.fps)
-    reader = _open_decord(source)
-    return VideoInfo(len(reader), float(reader.get_avg_fps()) or None)
+    target = _checked_target(source)
+    try:
+        info = _Decord(target).info
+    except _DecordFailed:
+        decoder = _PyAV(target, _describe(source), None)
+        decoder.close()
+        return decoder.info
+    if info.num_frames <= 0:
+        raise DecodeError(f"{_describe(source)}: no video frames")
+    return info
 
 
 def read_frames(
@@ -107,30 +304,70 @@ def read_frames(
     ascending order (after ``transform``, e.g. the resize, applied chunk by chunk so full-size
     frames never pile up) and ``frames[inverse]`` has the shape of the requested indices.
     """
+    if isinstance(source, RawFrames):
+        return _read_rawframes(source, indices_for, transform, chunk)
     name = _describe(source)
-    reader = None if isinstance(source, RawFrames) else _open_decord(source)
-    info = probe(source) if reader is None else VideoInfo(len(reader), float(reader.get_avg_fps()) or None)
+    target = _checked_target(source)
+    info: VideoInfo | None = None
+    try:
+        decoder = _Decord(target)
+        info = decoder.info
+        if info.num_frames <= 0:
+            raise DecodeError(f"{name}: no video frames")
+        unique, inverse = _wanted(indices_for, info)
+        blocks = (decoder.frames(unique[i : i + chunk]) for i in range(0, unique.size, chunk))
+        return _assemble(blocks, transform), inverse, info
+    except _DecordFailed:
+        pass  # a valid video decord cannot read (tiny sizes, codecs it lacks): try PyAV
+    fallback = _PyAV(target, name, info)
+    unique, inverse = _wanted(indices_for, fallback.info)
+    blocks = _batched(fallback.frames_at(unique), chunk)
+    return _assemble(blocks, transform), inverse, fallback.info
+
+
+def _wanted(indices_for: Callable[[VideoInfo], np.ndarray], info: VideoInfo) -> tuple[np.ndarray, np.ndarray]:
     wanted = np.asarray(indices_for(info))
     unique, inverse = np.unique(wanted, return_inverse=True)
+    return unique, inverse.reshape(wanted.shape)
+
+
+def _batched(frames: Iterator[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
+    block: list[np.ndarray] = []
+    for frame in frames:
+        block.append(frame)
+        if len(block) == chunk:
+            yield np.stack(block)
+            block = []
+    if block:
+        yield np.stack(block)
+
+
+def _assemble(blocks: Iterator[np.ndarray], transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    return np.concatenate([transform(b) if transform is not None else b for b in blocks])
+
+
+def _read_rawframes(
+    source: RawFrames,
+    indices_for: Callable[[VideoInfo], np.ndarray],
+    transform: Callable[[np.ndarray], np.ndarray] | None,
+    chunk: int,
+) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
+    info = probe(source)
+    unique, inverse = _wanted(indices_for, info)
     parts = []
     for start in range(0, unique.size, chunk):
         block = unique[start : start + chunk]
         try:
-            frames = _decode_block(reader, source, block)
+            frames = _load_jpegs(source, block)
         except DecodeError:
             raise
         except Exception as exc:
-            raise DecodeError(f"{name}: decoding failed at frames {block[0]}-{block[-1]} ({_first_line(exc)})") from None
-        if frames.ndim != 4 or frames.shape[0] != block.size or frames.shape[-1] != 3:
-            raise DecodeError(f"{name}: decoder returned {frames.shape} for {block.size} frames")
+            raise DecodeError(f"{source.name}: decoding failed at frames {block[0]}-{block[-1]} ({_first_line(exc)})") from None
         parts.append(transform(frames) if transform is not None else frames)
-    return np.concatenate(parts), inverse.reshape(wanted.shape), info
+    return np.concatenate(parts), inverse, info
 
 
-def _decode_block(reader, source: VideoSource, block: np.ndarray) -> np.ndarray:
-    if reader is not None:
-        return reader.get_batch(block.tolist()).asnumpy()
-    assert isinstance(source, RawFrames)
+def _load_jpegs(source: RawFrames, block: np.ndarray) -> np.ndarray:
     from PIL import Image
 
     frames = []

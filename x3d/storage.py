@@ -20,6 +20,12 @@ Design choices, and why:
   file in the target folder and `os.replace` it; S3 only ever shows complete objects,
   whether sent in one `put_object` or as a multipart upload that becomes visible when
   it is completed. Temp names start with "." so dataset scanners skip them.
+* A flaky endpoint costs time, not results. botocore retries a request whose answer never
+  arrives, but not a body that breaks while it is being read (a connection reset mid-GET),
+  nor a response that arrives complete-looking but short. So every read here checks what it
+  got (length against Content-Length / Content-Range, the object's checksum or MD5 ETag,
+  the headers a HEAD must carry) and fetches again, with backoff, when the check fails.
+  One knob bounds both retry layers: `AWS_MAX_ATTEMPTS` (boto3's own variable; default 10).
 * Every failure is a `StorageError` whose message is one line a user can act on
   ("s3://bkt/key: no such key"). Messages never carry credentials or botocore tracebacks.
 """
@@ -27,15 +33,17 @@ Design choices, and why:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
+import random
 import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 __all__ = [
@@ -61,6 +69,12 @@ MULTIPART_THRESHOLD = 64 * 1024 * 1024
 MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+# Attempts per operation when the environment does not say (AWS_MAX_ATTEMPTS), and the
+# backoff between re-reads of a broken body: full jitter, doubling from BASE up to CAP.
+DEFAULT_MAX_ATTEMPTS = 10
+BACKOFF_BASE_S = 0.1
+BACKOFF_CAP_S = 5.0
 
 
 class StorageError(Exception):
@@ -142,11 +156,24 @@ def s3_client() -> Any:
             import boto3  # deferred: jobs that only touch local files never pay for it
             from botocore.config import Config
 
-            config = Config(retries={"mode": "adaptive", "max_attempts": 10}, max_pool_connections=32)
+            retries = {"mode": "adaptive", "total_max_attempts": max_attempts()}
+            config = Config(retries=retries, max_pool_connections=32)
             client = boto3.session.Session().client("s3", config=config)
             _clients.clear()  # a client inherited from the parent process must not be used
             _clients[pid] = client
     return client
+
+
+def max_attempts() -> int:
+    """How many times one S3 operation is tried: `AWS_MAX_ATTEMPTS` if set, else 10.
+
+    An explicit botocore `Config` would otherwise override the user's `AWS_MAX_ATTEMPTS`;
+    reading it here keeps boto3's documented knob working for both retry layers.
+    """
+    try:
+        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "")))
+    except ValueError:
+        return DEFAULT_MAX_ATTEMPTS
 
 
 def reset_client() -> None:
@@ -189,12 +216,16 @@ def _s3_error(uri: str, err: Exception) -> StorageError:
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
+        ConnectionClosedError,
         EndpointConnectionError,
         NoCredentialsError,
         PartialCredentialsError,
+        ReadTimeoutError,
     )
 
-    if isinstance(err, S3UploadFailedError) and isinstance(err.__context__, ClientError):
+    if isinstance(err, StorageError):
+        return err  # already one line (e.g. from a retry loop below)
+    if isinstance(err, S3UploadFailedError) and isinstance(err.__context__, (ClientError, BotoCoreError)):
         err = err.__context__  # the managed uploader wraps the real S3 answer
     if isinstance(err, ClientError):
         code = _error_code(err)
@@ -214,6 +245,10 @@ def _s3_error(uri: str, err: Exception) -> StorageError:
             f"{uri}: no usable AWS credentials "
             "(set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
         )
+    if isinstance(err, ConnectionClosedError):  # botocore has already retried it max_attempts() times
+        return StorageError(f"{uri}: S3 closed the connection before answering ({max_attempts()} attempts)")
+    if isinstance(err, ReadTimeoutError):
+        return StorageError(f"{uri}: S3 did not answer in time ({max_attempts()} attempts)")
     if isinstance(err, EndpointConnectionError):
         return StorageError(f"{uri}: cannot reach S3 endpoint {err.kwargs.get('endpoint_url', '')}")
     if isinstance(err, BotoCoreError):  # messages are built from endpoints and parameters only
@@ -246,6 +281,147 @@ def _bucket_exists(bucket: str) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------- damaged answers
+
+T = TypeVar("T")
+
+
+class _BrokenResponse(Exception):
+    """An answer that arrived damaged (cut, short, missing what it must carry): ask again."""
+
+
+def _damage(err: Exception) -> str | None:
+    """Why reading an answer failed, when the transport is to blame (worth another request).
+
+    None means the failure is not the transport's (a real S3 error, a bug) and is final.
+    """
+    from botocore.exceptions import (
+        FlexibleChecksumError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    if isinstance(err, _BrokenResponse):
+        return str(err)
+    if isinstance(err, ResponseStreamingError):
+        return f"connection broken mid-body ({_root_cause(err.kwargs.get('error'))})"
+    if isinstance(err, IncompleteReadError):
+        return f"body cut short ({err.kwargs.get('actual_bytes')} of {err.kwargs.get('expected_bytes')} bytes)"
+    if isinstance(err, FlexibleChecksumError):
+        return "body does not match its checksum"
+    if isinstance(err, ReadTimeoutError):
+        return "read timed out mid-body"
+    if isinstance(err, (Urllib3Error, ConnectionError, TimeoutError)):
+        return f"connection broken mid-body ({_root_cause(err)})"
+    return None
+
+
+def _unretried_damage(err: Exception) -> str | None:
+    """`_damage` for an error raised by the request itself, unless botocore already retried it.
+
+    botocore retries its own connection errors (closed, timed out, unreachable), but an
+    error answer whose body breaks while botocore reads it surfaces as a raw urllib3 error.
+    """
+    from botocore.exceptions import BotoCoreError
+
+    return None if isinstance(err, BotoCoreError) else _damage(err)
+
+
+def _root_cause(err: BaseException | None) -> str:
+    """The innermost exception's class name: 'ConnectionResetError', not urllib3's wrapping text."""
+    seen = 0
+    while err is not None and seen < 8:
+        inner = next((a for a in getattr(err, "args", ()) if isinstance(a, BaseException)), None)
+        inner = inner or err.__cause__ or err.__context__
+        if inner is None:
+            break
+        err, seen = inner, seen + 1
+    return type(err).__name__ if err is not None else "unknown"
+
+
+def _backoff(attempt: int) -> float:
+    """Full-jitter exponential backoff: spread the re-reads of many workers hit at once."""
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (attempt - 1)))
+
+
+def _fetch(uri: str, request: Callable[[], dict], check: Callable[[dict], T]) -> T:
+    """Send `request`, pass its answer through `check` (which reads and verifies it); retry damage.
+
+    Errors from `request` itself propagate unchanged: botocore has already retried those
+    that deserve it, and callers give some of them meaning (a missing key, a bad range).
+    Only an answer that `check` finds damaged is fetched again, up to `max_attempts()`.
+    """
+    attempts = max_attempts()
+    reason = "unknown"
+    for attempt in range(1, attempts + 1):
+        try:
+            response = request()
+        except Exception as err:  # noqa: BLE001 - classified right here
+            why = _unretried_damage(err)
+            if why is None:
+                raise
+            reason = why
+            if attempt < attempts:
+                time.sleep(_backoff(attempt))
+            continue
+        try:
+            return check(response)
+        except Exception as err:  # noqa: BLE001 - classified right here
+            why = _damage(err)
+            if why is None:
+                raise _s3_error(uri, err) from None
+            reason = why
+        finally:
+            body = response.get("Body")
+            if body is not None:
+                with contextlib.suppress(Exception):
+                    body.close()  # a half-read connection must not go back to the pool
+        if attempt < attempts:
+            time.sleep(_backoff(attempt))
+    raise StorageError(f"{uri}: S3 answer still damaged after {attempts} attempts ({reason})")
+
+
+_MD5_ETAG = re.compile(r"[0-9a-f]{32}")
+
+
+class _WholeBody:
+    """Read a GET's body and check it is the whole object: its length, then its MD5 ETag.
+
+    The ETag of an object uploaded in one piece without SSE-KMS/SSE-C is its MD5, which
+    catches a body that is short although its headers agree with it. Some S3-compatible
+    stores use other ETags (e.g. MinIO with encryption); the same mismatching bytes arriving
+    twice are taken as such a store, not as damage, at the cost of one extra read.
+    """
+
+    def __init__(self) -> None:
+        self._mismatched: set[str] = set()
+
+    def __call__(self, response: dict) -> bytes:
+        body = response["Body"].read()
+        expected = response.get("ContentLength")
+        if expected is None:
+            raise _BrokenResponse("answer without Content-Length")
+        if len(body) != int(expected):
+            raise _BrokenResponse(f"body cut short ({len(body)} of {expected} bytes)")
+        etag = (response.get("ETag") or "").strip('"').lower()
+        encrypted = response.get("SSECustomerAlgorithm") or str(response.get("ServerSideEncryption", "")).startswith("aws:kms")
+        if _MD5_ETAG.fullmatch(etag) and not encrypted:
+            digest = hashlib.md5(body, usedforsecurity=False).hexdigest()
+            if digest != etag and digest not in self._mismatched:
+                self._mismatched.add(digest)
+                raise _BrokenResponse("body does not match its ETag")
+        return body
+
+
+def _complete_head(response: dict) -> dict:
+    """A HEAD answer cut inside its headers parses as a complete one that lacks them."""
+    if response.get("ContentLength") is None:
+        raise _BrokenResponse("answer without Content-Length")
+    return response
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -254,7 +430,7 @@ def read_bytes(uri: str) -> bytes:
     if is_remote(uri):
         bucket, key = _split_s3(uri)
         try:
-            return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return _fetch(uri, lambda: s3_client().get_object(Bucket=bucket, Key=key), _WholeBody())
         except Exception as err:  # noqa: BLE001
             raise _s3_error(uri, err) from None
     try:
@@ -269,7 +445,7 @@ def stat(uri: str) -> ObjectInfo:
     if is_remote(uri):
         bucket, key = _split_s3(uri)
         try:
-            head = s3_client().head_object(Bucket=bucket, Key=key)
+            head = _fetch(uri, lambda: s3_client().head_object(Bucket=bucket, Key=key), _complete_head)
         except Exception as err:  # noqa: BLE001
             if _error_code(err) in _MISSING_KEY:
                 raise _missing_object(uri, bucket) from None
