@@ -34,6 +34,9 @@ decoders. Then, after the loop:
 
 X3D-S at 30 views is ~82 GMAC (~164 GFLOP) of model per video per method; the default of three
 videos keeps the whole run to about three minutes on 2 quiet cores.
+
+Why one script of ~460 lines: (a)-(e) must run on the same videos, checkpoint and machine in
+one process to be comparable, and each is short; bench/ scripts import its inputs.
 """
 
 from __future__ import annotations
