@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from x3d.sample_data import encode_video
+
 
 def moving_frames(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """uint8 (T, H, W, 3) frames with texture and motion, so every frame differs."""
@@ -31,24 +33,11 @@ def write_video(
     codec: str = "libx264",
 ) -> Path:
     """Encode frames (default: ``moving_frames``) to an MP4 file and return its path."""
-    import av
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = frames if frames is not None else moving_frames(num_frames, height, width, seed)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width = data.shape[2]
-        stream.height = data.shape[1]
-        stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "ultrafast"}
-        for frame in data:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    options = {"crf": "18", "preset": "ultrafast"} if codec == "libx264" else None
+    return encode_video(data, fps, path, codec=codec, options=options)
 
 
 def write_broken_videos(folder: str | Path, good: Path) -> dict[str, Path]:

@@ -62,6 +62,8 @@ __all__ = [
     "video_spec",
     "render_video",
     "write_mp4",
+    "encode_video",
+    "encode_video",
     "generate_sample_dataset",
     "ensure_sample_dataset",
     "sample_cache_dir",
@@ -358,14 +360,28 @@ def render_video(spec: VideoSpec, shuffle_frames: bool = False) -> np.ndarray:
 
 def write_mp4(frames: np.ndarray, fps: int, path: str | Path, crf: int = 23) -> Path:
     """Encode uint8 RGB frames to H.264 (yuv420p) MP4; single-threaded, so the bytes repeat."""
-    import av  # imported lazily: only generating the sample data needs PyAV
+    return encode_video(frames, fps, path, options={"crf": str(crf), "preset": "veryfast", "threads": "1"}, container_format="mp4")
+
+
+def encode_video(
+    frames: np.ndarray,
+    fps: int,
+    path: str | Path,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+    pix_fmt: str = "yuv420p",
+    container_format: str | None = None,
+) -> Path:
+    """Encode uint8 RGB frames ``(T, H, W, 3)`` with PyAV (the container from the file name
+    unless ``container_format`` says); the one encoder the sample data and the tests share."""
+    import av  # imported lazily: only generating videos needs PyAV
 
     path = Path(path)
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+        stream.pix_fmt = pix_fmt
+        stream.options = options or {}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

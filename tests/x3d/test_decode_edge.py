@@ -21,6 +21,7 @@ import pytest
 import x3d
 from x3d import decode
 from x3d.decode import DecodeError
+from x3d.sample_data import encode_video
 from tests.videos import moving_frames
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,19 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def encode(path: Path, frames: np.ndarray, codec: str = "libx264", fps: int = 25, options: dict | None = None,
            pix_fmt: str = "yuv420p") -> Path:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = pix_fmt
-        stream.options = options or {}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return encode_video(frames, fps, path, codec=codec, options=options, pix_fmt=pix_fmt)
 
 
 def decord_fails(path: Path) -> bool:
