@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from worker.items import VideoItem
-from x3d import storage
+from x3d import sample_data, storage
 
 __all__ = [
     "FORMATS",
@@ -204,8 +204,6 @@ def resolve_dataset(
 
 def _generated_paths(spec: DatasetSpec) -> DatasetSpec:
     """Where a generated dataset lives (in the x3d cache); nothing is generated yet."""
-    from x3d import sample_data  # numpy only, but keep it off the path of every other dataset
-
     split, shuffled = GENERATORS[spec.generator]
     root = sample_data.sample_cache_dir()
     ann_file = sample_data.list_file(root, split, shuffled)
@@ -220,8 +218,6 @@ def generate_dataset(spec: DatasetSpec, verbose: bool = True) -> None:
     """
     if spec.generator is None:
         return
-    from x3d import sample_data
-
     split, shuffled = GENERATORS[spec.generator]
     splits = () if shuffled else (split,)
     sample_data.ensure_sample_dataset(splits=splits, shuffled=shuffled, workers=os.cpu_count() or 1, verbose=verbose)

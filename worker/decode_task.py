@@ -18,6 +18,7 @@ import numpy as np
 
 import x3d
 from worker.items import VideoItem
+from worker.rawframes import rawframe_loader
 from worker.stages import NULL_TIMER, StageTimer, maxrss_mb
 from x3d import storage
 
@@ -54,8 +55,6 @@ class DecodeResult:
 def _source_for(item: VideoItem) -> x3d.decode.VideoSource:
     """Local files are handed to decord by path; remote objects arrive as bytes, no temp file."""
     if item.kind == "rawframes":
-        from worker.rawframes import rawframe_loader
-
         return x3d.RawFrames(load=rawframe_loader(item), num_frames=int(item.num_frames or 0), name=item.key)
     if storage.is_remote(item.uri):
         return storage.read_bytes(item.uri)
