@@ -146,7 +146,7 @@ def test_killed_run_resumes_with_one_row_per_version(tmp_path, checkpoint):
     deadline = time.monotonic() + 180
     labels = out / "labels"
     while time.monotonic() < deadline and proc.poll() is None:
-        if labels.exists() and any(p.suffix == ".parquet" for p in labels.iterdir()):
+        if labels.exists() and any(labels.rglob("part-*.parquet")):  # labels/date=YYYY-MM-DD/
             break
         time.sleep(0.05)
     killed = proc.poll() is None
