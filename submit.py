@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(ev, default_probs=True)
 
     lb = sub.add_parser("label", help="label new or changed videos under a prefix or in a list (incremental)")
-    lb.add_argument("--input", required=True, help="folder, s3://bucket/prefix/ (listed recursively) or a list file")
+    lb.add_argument("--input", help="folder, s3://bucket/prefix/ (listed recursively) or a list file [required, except with --compact / --rebuild-index alone]")
     lb.add_argument("--output", required=True, help="output folder or s3://bucket/prefix; reruns skip what it holds")
     lb.add_argument("--model", default="x3d_s", help="model preset [x3d_s]")
     lb.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights]")
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--decode-timeout", type=float, default=300.0, help="seconds before a hung decode becomes an error row [300]")
     lb.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray started when no --address is given")
     lb.add_argument("--quiet", action="store_true", help="no progress output")
+    lb.add_argument("--compact", action="store_true", help="merge small label files into big ones (after the run, if --input is given)")
+    lb.add_argument("--target-file-mb", type=float, default=128.0, help="--compact: size of the merged files in MB [128]")
+    lb.add_argument("--rebuild-index", action="store_true", help="rebuild the label index from the label files (before the run, if --input is given)")
     _add_benchmark_parser(sub)
     return parser
 
@@ -211,9 +214,13 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 def run_label_command(args: argparse.Namespace) -> int:
     from cluster.runtime import ClusterError
     from jobs.evaluate import JobError
-    from jobs.label import LabelConfig, plan_label, run_label
+    from jobs.label import LabelConfig, compact_labels, plan_label, rebuild_label_index, run_label
     from jobs.storage import StorageError
 
+    if not args.input and not (args.compact or args.rebuild_index):
+        _fail("label needs --input (or --compact / --rebuild-index to only tidy --output)")
+    if args.target_file_mb <= 0:
+        _fail(f"--target-file-mb must be positive, got {args.target_file_mb}")
     cfg = LabelConfig(
         input=args.input,
         output=args.output,
@@ -235,7 +242,11 @@ def run_label_command(args: argparse.Namespace) -> int:
         quiet=args.quiet,
     )
     try:
-        if args.plan:
+        if args.rebuild_index:
+            rebuild_label_index(cfg.output, quiet=cfg.quiet)
+        if not args.input:
+            pass
+        elif args.plan:
             plan = plan_label(cfg)
             eta = "unknown (no earlier run to take a rate from)" if plan["estimated_s"] is None else f"{plan['estimated_s']:.0f} s"
             print(
@@ -245,6 +256,8 @@ def run_label_command(args: argparse.Namespace) -> int:
             )
         else:
             run_label(cfg)
+        if args.compact and not args.plan:
+            compact_labels(cfg.output, args.target_file_mb, quiet=cfg.quiet)
     except (JobError, ClusterError, StorageError, ValueError) as exc:
         _fail(str(exc))
     return 0

@@ -37,7 +37,7 @@ from jobs.progress import Progress, quiet_stream as _quiet_stream
 from jobs.work import ModelSpec
 from x3d.predict import check_precision
 
-__all__ = ["LabelConfig", "LABEL_SCHEMA", "run_label", "plan_label", "read_labels", "version_of"]
+__all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "plan_label", "read_labels", "rebuild_label_index", "run_label", "version_of"]
 
 @dataclass
 class LabelConfig:
@@ -201,6 +201,18 @@ def plan_label(cfg: LabelConfig) -> dict[str, Any]:
     counts["to_process"] = todo
     counts["estimated_s"] = round(todo / rate, 1) if rate else None
     return counts
+
+
+def rebuild_label_index(output: str, quiet: bool = False) -> label_state.LabelIndex:
+    """``--rebuild-index``: the index afresh from the label files (it is only ever derived from them)."""
+    return label_state.rebuild_index(output, log=(lambda _m: None) if quiet else print)
+
+
+def compact_labels(output: str, target_mb: float = label_store.DEFAULT_TARGET_MB, quiet: bool = False) -> dict[str, int]:
+    """``--compact``: bring the index up to date, then merge the shard files of the runs it covers."""
+    log = (lambda _m: None) if quiet else print
+    index = label_state.load_index(output, log=log)
+    return label_store.compact(output, target_mb, covered_runs=index.runs, log=log)
 
 
 def run_label(cfg: LabelConfig) -> dict[str, Any]:

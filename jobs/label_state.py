@@ -144,6 +144,19 @@ class LabelIndex:
         label_store.crash_point("index:after-current")
         for name in superseded:  # only now: until CURRENT.json changed, they were the index
             label_store.delete(storage.join(_folder(self.output), name))
+        self._sweep()
+
+    def _sweep(self, older_than_s: float = 600.0) -> None:
+        """Delete segments no CURRENT.json names: left by a kill between a segment and its commit.
+
+        Only old ones, so a segment another process has just written and is about to commit
+        is left alone.
+        """
+        now = time.time()
+        for info in storage.list_files(_folder(self.output), (".parquet",)):
+            name = info.uri.replace("\\", "/").rsplit("/", 1)[-1]
+            if name not in self.names and info.mtime is not None and now - info.mtime >= older_than_s:
+                label_store.delete(info.uri)
 
     def _write_segment(self, segment: Segment) -> str:
         name = f"seg-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}.parquet"

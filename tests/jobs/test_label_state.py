@@ -128,6 +128,12 @@ def test_kill_during_the_index_update_loses_nothing(tmp_path, point):
     assert all(ok and n == 1 for ok, n in _lookup(index, [f"late-{i}" for i in range(40)]))
     after = row_counter(out)
     assert set(after.values()) == {1} and sum(after.values()) == sum(before.values()) + 40
+    segments = Path(out, "label_index").glob("seg-*.parquet")
+    for old in segments:
+        os.utime(old, (1e9, 1e9))  # long ago: an orphan of the kill may now be swept
+    index.add(label_state.Segment.merge([]), ["sweep"])
+    listed = json.loads(Path(out, "label_index", "CURRENT.json").read_text())["segments"]
+    assert sorted(p.name for p in Path(out, "label_index").glob("seg-*.parquet")) == sorted(listed)
 
 
 _COMPACT = """
