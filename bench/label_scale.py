@@ -10,6 +10,9 @@ For each size a synthetic history is written straight into the documented layout
 groups, one run a day), with no index: exactly what code from before the index leaves, only
 bigger. Then, each step in its own process, timed from outside, peak RSS its ``VmHWM``:
 
+With ``--flat256`` the history is written as the code before the index wrote it: flat, one
+file per 256 rows.
+
 * ``rebuild``: the first command on such a history builds the index (``--rebuild-index``);
 * ``plan``: ``label --plan`` with 1,000 new videos in the input folder;
 * ``run``: the real ``run_label`` over those 1,000 videos with the model half replaced by a
@@ -44,7 +47,7 @@ def video_uri(i: int) -> str:
     return f"s3://videos/incoming/cam-{i % 997:03d}/clip_{i:010d}.mp4"
 
 
-def write_history(output: str, rows: int, sha: str) -> None:
+def write_history(output: str, rows: int, sha: str, flat256: bool = False) -> None:
     """``rows`` label rows of x3d_tiny/10 views, as runs would have written them, built columnar."""
     import numpy as np
     import pyarrow as pa
@@ -82,6 +85,12 @@ def write_history(output: str, rows: int, sha: str) -> None:
             },
             schema=label_store.LABEL_SCHEMA,
         )
+        if flat256:  # what the code before the index wrote: labels/part-<run>-<shard>.parquet, 256 rows
+            folder = Path(output, "labels")
+            folder.mkdir(parents=True, exist_ok=True)
+            for shard, lo in enumerate(range(0, n, 256)):
+                pq.write_table(table.slice(lo, 256), folder / f"part-{run_id}-{shard:05d}.parquet")
+            continue
         path = Path(label_store.part_uri(output, run_id, 0))
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, path, row_group_size=128 * 1024, compression="zstd")
@@ -190,6 +199,7 @@ def measure(step: str, output: str, videos: str, ckpt: str, extra: list[str] = (
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="1000000,10000000", help="history rows, comma-separated")
+    p.add_argument("--flat256", action="store_true", help="write histories in the pre-index layout: flat, 256-row files")
     p.add_argument("--listing", type=int, default=0, help="also list this many simulated keys over the largest history")
     p.add_argument("--workdir", help="where histories go [a temp folder, removed after]")
     p.add_argument("--step", choices=[*STEPS, "listing"], help=argparse.SUPPRESS)
@@ -226,7 +236,7 @@ def main() -> None:
         output = work / f"out-{rows}"
         shutil.rmtree(output, ignore_errors=True)
         start = time.monotonic()
-        write_history(str(output), rows, sha)
+        write_history(str(output), rows, sha, flat256=args.flat256)
         written = time.monotonic() - start
         files = sum(1 for _ in output.rglob("*.parquet"))
         rb = measure("rebuild", str(output), str(videos), str(ckpt))

@@ -3,8 +3,10 @@
 A video *version* is its URI plus its etag (S3) or size and mtime (files). A run labels only
 versions that have no row yet for the same model, checkpoint and view count, so running the
 same command again processes nothing, a crashed run continues where it stopped, and a failed
-video is retried on later runs until it has failed ``max_attempts`` times. Rows are written
-per shard, atomically, under ``<output>/labels/``; each run also leaves a manifest under
+video is retried on later runs until it has failed ``max_attempts`` times. What is new is
+decided against the per-output index of ``jobs.label_state``, not by reading old rows. Rows are
+written per shard, atomically, under ``<output>/labels/date=YYYY-MM-DD/`` (``jobs.label_store``:
+layout, compaction, reading); each run also leaves a manifest under
 ``<output>/manifests/``. Read the labels with ``read_labels`` (one row per video version: the
 latest attempt) or with any Parquet reader.
 
@@ -38,6 +40,7 @@ from jobs.work import ModelSpec
 from x3d.predict import check_precision
 
 __all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "plan_label", "read_labels", "rebuild_label_index", "run_label", "version_of"]
+
 
 @dataclass
 class LabelConfig:
@@ -192,7 +195,7 @@ def _last_rate(output: str) -> float | None:
 def plan_label(cfg: LabelConfig) -> dict[str, Any]:
     """``--plan``: what a run would do, without starting Ray."""
     _, _, sha = _load_checkpoint(cfg)
-    history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet)
+    history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, save=False)  # a dry run writes nothing
     counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0}
     for _ in _select(cfg, history, counts):
         pass

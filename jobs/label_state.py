@@ -162,7 +162,7 @@ class LabelIndex:
         name = f"seg-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}.parquet"
         sink = pa.BufferOutputStream()
         pq.write_table(segment.table(), sink, compression="zstd")
-        storage.write_bytes(storage.join(_folder(self.output), name), sink.getvalue().to_pybytes())
+        storage.write_bytes(storage.join(_folder(self.output), name), memoryview(sink.getvalue()))  # no copy
         return name
 
     def _write_current(self) -> None:
@@ -227,13 +227,13 @@ def _entries_of(output: str, files: list[label_store.LabelFile], skip_runs: set[
     return Segment.of(np.concatenate(keys), np.concatenate(oks), np.concatenate(attempts)), runs, rows
 
 
-def rebuild_index(output: str, log: Callable[[str], None] = print, reason: str = "rebuilt") -> LabelIndex:
-    """Build the index afresh from every label file (streaming) and save it as one segment."""
+def rebuild_index(output: str, log: Callable[[str], None] = print, reason: str = "rebuilt", save: bool = True) -> LabelIndex:
+    """Build the index afresh from every label file (streaming) and (``save``) save it as one segment."""
     start = time.monotonic()
     files = label_store.live_files(output)
     segment, runs, rows = _entries_of(output, files, set())
     index = LabelIndex(output)
-    index.add(segment, runs)
+    index.add(segment, runs, save=save)
     log(f"label index {reason}: {rows} rows from {len(files)} label files, {index.entries} versions, {time.monotonic() - start:.1f} s")
     return index
 
@@ -242,7 +242,9 @@ def load_index(output: str, log: Callable[[str], None] = print, save: bool = Tru
     """The index, brought up to date with every label file; built from the rows when missing.
 
     Label files of runs the index does not cover (a run killed before its index update, files
-    written by code from before the index existed) are folded in first.
+    written by code from before the index existed) are folded in first. ``save=False`` (``--plan``)
+    keeps what it folds in memory: a plan beside a running job must not mark that job's
+    half-written run as covered, or the rest of the run, if it were killed, would be missed.
     """
     index = _load_saved(output)
     if index is None:
@@ -250,7 +252,7 @@ def load_index(output: str, log: Callable[[str], None] = print, save: bool = Tru
         if not files:
             return LabelIndex(output)
         had = storage.exists(_current(output))
-        return rebuild_index(output, log, "unreadable, rebuilt" if had else "missing, built")
+        return rebuild_index(output, log, "unreadable, rebuilt" if had else "missing, built", save=save)
     files = label_store.live_files(output)
     stale = [f for f in files if (label_store.run_of(f.name) or "") not in index.runs and not f.name.startswith("compact-")]
     if stale:

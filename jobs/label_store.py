@@ -277,7 +277,9 @@ def scan(output: str, files: list[LabelFile], columns: list[str], filter: ds.Exp
     """Stream record batches of some columns of some files: memory is one batch, not the history."""
     if not files:
         return
-    yield from _dataset(output, files).to_batches(columns=columns, filter=filter, batch_size=64 * 1024)
+    yield from _dataset(output, files).to_batches(
+        columns=columns, filter=filter, batch_size=64 * 1024, batch_readahead=2, fragment_readahead=1
+    )  # little read-ahead: a rebuild over 1M-row files must not hold several of them decoded
 
 
 # --------------------------------------------------------------------------- compaction
