@@ -155,16 +155,16 @@ def _snapshot(output: str) -> tuple[list[LabelFile], dict[str, dict], list[Label
     """(files that count, committed manifests, uncommitted compaction outputs) from one stable view."""
     folder = labels_dir(output)
     for _ in range(_READ_TRIES):
-        before = _manifests(folder)
         try:
+            before = _manifests(folder)
             files = [
                 LabelFile(info.uri, _rel(folder, info.uri), info.size)
                 for info in storage.list_files(folder, (".parquet",))
                 if not _rel(folder, info.uri).startswith(_MANIFESTS + "/")
             ]
+            after = _manifests(folder)
         except FileNotFoundError:  # a local file deleted between its folder scan and its stat
             continue
-        after = _manifests(folder)
         if before.keys() == after.keys() and not any(m.get("gone") for m in after.values()):
             break
     else:

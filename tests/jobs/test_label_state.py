@@ -178,11 +178,16 @@ def test_reader_during_compaction_sees_every_row_once(tmp_path):
     write_run(out, RUN_A, rows, shard_size=25)
     expected = row_counter(out)
     seen: list[Counter] = []
+    errors: list[BaseException] = []
     stop = threading.Event()
 
     def reader() -> None:
         while not stop.is_set():
-            seen.append(row_counter(out))
+            try:
+                seen.append(row_counter(out))
+            except BaseException as err:  # noqa: BLE001 - a failed read is a failed test
+                errors.append(err)
+                return
 
     thread = threading.Thread(target=reader)
     thread.start()
@@ -192,6 +197,7 @@ def test_reader_during_compaction_sees_every_row_once(tmp_path):
     finally:
         stop.set()
         thread.join()
+    assert not errors, repr(errors[0]) if errors else ""
     assert len(seen) >= 2 and all(c == expected for c in seen)
     assert len(label_store.live_files(out)) == 1
     assert not list(Path(out, "labels", "_compactions").glob("*.json"))[1:]  # spent manifests are dropped
@@ -220,3 +226,18 @@ def test_store_and_index_on_s3(s3_env):
     assert all(f.name.startswith("compact-") for f in label_store.live_files(out))
     names = [i.uri for i in storage.list_files(f"{out}/labels", (".parquet",))]
     assert len(names) == 2 and all("/date=2026-11-0" in n for n in names)
+
+
+def test_cli_compact_and_rebuild_index_need_no_input(tmp_path, capsys):
+    import submit
+
+    out = str(tmp_path / "out")
+    before = _history(out)
+    assert submit.main(["label", "--output", out, "--rebuild-index", "--compact", "--target-file-mb", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "label index rebuilt: 632 rows from 8 label files, 631 versions" in printed and "label compact: " in printed
+    assert row_counter(out) == before and all(f.name.startswith("compact-") for f in label_store.live_files(out))
+    with pytest.raises(SystemExit) as exit_:
+        submit.main(["label", "--output", out])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "needs --input" in err
