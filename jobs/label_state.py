@@ -69,12 +69,24 @@ def keys_of(scope: Scope, uris: Iterable[str], versions: Iterable[str]) -> np.nd
 
 
 def _reduce(key: np.ndarray, ok: np.ndarray, attempts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted unique keys; per key ok = any attempt succeeded, attempts = the most made."""
+    """Sorted unique keys; per key ok = any attempt succeeded, attempts = the most made.
+
+    Written for 100M entries: one sort permutation, and the duplicate pass only when there are
+    duplicates (retried videos), so the peak is about twice the arrays, not five times.
+    """
     if not len(key):
         return key.astype(np.uint64), ok.astype(bool), attempts.astype(np.int16)
     order = np.argsort(key, kind="stable")
-    key, ok, attempts = key[order], ok[order], attempts[order]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    key = key[order]
+    ok, attempts = ok[order], attempts[order]
+    del order
+    new = np.empty(len(key), bool)
+    new[0] = True
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    if new.all():
+        return key, ok, attempts.astype(np.int16, copy=False)
+    starts = np.flatnonzero(new)
+    del new
     return key[starts], np.logical_or.reduceat(ok, starts), np.maximum.reduceat(attempts, starts).astype(np.int16)
 
 
@@ -161,7 +173,7 @@ class LabelIndex:
     def _write_segment(self, segment: Segment) -> str:
         name = f"seg-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:8]}.parquet"
         sink = pa.BufferOutputStream()
-        pq.write_table(segment.table(), sink, compression="zstd")
+        pq.write_table(segment.table(), sink, compression="zstd", row_group_size=1 << 20)
         storage.write_bytes(storage.join(_folder(self.output), name), memoryview(sink.getvalue()))  # no copy
         return name
 
@@ -179,8 +191,21 @@ def _current(output: str) -> str:
 
 
 def _read_segment(uri: str) -> Segment:
-    table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)), schema=SEGMENT_SCHEMA)
-    return Segment(*(table.column(c).to_numpy() for c in ("key", "ok", "attempts")))
+    """Row group by row group into preallocated arrays: the peak is the arrays, not twice them."""
+    filesystem, path = label_store.arrow_filesystem(uri)
+    with filesystem.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        n = parquet.metadata.num_rows
+        out = Segment(np.empty(n, np.uint64), np.empty(n, bool), np.empty(n, np.int16))
+        pos = 0
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=SEGMENT_SCHEMA.names)
+            end = pos + table.num_rows
+            out.key[pos:end] = table.column("key").to_numpy()
+            out.ok[pos:end] = table.column("ok").to_numpy()
+            out.attempts[pos:end] = table.column("attempts").to_numpy()
+            pos = end
+    return out
 
 
 def _load_saved(output: str) -> LabelIndex | None:
@@ -198,33 +223,28 @@ def _load_saved(output: str) -> LabelIndex | None:
 
 def _entries_of(output: str, files: list[label_store.LabelFile], skip_runs: set[str]) -> tuple[Segment, set[str], int]:
     """Index entries of the rows in ``files`` from runs not in ``skip_runs``, streamed batch by batch."""
-    keys, oks, attempts, runs = [], [], [], set()
-    rows = 0
+    runs: set[str] = set()
     flt = ~ds.field("run_id").isin(sorted(skip_runs)) if skip_runs else None
+    total = label_store.count_rows(output, files, filter=flt)  # Parquet metadata only, when unfiltered
+    out = Segment(np.empty(total, np.uint64), np.empty(total, bool), np.empty(total, np.int16))
+    pos = 0
     for batch in label_store.scan(output, files, _KEY_COLUMNS, filter=flt):
         if not batch.num_rows:
             continue
         cols = {c: batch.column(c) for c in _KEY_COLUMNS}
         runs.update(pc.unique(cols["run_id"]).to_pylist())
         scope_cols = pa.table([cols["model"], cols["checkpoint_sha256"], cols["views"]], names=["m", "s", "v"])
-        # most batches hold one scope: hash them in one go, else scope by scope
-        scopes = scope_cols.group_by(["m", "s", "v"]).aggregate([]).to_pylist()
-        video, version = cols["video"], cols["version"]
-        if len(scopes) == 1:
-            s = scopes[0]
-            keys.append(keys_of(Scope(s["m"], s["s"], s["v"]), video.to_pylist(), version.to_pylist()))
-            oks.append(pc.is_null(cols["error"]).to_numpy(zero_copy_only=False))
-            attempts.append(cols["attempt"].to_numpy())
-        else:
-            for s in scopes:
-                mask = pc.and_(pc.and_(pc.equal(cols["model"], s["m"]), pc.equal(cols["checkpoint_sha256"], s["s"])), pc.equal(cols["views"], s["v"]))
-                keys.append(keys_of(Scope(s["m"], s["s"], s["v"]), video.filter(mask).to_pylist(), version.filter(mask).to_pylist()))
-                oks.append(pc.is_null(cols["error"].filter(mask)).to_numpy(zero_copy_only=False))
-                attempts.append(cols["attempt"].filter(mask).to_numpy())
-        rows += batch.num_rows
-    if not keys:
-        return Segment.merge([]), runs, 0
-    return Segment.of(np.concatenate(keys), np.concatenate(oks), np.concatenate(attempts)), runs, rows
+        for s in scope_cols.group_by(["m", "s", "v"]).aggregate([]).to_pylist():  # most batches: one scope
+            mask = pc.and_(pc.and_(pc.equal(cols["model"], s["m"]), pc.equal(cols["checkpoint_sha256"], s["s"])), pc.equal(cols["views"], s["v"]))
+            part = {c: cols[c].filter(mask) for c in ("video", "version", "error", "attempt")}
+            end = pos + len(part["video"])
+            out.key[pos:end] = keys_of(Scope(s["m"], s["s"], s["v"]), part["video"].to_pylist(), part["version"].to_pylist())
+            out.ok[pos:end] = pc.is_null(part["error"]).to_numpy(zero_copy_only=False)
+            out.attempts[pos:end] = part["attempt"].to_numpy()
+            pos = end
+    if pos != total:
+        raise storage.StorageError(f"{label_store.labels_dir(output)}: label files changed while the index was built; run again")
+    return Segment(*_reduce(out.key, out.ok, out.attempts)), runs, total
 
 
 def rebuild_index(output: str, log: Callable[[str], None] = print, reason: str = "rebuilt", save: bool = True) -> LabelIndex:

@@ -46,6 +46,7 @@ __all__ = [
     "delete",
     "live_files",
     "part_uri",
+    "count_rows",
     "read_labels",
     "run_of",
     "scan",
@@ -271,6 +272,11 @@ def _latest_rows(table: pa.Table) -> pa.Array:
     joined = keys.join(best, keys=["video", "version", "attempt"], right_keys=["video", "version", "attempt_max"])
     first = joined.group_by(["video", "version"]).aggregate([("_row", "min")])  # a duplicate row counts once
     return pa.array(np.sort(first.column("_row_min").to_numpy()))
+
+
+def count_rows(output: str, files: list[LabelFile], filter: ds.Expression | None = None) -> int:
+    """How many rows the files hold (from their footers alone when there is no filter)."""
+    return _dataset(output, files).count_rows(filter=filter) if files else 0
 
 
 def scan(output: str, files: list[LabelFile], columns: list[str], filter: ds.Expression | None = None) -> Iterator[pa.RecordBatch]:
