@@ -8,10 +8,8 @@
 For each size a synthetic history is written straight into the documented layout
 (``labels/date=YYYY-MM-DD/part-<run>-00000.parquet``, one million rows a file, 128k-row row
 groups, one run a day), with no index: exactly what code from before the index leaves, only
-bigger. Then, each step in its own process, timed from outside, peak RSS its ``VmHWM``:
-
-With ``--flat256`` the history is written as the code before the index wrote it: flat, one
-file per 256 rows.
+bigger (``--flat256``: as the code before the index wrote it, flat, one file per 256 rows).
+Then, each step in its own process, timed from outside, peak RSS its ``VmHWM`` (Linux):
 
 * ``rebuild``: the first command on such a history builds the index (``--rebuild-index``);
 * ``plan``: ``label --plan`` with 1,000 new videos in the input folder;
