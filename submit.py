@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("label", parents=[*common, _run_flags()],
                         help="label new or changed videos under a prefix or in a list (incremental)")
-    lb.add_argument("--input", required=True, help="folder, s3://bucket/prefix/ (listed recursively) or a list file")
+    lb.add_argument("--input", help="folder, s3://bucket/prefix/ (listed recursively) or a list file [required, except with --compact / --rebuild-index alone]")
     lb.add_argument("--output", required=True, help="output folder or s3://bucket/prefix; reruns skip what it holds")
     lb.add_argument("--top-k", type=_positive_int, default=5, help="labels kept per video [5]")
     lb.add_argument("--min-score", type=float, default=0.0, help="drop labels scoring below this [0]")
@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--max-attempts", type=_positive_int, default=3, help="give up on a failing video after N runs [3]")
     lb.add_argument("--plan", action="store_true", help="dry run: count what would be processed and estimate the time")
     lb.add_argument("--resume", action="store_true", help="continue a crashed run (every run resumes anyway)")
+    lb.add_argument("--compact", action="store_true", help="merge small label files into big ones (after the run, if --input is given)")
+    lb.add_argument("--target-file-mb", type=float, default=128.0, help="--compact: size of the merged files in MB [128]")
+    lb.add_argument("--rebuild-index", action="store_true", help="rebuild the label index from the label files (before the run, if --input is given)")
     lb.set_defaults(views=10)
 
     bm = sub.add_parser("benchmark", parents=[_dataset_flags(), *common],
@@ -197,12 +200,20 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
 def run_label_command(args: argparse.Namespace) -> int:
     from cluster.errors import ClusterError
     from jobs.errors import JobError
-    from jobs.label import LabelConfig, plan_label, run_label
+    from jobs.label import LabelConfig, compact_labels, plan_label, rebuild_label_index, run_label
     from x3d.storage import StorageError
 
+    if not args.input and not (args.compact or args.rebuild_index):
+        _fail("label needs --input (or --compact / --rebuild-index to only tidy --output)")
+    if args.target_file_mb <= 0:
+        _fail(f"--target-file-mb must be positive, got {args.target_file_mb}")
     cfg = _config(LabelConfig, args, model=args.model or "x3d_s")
     try:
-        if args.plan:
+        if args.rebuild_index:
+            rebuild_label_index(cfg.output, quiet=cfg.quiet)
+        if not args.input:
+            pass
+        elif args.plan:
             plan = plan_label(cfg)
             eta = "unknown (no earlier run to take a rate from)" if plan["estimated_s"] is None else f"{plan['estimated_s']:.0f} s"
             print(
@@ -212,6 +223,8 @@ def run_label_command(args: argparse.Namespace) -> int:
             )
         else:
             run_label(cfg)
+        if args.compact and not args.plan:
+            compact_labels(cfg.output, args.target_file_mb, quiet=cfg.quiet)
     except (JobError, ClusterError, StorageError, ValueError) as exc:
         _fail(str(exc))
     return 0

@@ -3,8 +3,10 @@
 A video *version* is its URI plus its etag (S3) or size and mtime (files). A run labels only
 versions that have no row yet for the same model, checkpoint and view count, so running the
 same command again processes nothing, a crashed run continues where it stopped, and a failed
-video is retried on later runs until it has failed ``max_attempts`` times. Rows are written
-per shard, atomically, under ``<output>/labels/`` (columns: ``jobs.schemas.LABEL_SCHEMA``); each run also leaves a manifest under
+video is retried on later runs until it has failed ``max_attempts`` times. What is new is
+decided against the per-output index of ``jobs.label_state``, not by reading old rows. Rows are
+written per shard, atomically, under ``<output>/labels/date=YYYY-MM-DD/`` (``jobs.label_store``:
+layout, compaction, reading; columns: ``jobs.schemas.LABEL_SCHEMA``); each run also leaves a manifest under
 ``<output>/manifests/``. Read the labels with ``read_labels`` (one row per video version: the
 latest attempt) or with any Parquet reader.
 
@@ -13,7 +15,6 @@ The input listing streams: work starts on the first shard while the listing is s
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import re
@@ -25,11 +26,10 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import x3d
 from cluster.pipeline import Shard
-from jobs import results
+from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
 from jobs.errors import JobError
 from jobs.lifecycle import check_model, load_weights, run_model_job
@@ -41,7 +41,8 @@ from jobs.schemas import LABEL_SCHEMA
 from worker.items import VideoItem
 from x3d import storage
 
-__all__ = ["LabelConfig", "LABEL_SCHEMA", "run_label", "plan_label", "read_labels", "version_of"]
+__all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "plan_label", "read_labels", "rebuild_label_index", "run_label", "version_of"]
+
 
 @dataclass(kw_only=True)
 class LabelConfig(RunOptions):
@@ -100,49 +101,32 @@ def _is_list_file(source: str) -> bool:
     return source.lower().endswith((".txt", ".csv", ".lst", ".list"))
 
 
-def read_labels(output: str, latest_only: bool = True) -> pa.Table:
-    """All label rows; with ``latest_only`` one row per (video, version): its latest attempt."""
-    folder = storage.join(output, "labels")
-    tables = [_read_parquet(info.uri) for info in storage.list_files(folder, (".parquet",))]
-    if not tables:
-        return LABEL_SCHEMA.empty_table()
-    table = pa.concat_tables(tables)
-    if not latest_only:
-        return table
-    cols = table.select(["video", "version", "attempt"]).to_pydict()
-    best: dict[tuple[str, str], int] = {}
-    for i, key in enumerate(zip(cols["video"], cols["version"])):
-        if key not in best or cols["attempt"][i] > cols["attempt"][best[key]]:
-            best[key] = i
-    return table.take(sorted(best.values()))
+def read_labels(output: str, latest_only: bool = True, filter=None, columns: list[str] | None = None) -> pa.Table:
+    """All label rows; with ``latest_only`` one row per (video, version): its latest attempt.
 
-
-def _read_parquet(uri: str) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)), schema=LABEL_SCHEMA)
+    Reads through ``pyarrow.dataset`` (see ``jobs.label_store``): ``filter`` (a dataset
+    expression, which may use the ``date`` partition) and ``columns`` are pushed into the scan.
+    """
+    return label_store.read_labels(output, latest_only=latest_only, filter=filter, columns=columns)
 
 
 @dataclass
 class _History:
-    """What earlier runs did for this model/checkpoint/views: version -> (ok, attempts)."""
+    """What earlier runs did for this model/checkpoint/views, as the label index holds it."""
 
-    done: dict[tuple[str, str], tuple[bool, int]]
+    index: label_state.LabelIndex
+    scope: label_state.Scope
 
-    def needs_work(self, uri: str, version: str, max_attempts: int) -> tuple[bool, int]:
-        ok, attempts = self.done.get((uri, version), (False, 0))
-        return (not ok and attempts < max_attempts), attempts
+    def needs_work(self, infos: Sequence[storage.ObjectInfo], versions: Sequence[str], max_attempts: int) -> Iterator[tuple[bool, int]]:
+        """Per listed version: (whether to process it, attempts so far), a chunk at a time."""
+        ok, attempts = self.index.lookup(label_state.keys_of(self.scope, (i.uri for i in infos), versions))
+        for done, tried in zip(ok.tolist(), attempts.tolist()):
+            yield (not done and tried < max_attempts), tried
 
 
-def _history(output: str, model: str, sha256: str, views: int) -> _History:
-    table = read_labels(output, latest_only=False)
-    done: dict[tuple[str, str], tuple[bool, int]] = {}
-    cols = table.select(["video", "version", "error", "attempt", "model", "checkpoint_sha256", "views"]).to_pydict()
-    for i in range(table.num_rows):
-        if (cols["model"][i], cols["checkpoint_sha256"][i], cols["views"][i]) != (model, sha256, views):
-            continue
-        key = (cols["video"][i], cols["version"][i])
-        ok, attempts = done.get(key, (False, 0))
-        done[key] = (ok or cols["error"][i] is None, max(attempts, cols["attempt"][i]))
-    return _History(done)
+def _history(output: str, model: str, sha256: str, views: int, quiet: bool = False, save: bool = True) -> _History:
+    log = (lambda _m: None) if quiet else print
+    return _History(label_state.load_index(output, log=log, save=save), label_state.Scope(model, sha256, views))
 
 
 @dataclass
@@ -152,20 +136,31 @@ class _Todo:
     attempt: int
 
 
+_CHUNK = 1000  # listed videos looked up in the index at a time (an S3 listing page)
+
+
 def _select(cfg: LabelConfig, history: _History, counts: dict[str, int]) -> Iterator[_Todo]:
     since = parse_since(cfg.since)
-    for info in list_input(cfg.input):
-        counts["listed"] += 1
-        if since is not None and info.mtime is not None and info.mtime < since:
-            counts["older"] += 1
-            continue
-        version = version_of(info)
-        todo, attempts = history.needs_work(info.uri, version, cfg.max_attempts)
-        if not todo:
-            counts["skipped"] += 1
-            continue
-        counts["retries" if attempts else "new"] += 1
-        yield _Todo(info, version, attempts + 1)
+    listing = iter(list_input(cfg.input))
+    while True:
+        chunk: list[storage.ObjectInfo] = []
+        pulled = 0
+        for info in itertools.islice(listing, _CHUNK):
+            pulled += 1
+            counts["listed"] += 1
+            if since is not None and info.mtime is not None and info.mtime < since:
+                counts["older"] += 1
+                continue
+            chunk.append(info)
+        versions = [version_of(info) for info in chunk]
+        for info, version, (todo, attempts) in zip(chunk, versions, history.needs_work(chunk, versions, cfg.max_attempts)):
+            if not todo:
+                counts["skipped"] += 1
+                continue
+            counts["retries" if attempts else "new"] += 1
+            yield _Todo(info, version, attempts + 1)
+        if pulled < _CHUNK:
+            return
 
 
 def _last_rate(output: str) -> float | None:
@@ -179,7 +174,7 @@ def plan_label(cfg: LabelConfig) -> dict[str, Any]:
     """``--plan``: what a run would do, without starting Ray."""
     check_model(cfg)
     sha = load_weights(cfg).sha256
-    history = _history(cfg.output, cfg.model, sha, cfg.views)
+    history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, save=False)  # a dry run writes nothing
     counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0}
     for _ in _select(cfg, history, counts):
         pass
@@ -190,6 +185,18 @@ def plan_label(cfg: LabelConfig) -> dict[str, Any]:
     return counts
 
 
+def rebuild_label_index(output: str, quiet: bool = False) -> label_state.LabelIndex:
+    """``--rebuild-index``: the index afresh from the label files (it is only ever derived from them)."""
+    return label_state.rebuild_index(output, log=(lambda _m: None) if quiet else print)
+
+
+def compact_labels(output: str, target_mb: float = label_store.DEFAULT_TARGET_MB, quiet: bool = False) -> dict[str, int]:
+    """``--compact``: bring the index up to date, then merge the shard files of the runs it covers."""
+    log = (lambda _m: None) if quiet else print
+    index = label_state.load_index(output, log=log)
+    return label_store.compact(output, target_mb, covered_runs=index.runs, log=log)
+
+
 def run_label(cfg: LabelConfig) -> dict[str, Any]:
     spec = check_model(cfg)
     preset = spec.preset
@@ -198,11 +205,12 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     if not 1 <= cfg.top_k <= preset.arch.num_classes:
         raise JobError(f"--top-k must be between 1 and {preset.arch.num_classes}")
     classes = preset.classes
-    history = _history(cfg.output, cfg.model, sha, cfg.views)
+    history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet)
     storage.remove_stale_temp_files(storage.join(cfg.output, "labels"))  # left by a killed earlier run
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0, "labelled": 0, "failed": 0}
     shard_todos: dict[int, list[_Todo]] = {}
+    written: list[label_state.Segment] = []  # this run's rows as index entries, saved at the end
 
     def shards() -> Iterator[Shard]:
         batch: list[_Todo] = []
@@ -224,7 +232,9 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         rows = [_label_row(o, t, cfg, classes, sha, run_id) for o, t in zip(outcomes, todos)]
         counts["labelled"] += sum(1 for r in rows if r["error"] is None)
         counts["failed"] += sum(1 for r in rows if r["error"] is not None)
-        _write_rows(storage.join(cfg.output, "labels", f"part-{run_id}-{index:05d}.parquet"), rows)
+        _write_rows(label_store.part_uri(cfg.output, run_id, index), rows)
+        written.append(_entries(history, rows))
+        label_store.crash_point("label:after-shard")
 
     start = time.monotonic()
     work = shards()
@@ -241,7 +251,17 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         on_video=lambda o: progress.update(1, int(o.error is not None)),
     )
     progress.close()
+    # every row of the run is on disk: only now record them in the index (see jobs.label_state)
+    history.index.add(label_state.Segment.merge(written), [run_id])
     return _finish_run(cfg, preset, sha, run_id, counts, start)
+
+
+def _entries(history: _History, rows: list[dict[str, Any]]) -> label_state.Segment:
+    """A shard's rows as index entries: 11 bytes a row, not the rows themselves."""
+    keys = label_state.keys_of(history.scope, (r["video"] for r in rows), (r["version"] for r in rows))
+    ok = np.array([r["error"] is None for r in rows], bool)
+    attempts = np.array([r["attempt"] for r in rows], np.int16)
+    return label_state.Segment.of(keys, ok, attempts)
 
 
 def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, counts: dict[str, int], start: float) -> dict[str, Any]:

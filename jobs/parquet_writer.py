@@ -8,7 +8,7 @@ in memory and handed to ``x3d.storage.write_bytes``, so a reader (a resumed run,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from x3d import storage
 
-__all__ = ["check_rows", "write_parquet"]
+__all__ = ["check_rows", "write_parquet", "write_table"]
 
 
 def check_rows(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> None:
@@ -35,8 +35,24 @@ def check_rows(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> None:
 def write_parquet(uri: str, rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> str:
     """Write ``rows`` as one Parquet file at ``uri`` (missing nullable columns are null)."""
     check_rows(rows, schema)
-    table = pa.Table.from_pylist(list(rows), schema=schema)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    storage.write_bytes(uri, sink.getvalue().to_pybytes())
+    write_table(uri, pa.Table.from_pylist(list(rows), schema=schema), schema)
     return uri
+
+
+def write_table(
+    uri: str, data: pa.Table | Iterable[pa.RecordBatch], schema: pa.Schema, row_group_size: int | None = None
+) -> tuple[int, int]:
+    """Write a table, or a stream of record batches (a compaction's), as one Parquet file at
+    ``uri``; returns (rows, bytes). Every batch must have ``schema``'s columns and types."""
+    batches = data.to_batches() if isinstance(data, pa.Table) else data
+    sink = pa.BufferOutputStream()
+    rows = 0
+    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+        for batch in batches:
+            if not batch.schema.equals(schema):
+                raise ValueError(f"{uri}: batch columns {batch.schema.names} do not match the schema {schema.names}")
+            writer.write_batch(batch, row_group_size=row_group_size)
+            rows += batch.num_rows
+    buffer = sink.getvalue()
+    storage.write_bytes(uri, memoryview(buffer))  # no copy
+    return rows, buffer.size

@@ -69,7 +69,7 @@ LABEL_SCHEMA = _schema(LABEL_COLUMNS)
 #: (file, what one row is, columns): what the reference page documents
 TABLES = (
     ("evaluate: `<output>/predictions/part-NNNNN.parquet`", "one row per video of the dataset", PREDICTION_COLUMNS),
-    ("label: `<output>/labels/*.parquet`", "one row per attempt at a video version", LABEL_COLUMNS),
+    ("label: `<output>/labels/date=YYYY-MM-DD/*.parquet` (Hive partition column `date`: the run's UTC date)", "one row per attempt at a video version", LABEL_COLUMNS),
 )
 
 

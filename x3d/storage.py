@@ -63,6 +63,8 @@ __all__ = [
     "s3_client",
     "stat",
     "write_bytes",
+    "delete",
+    "arrow_filesystem",
     "atomic_local_file",
     "remove_stale_temp_files",
 ]
@@ -679,3 +681,46 @@ def _write_s3(uri: str, data: BytesLike) -> None:
         client.upload_fileobj(io.BytesIO(data), bucket, key, Config=config)
     except Exception as err:  # noqa: BLE001
         raise _s3_error(uri, err) from None
+
+
+# --------------------------------------------------------------------------- deleting and pyarrow
+
+
+def delete(uri: str) -> None:
+    """Remove a file or object; already gone is fine (a rerun finishing a killed compaction)."""
+    if is_remote(uri):
+        bucket, _, key = uri.split("://", 1)[1].partition("/")
+        try:
+            s3_client().delete_object(Bucket=bucket, Key=key)
+        except Exception as err:  # noqa: BLE001
+            raise StorageError(f"{uri}: cannot delete ({type(err).__name__})") from None
+        return
+    try:
+        os.unlink(local_path(uri))
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        raise StorageError(f"{uri}: cannot delete ({err.strerror})") from None
+
+
+def arrow_filesystem(uri: str) -> tuple[Any, str]:
+    """A pyarrow file system and path for a local path or ``s3://`` URI.
+
+    pyarrow reads only the column chunks and row groups a scan needs (ranged GETs on S3), which
+    is what keeps a filtered read of a big history cheap. The endpoint follows the same
+    ``AWS_ENDPOINT_URL(_S3)`` variables boto3 honours here. (pyarrow is imported here, not at
+    the top, as boto3 is: a decode worker that never scans a dataset never loads it.)
+    """
+    import pyarrow.fs as pafs
+
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    kwargs: dict = {}
+    if endpoint:
+        kwargs["endpoint_override"] = endpoint
+        kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs), uri.split("://", 1)[1]

@@ -11,51 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import x3d
 from x3d import storage
-from jobs.label import LabelConfig, plan_label, read_labels, run_label
+from jobs.label import plan_label, read_labels, run_label
+from tests.jobs.labeljob import LABEL_TEST, label_config as _config, label_versions as _versions, write_label_videos as _videos
 from tests.videos import write_video
 
 ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
-
-LABEL_TEST = x3d.register_preset(
-    x3d.Preset(
-        name="x3d_label_test",
-        arch=x3d.Architecture(base_width=8, base_depths=(1, 1, 1, 1), head_hidden=16, num_classes=400),
-        protocols={"mmaction2": x3d.TestProtocol("mmaction2", clip_len=4, frame_interval=2, num_clips=10, resize_short=32, crop_size=32)},
-        weights=(),
-        published=(),
-    )
-)
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    torch.manual_seed(0)
-    model = x3d.build_model(LABEL_TEST)
-    with torch.no_grad():
-        model.cls_head.fc2.weight.mul_(50.0)  # spread the scores so videos differ
-    path = tmp_path_factory.mktemp("ckpt") / "label_test.pth"
-    x3d.checkpoints.save_mmaction2_checkpoint(model, path)
-    return str(path)
-
-
-def _videos(folder: Path, count: int, start_seed: int = 0) -> list[Path]:
-    return [write_video(folder / f"clip_{i:02d}.mp4", 24 + 3 * i, 40, 56, 25, seed=start_seed + i) for i in range(count)]
-
-
-def _config(input_: str, output: str, checkpoint: str, **kw) -> LabelConfig:
-    return LabelConfig(input=input_, output=output, model="x3d_label_test", checkpoint=checkpoint, views=1, shard_size=2, quiet=True, **kw)
-
-
-def _versions(output: str) -> list[tuple[str, str, int]]:
-    """(video, version, attempt) of every row ever written: a duplicate would be a double row."""
-    table = read_labels(output, latest_only=False)
-    return list(zip(*(table.column(c).to_pylist() for c in ("video", "version", "attempt"))))
-
 
 def test_incremental_runs_on_a_local_folder(tmp_path, ray_local, checkpoint):
     videos = tmp_path / "videos"
@@ -146,7 +110,7 @@ def test_killed_run_resumes_with_one_row_per_version(tmp_path, checkpoint):
     deadline = time.monotonic() + 180
     labels = out / "labels"
     while time.monotonic() < deadline and proc.poll() is None:
-        if labels.exists() and any(p.suffix == ".parquet" for p in labels.iterdir()):
+        if labels.exists() and any(labels.rglob("part-*.parquet")):  # labels/date=YYYY-MM-DD/
             break
         time.sleep(0.05)
     killed = proc.poll() is None
