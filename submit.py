@@ -29,7 +29,8 @@ import sys
 import time
 
 #: when this command started (the clock the jobs report their times from): importing this
-#: module is the first thing the command does, so only the interpreter's own start is missing
+#: module is the first thing the command does, so only the interpreter's own start is missing.
+#: ``main(argv)`` called from Python (tests, wrappers) counts from the call instead.
 STARTED_AT = time.monotonic()
 
 COMMANDS = ("evaluate", "label", "benchmark")
@@ -245,7 +246,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     from jobs.evaluate import EvaluateConfig, first_error, run_evaluate
     from x3d.storage import StorageError
 
-    cfg = _config(EvaluateConfig, args, dataset=spec, model=model, started_at=STARTED_AT)
+    cfg = _config(EvaluateConfig, args, dataset=spec, model=model)
     try:
         summary = run_evaluate(cfg)
     except DatasetError as exc:
@@ -273,7 +274,7 @@ def run_label_command(args: argparse.Namespace) -> int:
     from jobs.label import LabelConfig, plan_label, run_label
     from x3d.storage import StorageError
 
-    cfg = _config(LabelConfig, args, model=model, started_at=STARTED_AT)
+    cfg = _config(LabelConfig, args, model=model)
     try:
         if args.plan:
             plan = plan_label(cfg)
@@ -338,8 +339,10 @@ def _import_extensions() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = STARTED_AT if argv is None else time.monotonic()
     _import_extensions()
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    args.started_at = started
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if args.command == "evaluate":
         return run_evaluate_command(args)
