@@ -6,8 +6,17 @@
     python submit.py label --input s3://bucket/new-videos/ --output s3://bucket/labels/
     python submit.py benchmark --model x3d_m --views 10 --num-actors 1,2,4 --dataset k400_val
 
-Mistakes (bad flag, unknown dataset, missing file, wrong checkpoint, unreachable cluster)
-print one line and exit with status 2 before any work starts.
+Also installed as the ``x3d-ray`` command (``x3d-ray label ...`` is ``python submit.py label ...``).
+
+Exit status (the README's table):
+
+    0    done; every video that could be read was scored (some may be error rows)
+    2    a mistake in the request (bad flag, unknown dataset or model, missing file, wrong
+         checkpoint, unreachable or too small cluster): one line on stderr, nothing written
+    3    the job ran but scored nothing: every video failed (the error rows say why)
+    130  interrupted by SIGINT (Ctrl-C); 143: stopped by SIGTERM
+
+Name checks (dataset, model, protocol, views) answer before torch or Ray is imported.
 """
 
 from __future__ import annotations
@@ -17,17 +26,34 @@ import importlib
 from dataclasses import fields
 import os
 import sys
+import time
+
+#: when this command started (the clock the jobs report their times from): importing this
+#: module is the first thing the command does, so only the interpreter's own start is missing.
+#: ``main(argv)`` called from Python (tests, wrappers) counts from the call instead.
+STARTED_AT = time.monotonic()
 
 COMMANDS = ("evaluate", "label", "benchmark")
 PRECISIONS = ("fp32", "bf16")  # x3d.predict.PRECISIONS; not imported, so --help stays instant
 ANN_FORMATS = ("auto", "video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix")  # jobs.datasets.FORMATS
-EXIT_USAGE = 2
+EXIT_OK = 0
+EXIT_USAGE = 2  # a mistake in the request, found before any work starts
+EXIT_NOTHING_SCORED = 3  # the job ran, but every video failed
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as shells report it
+#: --separator names for separators that are awkward to type in a shell
+SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
 
 K400_HINT = (
     "Kinetics-400 is not on this machine: put it in MMAction2's layout (see MMAction2's "
     "tools/data/kinetics/README.md), point --data-root/--ann-file at it, or run "
     "`python submit.py --dataset sample`, which works now"
 )
+
+
+def prog_name() -> str:
+    """``x3d-ray`` when run through the installed entry point, else ``submit.py``: usage lines
+    and error messages name the command the user typed."""
+    return "x3d-ray" if os.path.basename(sys.argv[0] or "") == "x3d-ray" else "submit.py"
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -37,9 +63,28 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _fail(message: str) -> None:
-    print(f"submit.py: error: {message}", file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
+def _fail(message: str, status: int = EXIT_USAGE) -> None:
+    print(f"{prog_name()}: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _separator(text: str) -> str:
+    """``--separator``: the character itself, or a name (``tab``) for one a shell makes awkward."""
+    value = SEPARATOR_NAMES.get(text.lower(), text)
+    if not value:
+        raise argparse.ArgumentTypeError("expected a character such as tab or ',' (omit the flag for any whitespace)")
+    return value
+
+
+def _names() -> tuple[list[str], list[str], list[str]]:
+    """Preset, protocol and shipped dataset names for --help, read without torch or Ray
+    (x3d's presets need only numpy and OpenCV; the registry is a TOML file)."""
+    import x3d
+    from jobs.datasets import load_registry
+
+    presets = sorted(x3d.PRESETS)
+    protocols = sorted({name for preset in x3d.PRESETS.values() for name in preset.protocols})
+    return presets, protocols, sorted(load_registry())
 
 
 def _positive_int(text: str) -> int:
@@ -52,25 +97,27 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _dataset_flags() -> argparse.ArgumentParser:
+def _dataset_flags(datasets: list[str]) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="a registered dataset name (jobs/datasets.toml or --datasets FILE)")
+    g.add_argument("--dataset", help=f"a registered dataset: {', '.join(datasets)} (jobs/datasets.toml), or one of --datasets FILE")
     g.add_argument("--datasets", metavar="FILE", help="a TOML file adding or overriding dataset entries")
     g.add_argument("--data-root", help="folder or s3:// prefix that annotation paths are relative to")
     g.add_argument("--ann-file", "--video-list", dest="ann_file", help="annotation / video list file (local or s3://)")
     g.add_argument("--ann-format", choices=ANN_FORMATS, help="how the annotation file is laid out [auto: from its first line]")
+    g.add_argument("--separator", type=_separator, metavar="SEP",
+                   help="field separator of the annotation file, for paths with spaces: tab, comma or the character [any whitespace]")
     return p
 
 
-def _model_flags() -> argparse.ArgumentParser:
+def _model_flags(presets: list[str], protocols: list[str]) -> argparse.ArgumentParser:
     """Flags of jobs.options.ModelOptions, shared by every command."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="model preset [the dataset's, else x3d_s]")
+    g.add_argument("--model", help=f"model preset: {', '.join(presets)} [the dataset's, else x3d_s]")
     g.add_argument("--checkpoint", help="checkpoint path, https:// URL or s3:// URI [the preset's published weights; benchmark: random]")
     g.add_argument("--views", type=int, choices=[1, 3, 10, 30], help="test views per video [evaluate, benchmark: 30; label: 10]")
-    g.add_argument("--protocol", help="test protocol of the preset [mmaction2]; e.g. mmaction2-0.x")
+    g.add_argument("--protocol", choices=protocols, help="test protocol of the preset [mmaction2]")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
     return p
 
@@ -97,10 +144,13 @@ def _run_flags() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="submit.py", description="X3D action recognition on Ray.")
+    presets, protocols, datasets = _names()
+    parser = OneLineParser(prog=prog_name(), description="X3D action recognition on Ray.",
+                           epilog="exit status: 0 done, 2 a mistake in the request (nothing written), "
+                                  "3 every video failed, 130/143 interrupted (SIGINT/SIGTERM)")
     sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
-    common = [_model_flags(), _cluster_flags()]
-    ev = sub.add_parser("evaluate", parents=[_dataset_flags(), *common, _run_flags()],
+    common = [_model_flags(presets, protocols), _cluster_flags()]
+    ev = sub.add_parser("evaluate", parents=[_dataset_flags(datasets), *common, _run_flags()],
                         help="evaluate a checkpoint on a labelled dataset [default command]")
     ev.add_argument("--label-map", help="class names, one per line (default: the model's)")
     ev.add_argument("--output", help="output folder or s3://bucket/prefix [runs/<dataset>-<model>-<views>v-<UTC time>]")
@@ -124,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--rebuild-index", action="store_true", help="rebuild the label index from the label files (before the run, if --input is given)")
     lb.set_defaults(views=10)
 
-    bm = sub.add_parser("benchmark", parents=[_dataset_flags(), *common],
+    bm = sub.add_parser("benchmark", parents=[_dataset_flags(datasets), *common],
                         help="throughput per model-actor count and where the time goes")
     bm.add_argument("--synthetic", action="store_true", help="random uint8 views of the real shape: no reading or decoding [default]")
     bm.add_argument("--limit", type=_positive_int, help="cycle through only the first N videos [as many as the run reaches]")
@@ -171,22 +221,37 @@ def _dataset_from_args(args: argparse.Namespace):
             ann_file=args.ann_file,
             label_map=args.label_map,
             ann_format=args.ann_format,
+            separator=args.separator,
         )
     except DatasetError as exc:
         _fail(str(exc))
 
 
+def _check_model_names(model: str, protocol: str | None, views: int) -> None:
+    """The preset, its protocol and the view count, checked before torch and Ray are imported
+    (they take seconds to tens of seconds to load on a busy machine; a typo should not)."""
+    import x3d  # presets: numpy and OpenCV only
+
+    try:
+        x3d.get_preset(model).protocol(protocol).view_plan(views)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 def run_evaluate_command(args: argparse.Namespace) -> int:
+    spec = _dataset_from_args(args)
+    model = args.model or spec.model or "x3d_s"
+    _check_model_names(model, args.protocol, args.views)
+
     from cluster.errors import ClusterError
     from jobs.datasets import DatasetError
     from jobs.errors import JobError
-    from jobs.evaluate import EvaluateConfig, run_evaluate
+    from jobs.evaluate import EvaluateConfig, first_error, run_evaluate
     from x3d.storage import StorageError
 
-    spec = _dataset_from_args(args)
-    cfg = _config(EvaluateConfig, args, dataset=spec, model=args.model or spec.model or "x3d_s")
+    cfg = _config(EvaluateConfig, args, dataset=spec, model=model)
     try:
-        run_evaluate(cfg)
+        summary = run_evaluate(cfg)
     except DatasetError as exc:
         message = str(exc)
         if spec.name == "k400_val":
@@ -194,10 +259,19 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         _fail(message)
     except (JobError, ClusterError, StorageError) as exc:
         _fail(str(exc))
-    return 0
+    if summary["num_ok"] == 0:
+        _fail(
+            f"none of the {summary['num_videos']} videos could be scored (the first: {first_error(summary['output'])}); "
+            f"each has an error row in {summary['output']}/predictions",
+            EXIT_NOTHING_SCORED,
+        )
+    return EXIT_OK
 
 
 def run_label_command(args: argparse.Namespace) -> int:
+    model = args.model or "x3d_s"
+    _check_model_names(model, args.protocol, args.views)
+
     from cluster.errors import ClusterError
     from jobs.errors import JobError
     from jobs.label import LabelConfig, compact_labels, plan_label, rebuild_label_index, run_label
@@ -207,10 +281,11 @@ def run_label_command(args: argparse.Namespace) -> int:
         _fail("label needs --input (or --compact / --rebuild-index to only tidy --output)")
     if args.target_file_mb <= 0:
         _fail(f"--target-file-mb must be positive, got {args.target_file_mb}")
-    cfg = _config(LabelConfig, args, model=args.model or "x3d_s")
+    cfg = _config(LabelConfig, args, model=model)
     try:
         if args.rebuild_index:
             rebuild_label_index(cfg.output, quiet=cfg.quiet)
+        manifest = None
         if not args.input:
             pass
         elif args.plan:
@@ -221,16 +296,25 @@ def run_label_command(args: argparse.Namespace) -> int:
                 f"{plan['new']} new or changed, {plan['retries']} failed before and retried; "
                 f"{plan['to_process']} to process, estimated {eta}"
             )
+            return EXIT_OK
         else:
-            run_label(cfg)
-        if args.compact and not args.plan:
+            manifest = run_label(cfg)
+        if args.compact:
             compact_labels(cfg.output, args.target_file_mb, quiet=cfg.quiet)
     except (JobError, ClusterError, StorageError, ValueError) as exc:
         _fail(str(exc))
-    return 0
+    if manifest and manifest["failed"] and not manifest["labelled"]:
+        _fail(
+            f"none of the {manifest['failed']} videos to label could be labelled; "
+            f"their error rows are in {cfg.output}/labels (run {manifest['run_id']})",
+            EXIT_NOTHING_SCORED,
+        )
+    return EXIT_OK
 
 
 def run_benchmark_command(args: argparse.Namespace) -> int:
+    if args.model:
+        _check_model_names(args.model, args.protocol, args.views)
     from cluster.errors import ClusterError
     from jobs.benchmark import BenchmarkConfig, parse_actor_counts, run_benchmark
     from jobs.datasets import DatasetError
@@ -252,7 +336,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
         run_benchmark(cfg)
     except (JobError, ClusterError, DatasetError, StorageError) as exc:
         _fail(str(exc))
-    return 0
+    return EXIT_OK
 
 
 def _import_extensions() -> None:
@@ -270,8 +354,10 @@ def _import_extensions() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = STARTED_AT if argv is None else time.monotonic()
     _import_extensions()
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    args.started_at = started
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     if args.command == "evaluate":
         return run_evaluate_command(args)

@@ -75,13 +75,16 @@ GENERATORS = {"sample:val": ("val", False), "sample:val-shuffled": ("val", True)
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".flv")
 FORMATS = ("video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix")
 
-_ENTRY_KEYS = ("data_root", "ann_file", "ann_format", "separator", "label_map", "model", "description", "generator")
+_ENTRY_KEYS = ("data_root", "ann_file", "ann_format", "separator", "label_map", "model", "description", "generator", "published")
 _FLAGS = {
     "data_root": "--data-root",
     "ann_file": "--ann-file",
     "label_map": "--label-map",
     "ann_format": "--ann-format",
+    "separator": "--separator",
 }
+#: said after a line that splits into too many fields when no separator is set
+SPACES_HINT = "a path with spaces? set the field separator with --separator (e.g. --separator tab)"
 
 
 class DatasetError(Exception):
@@ -102,6 +105,9 @@ class DatasetSpec:
     description: str = ""
     source: str | None = None  # registry file defining the entry; None when built from flags
     generator: str | None = None  # one of GENERATORS: the files are made on first use
+    # Which published results (x3d.PublishedResult.dataset) were measured on these videos, so
+    # the summary sets them beside this run; None (any unregistered or custom set): none apply.
+    published: str | None = None
 
 
 class AnnLine(NamedTuple):
@@ -177,8 +183,12 @@ def resolve_dataset(
     ann_file: str | None = None,
     label_map: str | None = None,
     ann_format: str | None = None,
+    separator: str | None = None,
 ) -> DatasetSpec:
-    """The dataset a job was asked for: a registry entry with flags laid over it, or flags alone."""
+    """The dataset a job was asked for: a registry entry with flags laid over it, or flags alone.
+
+    A named entry keeps its ``published`` tag when flags point it at another copy of the same
+    videos (``--dataset k400_val --data-root /mnt/k400``); a dataset of flags alone has none."""
     if name is None:
         if data_root is None and ann_file is None:
             known = ", ".join(sorted(load_registry(datasets_file)))
@@ -194,7 +204,7 @@ def resolve_dataset(
         spec = registry[name]
     if spec.generator is not None:
         spec = _generated_paths(spec)
-    flags = {"data_root": data_root, "ann_file": ann_file, "label_map": label_map, "ann_format": ann_format}
+    flags = {"data_root": data_root, "ann_file": ann_file, "label_map": label_map, "ann_format": ann_format, "separator": separator}
     spec = dataclasses.replace(spec, **{k: v for k, v in flags.items() if v is not None})
     _check_format(spec.ann_format, "--ann-format")
     if spec.ann_format == "auto" and spec.ann_file is None:
@@ -261,6 +271,11 @@ def read_label_map(path_or_key: str) -> list[str]:
 # --------------------------------------------------------------------------- parsers
 
 
+def _spaces_hint(separator: str | None) -> str:
+    """The --separator hint, when the line was split on any whitespace (a space in a path)."""
+    return f"; {SPACES_HINT}" if separator is None else ""
+
+
 def _fields(lines: Iterable[str], separator: str | None) -> Iterator[tuple[int, str, list[str]]]:
     for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
@@ -292,14 +307,14 @@ def parse_video_list(lines: Iterable[str], source: str, separator: str | None = 
         elif len(fields) == 2:
             yield AnnLine(lineno, fields[0], _label(fields[1], source, lineno))
         else:
-            raise DatasetError(f"{source}:{lineno}: expected 'path label', got {line!r}")
+            raise DatasetError(f"{source}:{lineno}: expected 'path label', got {line!r}{_spaces_hint(separator)}")
 
 
 def parse_rawframe_list(lines: Iterable[str], source: str, separator: str | None = None) -> Iterator[AnnLine]:
     """MMAction2 RawframeDataset list: `frame_dir total_frames label` (label optional)."""
     for lineno, line, fields in _fields(lines, separator):
         if len(fields) not in (2, 3):
-            raise DatasetError(f"{source}:{lineno}: expected 'frame_dir total_frames label', got {line!r}")
+            raise DatasetError(f"{source}:{lineno}: expected 'frame_dir total_frames label', got {line!r}{_spaces_hint(separator)}")
         total = _int(fields[1], "total_frames", source, lineno)
         if total <= 0:
             raise DatasetError(f"{source}:{lineno}: total_frames must be positive, got {total}")
@@ -315,7 +330,7 @@ def parse_slowfast_csv(lines: Iterable[str], source: str, separator: str | None 
         elif len(fields) in (2, 3):
             yield AnnLine(lineno, fields[0], _label(fields[-1], source, lineno))
         else:
-            raise DatasetError(f"{source}:{lineno}: expected 'path label' or 'path fn label', got {line!r}")
+            raise DatasetError(f"{source}:{lineno}: expected 'path label' or 'path fn label', got {line!r}{_spaces_hint(separator)}")
 
 
 def parse_path_list(lines: Iterable[str], source: str, separator: str | None = None) -> Iterator[AnnLine]:
@@ -353,7 +368,7 @@ def detect_format(lines: Iterable[str], source: str, separator: str | None = Non
             return "rawframe_list"
         raise DatasetError(
             f"{source}:{lineno}: cannot tell the annotation format from {line!r}; "
-            f"set ann_format ({', '.join(f for f in FORMATS if f != 'prefix')})"
+            f"set ann_format ({', '.join(f for f in FORMATS if f != 'prefix')}){_spaces_hint(separator)}"
         )
     return "path_list"  # empty file: no videos whatever the format
 
@@ -362,9 +377,13 @@ def detect_format(lines: Iterable[str], source: str, separator: str | None = Non
 
 
 def _resolve(data_root: str | None, path: str) -> str:
-    if not data_root or "://" in path or os.path.isabs(path):
+    """Where an annotation path is read: joined to the data root and, when local and relative,
+    made absolute against the directory the job started in. Ray workers may run elsewhere,
+    and an error row for a missing file then names the folder it was looked for in."""
+    if "://" in path or os.path.isabs(path):
         return path
-    return storage.join(data_root, path)
+    uri = storage.join(data_root, path) if data_root else path
+    return uri if storage.is_remote(uri) else os.path.abspath(uri)
 
 
 def iter_items(spec: DatasetSpec) -> Iterator[VideoItem]:

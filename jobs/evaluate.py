@@ -24,15 +24,16 @@ from jobs import results
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
 from jobs.errors import JobError
 from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_job
+from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.progress import Progress, quiet_stream
-from jobs.summary import build_summary, summary_markdown, summary_table
+from jobs.summary import build_summary, summary_markdown, summary_table, times_text
 from worker.decode_task import ModelSpec
 from worker.items import VideoItem
 from x3d import storage
 
-__all__ = ["EvaluateConfig", "JobError", "prepare_evaluate", "run_evaluate", "outcome_row"]
+__all__ = ["EvaluateConfig", "JobError", "first_error", "prepare_evaluate", "run_evaluate", "outcome_row"]
 
 TOP_K = 5
 
@@ -55,6 +56,7 @@ class PreparedJob:
     weights: LoadedWeights
     output: str
     manifest: dict[str, Any] = field(default_factory=dict)
+    generate_s: float = 0.0  # making the sample videos (a generated dataset's first run)
 
     @property
     def protocol(self) -> str:
@@ -85,7 +87,11 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
     preset, protocol = spec.preset, spec.protocol
     if cfg.shard_size < 1:
         raise JobError("--shard-size must be at least 1")
+    if cfg.output:
+        results.check_output_folder(cfg.output)
+    generating = time.monotonic()
     generate_dataset(cfg.dataset, verbose=not cfg.quiet)
+    generate_s = time.monotonic() - generating
     check_dataset(cfg.dataset)
     items = list(iter_items(cfg.dataset))
     if cfg.limit is not None:
@@ -115,7 +121,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "save_probs": cfg.save_probs,
     }
     _check_resume(output, manifest, cfg.resume)
-    return PreparedJob(cfg, spec, items, classes, weights, output, manifest)
+    return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s)
 
 
 def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
@@ -171,8 +177,19 @@ def _log(cfg: EvaluateConfig, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def first_error(output: str) -> str | None:
+    """The error of the first failed video in ``output``'s predictions (for the one line that
+    says nothing could be scored), None if none failed."""
+    errors = results.read_predictions(output).column("error").to_pylist()
+    return next((e for e in errors if e is not None), None)
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Run the whole job and return the summary (also written next to the predictions)."""
+    """Run the whole job and return the summary (also written next to the predictions).
+
+    Times are taken from ``cfg.started_at`` (the command's start), so the reported wall time is
+    the whole process's; the scoring rate is taken over the pipeline alone."""
+    started = cfg.started_at if cfg.started_at is not None else time.monotonic()
     job = prepare_evaluate(cfg)
     shards = shard_items(job.items, cfg.shard_size)
     done = set(results.list_shards(job.output)) if cfg.resume else set()
@@ -183,14 +200,19 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     progress = Progress(todo_videos, stream=quiet_stream() if cfg.quiet else sys.stderr)
     done_here = {"videos": 0, "clips": 0}  # this invocation's work: a resumed run's throughput
     manifest_uri = storage.join(job.output, "run.json")
+    clock = {"scoring": None}
 
     def on_sized(pipe_cfg) -> None:  # the cluster fits the job: the first write
+        clock["scoring"] = time.monotonic()
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
         _log(cfg, f"evaluate: {len(job.items)} videos in {len(shards)} shards -> {job.output}")
         if done:
             _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
         _log(cfg, f"evaluate: {pipe_cfg.num_actors} model actor(s), {pipe_cfg.decode_slots} decode slot(s)")
-        progress.start = time.monotonic()  # the rate counts scoring, not start-up
+        warning = bf16_cpu_warning(cfg.precision, pipe_cfg.actor_gpus)
+        if warning:
+            print(f"evaluate: {warning}", file=sys.stderr, flush=True)  # even with --quiet: it is about the result's cost
+        progress.start = time.monotonic()  # the elapsed time counts scoring, not start-up
 
     def on_video(outcome) -> None:
         done_here["videos"] += 1
@@ -201,14 +223,14 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         rows = [outcome_row(o, job.classes, cfg.save_probs) for o in outcomes]
         results.write_shard(job.output, index, rows)
 
-    start = time.monotonic()
     workers: list[dict[str, Any]] = []
     if todo:
         workers = run_model_job(cfg, job.spec, job.weights, todo, on_shard, on_video=on_video, on_sized=on_sized)
         progress.close()
     elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
-    wall = time.monotonic() - start
+    scored = time.monotonic()
+    scoring_start = clock["scoring"] if clock["scoring"] is not None else scored
 
     table = results.read_predictions(job.output)
     summary = build_summary(
@@ -219,11 +241,15 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         protocol=job.protocol,
         checkpoint=job.weights.source,
         checkpoint_sha256=job.weights.sha256,
-        wall_s=wall,
+        wall_s=time.monotonic() - started,
         workers=workers,
         output=job.output,
         videos_done=done_here["videos"],
         clips_done=done_here["clips"],
+        published_on=cfg.dataset.published,
+        startup_s=scoring_start - started - job.generate_s,
+        generate_s=job.generate_s,
+        scoring_s=scored - scoring_start,
     )
     summary = _with_precision(summary, cfg.precision)
     results.write_json(storage.join(job.output, "summary.json"), summary)
@@ -233,10 +259,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     results.write_text(storage.join(job.output, "summary.md"), markdown)
     if not cfg.quiet:
         print(summary_table(summary))
-        print(
-            f"{summary['num_videos']} videos ({summary['num_failed']} failed) in {wall:.1f} s; "
-            f"results in {job.output}"
-        )
+        print(f"{summary['num_videos']} videos ({summary['num_failed']} failed); {times_text(summary)}; results in {job.output}")
     return summary
 
 

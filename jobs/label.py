@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,11 +35,13 @@ from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
 from jobs.errors import JobError
 from jobs.lifecycle import check_model, load_weights, run_model_job
+from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.parquet_writer import write_parquet
 from jobs.progress import Progress, quiet_stream as _quiet_stream
 from jobs.schemas import LABEL_SCHEMA
+from jobs.summary import times_text
 from worker.items import VideoItem
 from x3d import storage
 
@@ -99,6 +103,22 @@ def list_input(source: str) -> Iterator[storage.ObjectInfo]:
 
 def _is_list_file(source: str) -> bool:
     return source.lower().endswith((".txt", ".csv", ".lst", ".list"))
+
+
+def check_input(cfg: LabelConfig) -> None:
+    """``--input`` and ``--output`` checked before any work: a local folder or list file that is
+    not there is a typo (in a nightly cron job it would label nothing, night after night, with
+    exit 0), not an empty input. An S3 prefix with nothing under it is an empty input."""
+    results.check_output_folder(cfg.output)
+    if storage.is_remote(cfg.input):
+        return
+    path = storage.local_path(cfg.input)
+    if _is_list_file(cfg.input):
+        if not os.path.isfile(path):
+            raise JobError(f"--input {cfg.input}: no such list file")
+    elif not os.path.isdir(path):
+        what = "is a file, not a folder or a list file (.txt, .csv, .lst, .list)" if os.path.exists(path) else "no such folder"
+        raise JobError(f"--input {cfg.input}: {what}")
 
 
 def read_labels(output: str, latest_only: bool = True, filter=None, columns: list[str] | None = None) -> pa.Table:
@@ -163,25 +183,29 @@ def _select(cfg: LabelConfig, history: _History, counts: dict[str, int]) -> Iter
             return
 
 
-def _last_rate(output: str) -> float | None:
+def _last_rate(output: str) -> tuple[float | None, float]:
+    """The last run's scoring rate and its start-up seconds (0 if it did not record them)."""
     latest = storage.join(output, "manifest.json")
     if not storage.exists(latest):
-        return None
-    return json.loads(storage.read_bytes(latest)).get("videos_per_s")
+        return None, 0.0
+    last = json.loads(storage.read_bytes(latest))
+    return last.get("videos_per_s"), float(last.get("startup_s") or 0.0)
 
 
 def plan_label(cfg: LabelConfig) -> dict[str, Any]:
-    """``--plan``: what a run would do, without starting Ray."""
+    """``--plan``: what a run would do, without starting Ray. The estimate is the last run's
+    start-up plus the videos at its scoring rate."""
     check_model(cfg)
+    check_input(cfg)
     sha = load_weights(cfg).sha256
     history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, save=False)  # a dry run writes nothing
     counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0}
     for _ in _select(cfg, history, counts):
         pass
-    rate = _last_rate(cfg.output)
+    rate, startup_s = _last_rate(cfg.output)
     todo = counts["new"] + counts["retries"]
     counts["to_process"] = todo
-    counts["estimated_s"] = round(todo / rate, 1) if rate else None
+    counts["estimated_s"] = (round(startup_s + todo / rate, 1) if todo else 0.0) if rate else None
     return counts
 
 
@@ -198,7 +222,11 @@ def compact_labels(output: str, target_mb: float = label_store.DEFAULT_TARGET_MB
 
 
 def run_label(cfg: LabelConfig) -> dict[str, Any]:
+    """Label what is new or changed and return the run's manifest (also written). Times are
+    taken from ``cfg.started_at`` (the command's start), as evaluate's are."""
+    started = cfg.started_at if cfg.started_at is not None else time.monotonic()
     spec = check_model(cfg)
+    check_input(cfg)
     preset = spec.preset
     weights = load_weights(cfg)
     sha = weights.sha256
@@ -236,11 +264,18 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         written.append(_entries(history, rows))
         label_store.crash_point("label:after-shard")
 
-    start = time.monotonic()
+    clock = {"scoring": None}
+
+    def on_sized(pipe_cfg) -> None:
+        clock["scoring"] = time.monotonic()
+        warning = bf16_cpu_warning(cfg.precision, pipe_cfg.actor_gpus)
+        if warning:
+            print(f"label: {warning}", file=sys.stderr, flush=True)
+
     work = shards()
     first = next(work, None)
     if first is None:  # nothing new since the last run: no cluster needed
-        return _finish_run(cfg, preset, sha, run_id, counts, start)
+        return _finish_run(cfg, preset, sha, run_id, counts, started, time.monotonic())
     progress = Progress(None, stream=_quiet_stream() if cfg.quiet else None)
     run_model_job(
         cfg,
@@ -249,11 +284,12 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         itertools.chain([first], work),
         on_shard,
         on_video=lambda o: progress.update(1, int(o.error is not None)),
+        on_sized=on_sized,
     )
     progress.close()
     # every row of the run is on disk: only now record them in the index (see jobs.label_state)
     history.index.add(label_state.Segment.merge(written), [run_id])
-    return _finish_run(cfg, preset, sha, run_id, counts, start)
+    return _finish_run(cfg, preset, sha, run_id, counts, started, clock["scoring"])
 
 
 def _entries(history: _History, rows: list[dict[str, Any]]) -> label_state.Segment:
@@ -264,8 +300,11 @@ def _entries(history: _History, rows: list[dict[str, Any]]) -> label_state.Segme
     return label_state.Segment.of(keys, ok, attempts)
 
 
-def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, counts: dict[str, int], start: float) -> dict[str, Any]:
-    wall = time.monotonic() - start
+def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, counts: dict[str, int], started: float,
+                scoring_start: float) -> dict[str, Any]:
+    """Write the run's manifest (keys: ``jobs.schemas.LABEL_MANIFEST_KEYS``) and say what was done."""
+    now = time.monotonic()
+    wall, scoring = now - started, now - scoring_start
     done = counts["labelled"] + counts["failed"]
     manifest = {
         "run_id": run_id,
@@ -280,8 +319,11 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
         "since": cfg.since,
         "max_attempts": cfg.max_attempts,
         **counts,
+        "videos_this_run": done,
         "wall_s": round(wall, 3),
-        "videos_per_s": round(done / wall, 3) if done and wall > 0 else None,
+        "startup_s": round(wall - scoring, 3),
+        "scoring_s": round(scoring, 3),
+        "videos_per_s": round(done / scoring, 3) if done and scoring > 0 else None,
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
     results.write_json(storage.join(cfg.output, "manifests", f"{run_id}.json"), manifest)
@@ -290,7 +332,7 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
     if not cfg.quiet:
         print(
             f"label: {counts['listed']} listed, {counts['skipped']} already labelled, "
-            f"{counts['labelled']} labelled, {counts['failed']} failed in {wall:.1f} s -> {cfg.output}"
+            f"{counts['labelled']} labelled, {counts['failed']} failed; {times_text(manifest)} -> {cfg.output}"
         )
     return manifest
 

@@ -15,7 +15,7 @@ import numpy as np
 import ray
 import torch
 
-__all__ = ["cpu_model", "load_average", "load_average_text", "machine_description", "memory_gb", "object_store_use"]
+__all__ = ["bf16_cpu_warning", "cpu_has_bf16", "cpu_model", "load_average", "load_average_text", "machine_description", "memory_gb", "object_store_use"]
 
 
 def cpu_model() -> str:
@@ -26,6 +26,32 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool | None:
+    """Whether this CPU has bfloat16 arithmetic (x86 AVX512-BF16 or AMX-BF16, Arm BF16);
+    None when /proc/cpuinfo cannot say. ``cpuinfo``: its text (tests), else read here."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags = set(value.split())
+            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return None
+
+
+def bf16_cpu_warning(precision: str, actor_gpus: float, cpuinfo: str | None = None) -> str | None:
+    """One line for stderr when ``--precision bf16`` is about to run on CPU model actors of a
+    CPU without bf16 units: autocast then emulates it, 3-5x slower than fp32 (bench/RESULTS.md).
+    The driver's CPU stands for the actors' (the same on a local Ray; one image on a cluster)."""
+    if precision != "bf16" or actor_gpus > 0 or cpu_has_bf16(cpuinfo) is not False:
+        return None
+    return ("warning: --precision bf16 on a CPU without bf16 units (no AVX512-BF16/AMX) runs 3-5x slower than fp32; "
+            "drop the flag (fp32 is the reference) or run on GPUs")
 
 
 def memory_gb() -> float | None:

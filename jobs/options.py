@@ -41,3 +41,6 @@ class RunOptions(ModelOptions, ClusterOptions):
 
     num_actors: int | None = None  # None: one per GPU, one on a CPU-only cluster
     shard_size: int = 256  # videos per Parquet file
+    # time.monotonic() when the command started (submit.py sets it), so the times a job reports
+    # cover the whole process, imports and start-up included; None: when the job was called
+    started_at: float | None = None

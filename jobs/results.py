@@ -17,6 +17,7 @@ video of the dataset is accounted for in the output.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,12 +26,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from jobs.errors import JobError
 from jobs.parquet_writer import write_parquet
 from jobs.schemas import PREDICTION_SCHEMA
 from x3d import storage
 
 __all__ = [
     "PREDICTION_SCHEMA",
+    "check_output_folder",
     "list_shards",
     "read_predictions",
     "shard_uri",
@@ -40,6 +43,16 @@ __all__ = [
 ]
 
 _SHARD_NAME = re.compile(r"part-(\d{5,})\.parquet")
+
+
+def check_output_folder(output: str, flag: str = "--output") -> None:
+    """A local output that exists must be a folder: a file there would otherwise surface later
+    as ``.../run.json: File exists`` or ``Not a directory``, after start-up."""
+    if storage.is_remote(output):
+        return
+    path = storage.local_path(output)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise JobError(f"{flag} {output} is a file, not a folder; name a folder (it is made if missing)")
 
 
 def shard_uri(output: str, shard_index: int) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-__all__ = ["LABEL_SCHEMA", "PREDICTION_SCHEMA", "TABLES", "schema_markdown"]
+__all__ = ["JSON_FILES", "LABEL_MANIFEST_KEYS", "LABEL_SCHEMA", "PREDICTION_SCHEMA", "RUN_KEYS", "SUMMARY_KEYS", "TABLES", "schema_markdown"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,101 @@ TABLES = (
 )
 
 
+@dataclass(frozen=True)
+class Key:
+    """One key of a JSON file a job writes: its JSON type and what it means."""
+
+    name: str
+    type: str
+    meaning: str
+
+
+_TIMES = (
+    Key("videos_this_run", "int", "videos this invocation scored (a resumed or incremental run finds the others done)"),
+    Key("wall_s", "float", "seconds the whole command took, from its start (imports and start-up included)"),
+    Key("startup_s", "float", "of which start-up: imports, checks, weights, joining or starting Ray (sample generation excluded)"),
+)
+_RATE = Key("scoring_s", "float", "of which scoring: the pipeline from the cluster sized to the last row (model actors' start included)")
+
+SUMMARY_KEYS = (
+    Key("dataset", "string", "the dataset's name (`custom` for one given by flags alone)"),
+    Key("model", "string", "model preset"),
+    Key("views", "int", "test views fused per video"),
+    Key("protocol", "string", "test protocol"),
+    Key("precision", "string", "`fp32` (the reference) or `bf16` autocast"),
+    Key("checkpoint", "string", "the checkpoint asked for (path, URL or URI)"),
+    Key("checkpoint_sha256", "string", "sha256 of the checkpoint file"),
+    Key("num_videos", "int", "rows in the predictions: every video of the dataset (or of `--limit`)"),
+    Key("num_ok", "int", "videos scored"),
+    Key("num_failed", "int", "videos with an error row"),
+    Key("num_labelled", "int", "videos with a ground-truth label (the accuracy's denominator with failures)"),
+    Key("top1_acc", "float or null", "top-1 accuracy, a fraction (0-1) over the scored labelled videos, as MMAction2 computes it; null if none"),
+    Key("top5_acc", "float or null", "top-5 accuracy, a fraction, same videos"),
+    Key("mean_class_acc", "float or null", "mean per-class accuracy, a fraction, same videos"),
+    Key("top1_acc_with_failures", "float or null", "top-1 with every failed labelled video counted as a miss, a fraction"),
+    Key("top5_acc_with_failures", "float or null", "top-5, failures as misses, a fraction"),
+    Key("mean_class_acc_with_failures", "float or null", "mean class accuracy, failures as misses, a fraction"),
+    Key("published", "list", "the preset's published results measured on this dataset (its `published` tag in the registry) at this view count: "
+        "`source`, `dataset`, `protocol`, `views`, `top1_acc`, `top5_acc` (fractions, like ours; null if not published); empty for other datasets"),
+    *_TIMES,
+    Key("generate_s", "float", "of which making the sample videos (0 once they exist)"),
+    _RATE,
+    Key("videos_per_s", "float or null", "`videos_this_run` / `scoring_s`"),
+    Key("clips_per_s", "float or null", "clips (videos x views) this run / `scoring_s`"),
+    Key("num_workers", "int", "model actors that scored"),
+    Key("accelerators", "list", "their device names (`cpu` or the GPU's)"),
+    Key("versions", "object", "python, torch, ray, decord versions of the driver"),
+    Key("output", "string", "the output folder or prefix"),
+)
+
+RUN_KEYS = (
+    Key("job", "string", "`evaluate`"),
+    Key("dataset", "string", "the dataset's name"),
+    Key("model", "string", "model preset"),
+    Key("views", "int", "test views fused per video"),
+    Key("protocol", "string", "test protocol"),
+    Key("precision", "string", "`fp32` or `bf16`"),
+    Key("checkpoint_sha256", "string", "sha256 of the checkpoint file"),
+    Key("shard_size", "int", "videos per Parquet file"),
+    Key("num_videos", "int", "videos in the run"),
+    Key("videos_sha256", "string", "sha256 over the videos' paths and labels, in order"),
+    Key("save_probs", "bool", "whether `probs` is kept"),
+)
+
+LABEL_MANIFEST_KEYS = (
+    Key("run_id", "string", "`<UTC time>-<6 hex>`; the label rows' `run_id`"),
+    Key("input", "string", "`--input`"),
+    Key("model", "string", "model preset"),
+    Key("checkpoint", "string or null", "the checkpoint asked for, else the preset's URL"),
+    Key("checkpoint_sha256", "string", "sha256 of the checkpoint file"),
+    Key("views", "int", "test views fused per video"),
+    Key("precision", "string", "`fp32` or `bf16`"),
+    Key("top_k", "int", "`--top-k`"),
+    Key("min_score", "float", "`--min-score`"),
+    Key("since", "string or null", "`--since` as given"),
+    Key("max_attempts", "int", "`--max-attempts`"),
+    Key("listed", "int", "videos the input listed"),
+    Key("older", "int", "of which older than `--since`"),
+    Key("skipped", "int", "of which already labelled (or given up on after `--max-attempts`)"),
+    Key("new", "int", "of which new or changed"),
+    Key("retries", "int", "of which failed before and tried again"),
+    Key("labelled", "int", "videos labelled by this run"),
+    Key("failed", "int", "videos this run wrote an error row for"),
+    *_TIMES,
+    _RATE,
+    Key("videos_per_s", "float or null", "`videos_this_run` / `scoring_s`; what `--plan` estimates with (plus `startup_s`)"),
+    Key("finished_at", "string", "ISO 8601 UTC time the run ended"),
+)
+
+#: (file, what it is, keys): the JSON files the reference page documents
+JSON_FILES = (
+    ("evaluate: `<output>/summary.json`", "the run's accuracy, counts, times and versions; recomputed from the Parquet files", SUMMARY_KEYS),
+    ("evaluate: `<output>/run.json`", "what was asked; written once the cluster fits, checked again by `--resume`", RUN_KEYS),
+    ("label: `<output>/manifests/<run_id>.json`, `<output>/manifest.json`",
+     "one per run; `manifest.json` is a copy of the latest run that processed any video", LABEL_MANIFEST_KEYS),
+)
+
+
 def _type_name(t: pa.DataType) -> str:
     if pa.types.is_list(t):
         return f"list<{_type_name(t.value_type)}>"
@@ -90,6 +185,10 @@ def schema_markdown() -> str:
     for title, row, columns in TABLES:
         out += [f"## {title}", "", f"{row[0].upper()}{row[1:]}.", "", "| column | type | null | meaning |", "|---|---|---|---|"]
         out += [f"| `{c.name}` | {_type_name(c.type)} | {'yes' if c.nullable else 'no'} | {c.meaning} |" for c in columns]
+        out.append("")
+    for title, what, keys in JSON_FILES:
+        out += [f"## {title}", "", f"{what[0].upper()}{what[1:]}.", "", "| key | type | meaning |", "|---|---|---|"]
+        out += [f"| `{k.name}` | {k.type} | {k.meaning} |" for k in keys]
         out.append("")
     return "\n".join(out)
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import x3d
 from jobs.metrics import mean_class_accuracy, top_k_accuracy
 
-__all__ = ["accuracy_from_table", "build_summary", "summary_markdown", "summary_table"]
+__all__ = ["accuracy_from_table", "build_summary", "summary_markdown", "summary_table", "times_text"]
 
 
 def accuracy_from_table(table: pa.Table) -> dict[str, Any]:
@@ -83,15 +83,28 @@ def build_summary(
     output: str,
     videos_done: int | None = None,
     clips_done: int | None = None,
+    published_on: str | None = None,
+    startup_s: float = 0.0,
+    generate_s: float = 0.0,
+    scoring_s: float | None = None,
 ) -> dict[str, Any]:
-    """``videos_done``/``clips_done``: what this invocation scored in ``wall_s`` (a resumed run
-    finds the rest of ``table`` already done); throughput is theirs. Default: all of ``table``."""
+    """The summary.json dict (its keys: ``jobs.schemas.SUMMARY_KEYS``).
+
+    ``videos_done``/``clips_done``: what this invocation scored (a resumed run finds the rest of
+    ``table`` already done). Default: all of ``table``. Times are this invocation's: ``wall_s``
+    the whole command, split into ``startup_s`` (imports, checks, weights, cluster and actors),
+    ``generate_s`` (making the sample videos) and ``scoring_s`` (the pipeline, from the first
+    decode to the last row), which the rates are taken over (``wall_s`` when not given).
+    ``published_on``: the dataset's tag (``DatasetSpec.published``); only the preset's results
+    measured on it are set beside the run, none when it is None."""
     preset = x3d.get_preset(model)
     acc = accuracy_from_table(table)
     if videos_done is None:
         videos_done = table.num_rows
     if clips_done is None:
         clips_done = int(sum(v for v in table.column("num_views").to_pylist()))
+    rate_s = wall_s if scoring_s is None else scoring_s
+    published = preset.published_for(views, protocol, dataset=published_on) if published_on else []
     summary: dict[str, Any] = {
         "dataset": dataset,
         "model": model,
@@ -100,13 +113,19 @@ def build_summary(
         "checkpoint": checkpoint,
         "checkpoint_sha256": checkpoint_sha256,
         **acc,
+        # fractions, like top1_acc (the model cards print percentages)
         "published": [
-            {"source": p.source, "protocol": p.protocol, "views": p.views, "top1": p.top1, "top5": p.top5}
-            for p in preset.published_for(views, protocol)
+            {"source": p.source, "dataset": p.dataset, "protocol": p.protocol, "views": p.views,
+             "top1_acc": round(p.top1 / 100.0, 6), "top5_acc": None if p.top5 is None else round(p.top5 / 100.0, 6)}
+            for p in published
         ],
+        "videos_this_run": videos_done,
         "wall_s": round(wall_s, 3),
-        "videos_per_s": round(videos_done / wall_s, 3) if wall_s > 0 and videos_done else None,
-        "clips_per_s": round(clips_done / wall_s, 3) if wall_s > 0 and videos_done else None,
+        "startup_s": round(startup_s, 3),
+        "generate_s": round(generate_s, 3),
+        "scoring_s": round(rate_s, 3),
+        "videos_per_s": round(videos_done / rate_s, 3) if rate_s > 0 and videos_done else None,
+        "clips_per_s": round(clips_done / rate_s, 3) if rate_s > 0 and videos_done else None,
         "num_workers": len(workers),
         "accelerators": sorted({w.get("accelerator", "cpu") for w in workers}),
         "versions": _versions(),
@@ -123,8 +142,7 @@ def summary_table(summary: dict[str, Any]) -> str:
     """The accuracy table printed at the end of a run: ours beside the published numbers."""
     rows = [("this run", summary["protocol"], _pct(summary["top1_acc"]), _pct(summary["top5_acc"]), _pct(summary["mean_class_acc"]))]
     for p in summary["published"]:
-        top5 = "n/a" if p["top5"] is None else f"{p['top5']:.2f}"
-        rows.append((p["source"], p["protocol"], f"{p['top1']:.2f}", top5, "n/a"))
+        rows.append((p["source"], p["protocol"], _pct(p["top1_acc"]), _pct(p["top5_acc"]), "n/a"))
     header = ("", "protocol", "top-1 %", "top-5 %", "mean class %")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
 
@@ -133,6 +151,16 @@ def summary_table(summary: dict[str, Any]) -> str:
 
     lines = [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
     return "\n".join(lines)
+
+
+def times_text(times: dict[str, Any]) -> str:
+    """How long a command took and where the time went, said the same way by evaluate and label:
+    ``scored 120 videos in 30.1 s (start-up 8.0 s, sample generation 2.0 s, scoring 20.1 s)``."""
+    parts = [f"start-up {times['startup_s']:.1f} s"]
+    if times.get("generate_s"):
+        parts.append(f"sample generation {times['generate_s']:.1f} s")
+    parts.append(f"scoring {times['scoring_s']:.1f} s")
+    return f"this run scored {times['videos_this_run']} videos in {times['wall_s']:.1f} s ({', '.join(parts)})"
 
 
 def _or_na(value: Any) -> str:
@@ -153,8 +181,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             "",
             f"- videos: {s['num_videos']} ({s['num_ok']} scored, {s['num_failed']} failed); {failures}",
             f"- checkpoint: `{s['checkpoint']}` (sha256 `{s['checkpoint_sha256'][:16]}…`)",
-            f"- wall time {s['wall_s']:.1f} s, {_or_na(s['videos_per_s'])} videos/s, {_or_na(s['clips_per_s'])} clips/s "
-            f"on {s['num_workers']} model worker(s): {', '.join(s['accelerators'])}",
+            f"- {times_text(s)}; {_or_na(s['videos_per_s'])} videos/s, {_or_na(s['clips_per_s'])} clips/s while scoring "
+            f"on {s['num_workers']} model worker(s): {', '.join(s['accelerators']) or 'none'}",
             "- versions: " + ", ".join(f"{k} {v}" for k, v in s["versions"].items()),
             "",
         ]

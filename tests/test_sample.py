@@ -91,8 +91,12 @@ def test_main_command_on_a_fresh_machine(x3d_cache: Path, tmp_path: Path):
         assert summary[key] == pytest.approx(recomputed[key]), key
     labels = dict(line.rsplit(maxsplit=1) for line in sample_data.list_file(sample_data.sample_cache_dir(x3d_cache)).read_text().splitlines())
     assert {k: int(v) for k, v in labels.items()} == dict(zip(table["video"].to_pylist(), table["label"].to_pylist()))
-    # the accuracy table is printed beside the preset's published number
+    # the accuracy table is printed beside the preset's published number, measured on these videos
     assert "top-1" in run.stdout and f"{100 * summary['top1_acc']:.1f}" in run.stdout
+    assert "bench/train_tiny.py on sample val" in run.stdout and summary["published"][0]["top1_acc"] == 0.915
+    # generation (this session's cache is fresh) is a message for people: stderr, not stdout
+    assert "generating" in run.stderr and "generating" not in run.stdout
+    assert "sample generation" in run.stdout.strip().splitlines()[-1] and summary["generate_s"] > 0
 
     # 10 views keep the control cheap; the model scores 91.0 % on the unshuffled videos at 10 views
     control = _submit(
@@ -100,6 +104,7 @@ def test_main_command_on_a_fresh_machine(x3d_cache: Path, tmp_path: Path):
     )
     assert control.returncode == 0, control.stderr[-3000:]
     shuffled = json.loads((tmp_path / "control" / "summary.json").read_text())
+    assert shuffled["published"] == [] and "train_tiny" not in control.stdout  # not measured on shuffled frames
     assert shuffled["num_ok"] == sample_data.SPLIT_SIZES["val"]
     assert shuffled["top1_acc"] < summary["top1_acc"] - 0.3, (shuffled["top1_acc"], summary["top1_acc"])
 

@@ -108,13 +108,16 @@ class Weights:
 
 @dataclass(frozen=True)
 class PublishedResult:
-    """One published Kinetics-400 val number and the protocol it belongs to."""
+    """One published number, the protocol it belongs to and the videos it was measured on."""
 
     source: str  # e.g. "MMAction2 1.x model card"
     protocol: str  # TestProtocol.name it was measured with
     views: int
-    top1: float  # percent
+    top1: float  # percent, as the model cards print it
     top5: float | None = None
+    # The videos it was measured on; a job sets it beside a run only on a dataset tagged the same
+    # (jobs/datasets.toml `published`), since a number on other videos compares with nothing.
+    dataset: str = "kinetics400-val"
 
 
 @dataclass(frozen=True)
@@ -147,10 +150,11 @@ class Preset:
     def default_weights(self) -> Weights | None:
         return self.weights[0] if self.weights else None
 
-    def published_for(self, views: int, protocol: str | None = None) -> list[PublishedResult]:
-        """Published numbers for this view count; those of ``protocol`` first."""
+    def published_for(self, views: int, protocol: str | None = None, dataset: str | None = None) -> list[PublishedResult]:
+        """Published numbers for this view count (and, if given, measured on ``dataset``);
+        those of ``protocol`` first."""
         proto = protocol or self.default_protocol
-        hits = [p for p in self.published if p.views == views]
+        hits = [p for p in self.published if p.views == views and (dataset is None or p.dataset == dataset)]
         return sorted(hits, key=lambda p: p.protocol != proto)
 
 

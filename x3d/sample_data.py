@@ -37,6 +37,7 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -543,7 +544,8 @@ def ensure_sample_dataset(
                 continue
             start = time.perf_counter()
             if verbose:
-                print(f"generating {size} {folder} videos of the sample dataset into {root}", flush=True)
+                # stderr: a message for people, kept out of stdout's results
+                print(f"generating {size} {folder} videos of the sample dataset into {root}", file=sys.stderr, flush=True)
             generate_sample_dataset(root, split, size, shuffle_frames, workers)
             seconds = round(time.perf_counter() - start, 2)
             _write_text(

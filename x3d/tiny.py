@@ -43,8 +43,8 @@ X3D_TINY = register_preset(
         },
         weights=(Weights(url=TINY_CHECKPOINT.as_uri(), layout="mmaction2", sha256_prefix=_SHA256_PREFIX),),
         published=(
-            PublishedResult(_SOURCE, "mmaction2", 10, 91.0),
-            PublishedResult(_SOURCE, "mmaction2", 30, 91.5),
+            PublishedResult(_SOURCE, "mmaction2", 10, 91.0, dataset="sample-val"),
+            PublishedResult(_SOURCE, "mmaction2", 30, 91.5, dataset="sample-val"),
         ),
         classes_file="sample_labels.txt",
         parameters=None,

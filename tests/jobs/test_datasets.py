@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ def test_shipped_k400_val_entry():
         model="x3d_s",
         description=spec.description,
         source="jobs/datasets.toml",
+        published="kinetics400-val",
     )
 
 
@@ -184,10 +186,10 @@ def test_video_list_labelled_and_unlabelled(tmp_path: Path):
     ann = write(tmp_path / "val.txt", "abseiling/a.mp4 0\n\nzumba/b.mp4 399\nunknown/c.mp4\nd.mp4 -1\n")
     spec = DatasetSpec(name="t", data_root="videos", ann_file=ann, ann_format="video_list", label_map="k400")
     assert items(spec) == [
-        VideoItem("abseiling/a.mp4", "videos/abseiling/a.mp4", 0, None, "video"),
-        VideoItem("zumba/b.mp4", "videos/zumba/b.mp4", 399, None, "video"),
-        VideoItem("unknown/c.mp4", "videos/unknown/c.mp4", None, None, "video"),
-        VideoItem("d.mp4", "videos/d.mp4", None, None, "video"),
+        VideoItem("abseiling/a.mp4", os.path.abspath("videos/abseiling/a.mp4"), 0, None, "video"),
+        VideoItem("zumba/b.mp4", os.path.abspath("videos/zumba/b.mp4"), 399, None, "video"),
+        VideoItem("unknown/c.mp4", os.path.abspath("videos/unknown/c.mp4"), None, None, "video"),
+        VideoItem("d.mp4", os.path.abspath("videos/d.mp4"), None, None, "video"),
     ]
 
 
@@ -206,13 +208,13 @@ def test_slowfast_csv_all_layouts_and_separator(tmp_path: Path):
     spec = DatasetSpec(name="t", data_root="root", ann_file=ann, ann_format="slowfast_csv")
     assert [(i.key, i.uri, i.label) for i in items(spec)] == [
         ("/abs/a.mp4", "/abs/a.mp4", 3),  # absolute paths are used as written
-        ("b.mp4", "root/b.mp4", 4),
-        ("c.mp4", "root/c.mp4", None),
+        ("b.mp4", os.path.abspath("root/b.mp4"), 4),  # relative: against the folder the job started in
+        ("c.mp4", os.path.abspath("root/c.mp4"), None),
     ]
     commas = write(tmp_path / "val2.csv", "my clip.mp4,5\ns3://other/d.mp4,6\n")
     spec = DatasetSpec(name="t", data_root="root", ann_file=commas, ann_format="slowfast_csv", separator=",")
     assert [(i.key, i.uri, i.label) for i in items(spec)] == [
-        ("my clip.mp4", "root/my clip.mp4", 5),
+        ("my clip.mp4", os.path.abspath("root/my clip.mp4"), 5),
         ("s3://other/d.mp4", "s3://other/d.mp4", 6),
     ]
 
@@ -223,7 +225,7 @@ def test_path_list(tmp_path: Path):
     assert [(i.key, i.uri, i.label) for i in items(spec)] == [
         ("s3://bkt/a.mp4", "s3://bkt/a.mp4", None),
         ("/data/with space.mkv", "/data/with space.mkv", None),
-        ("rel/c.webm", "rel/c.webm", None),
+        ("rel/c.webm", os.path.abspath("rel/c.webm"), None),
     ]
 
 
@@ -252,13 +254,13 @@ def test_auto_detection_gives_up_clearly():
 @pytest.mark.parametrize(
     "ann_format, bad_line, message",
     [
-        ("video_list", "foo bar baz", "expected 'path label', got 'foo bar baz'"),
+        ("video_list", "foo bar baz", "expected 'path label', got 'foo bar baz'" + "; " + datasets.SPACES_HINT),
         ("video_list", "a.mp4 three", "label must be an integer, got 'three'"),
         ("video_list", "a.mp4 -4", "label -4 is negative"),
-        ("rawframe_list", "vid 10 1 2", "expected 'frame_dir total_frames label', got 'vid 10 1 2'"),
+        ("rawframe_list", "vid 10 1 2", "expected 'frame_dir total_frames label', got 'vid 10 1 2'" + "; " + datasets.SPACES_HINT),
         ("rawframe_list", "vid ten 1", "total_frames must be an integer, got 'ten'"),
         ("rawframe_list", "vid 0 1", "total_frames must be positive, got 0"),
-        ("slowfast_csv", "a b c d", "expected 'path label' or 'path fn label', got 'a b c d'"),
+        ("slowfast_csv", "a b c d", "expected 'path label' or 'path fn label', got 'a b c d'" + "; " + datasets.SPACES_HINT),
     ],
 )
 def test_malformed_lines_name_file_and_line(ann_format: str, bad_line: str, message: str, tmp_path: Path):

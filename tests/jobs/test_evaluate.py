@@ -103,9 +103,10 @@ def test_summary_accuracy_matches_labels(evalset: EvalSet, local_run):
     assert (summary["num_videos"], summary["num_ok"], summary["num_failed"]) == (10, 10, 0)
     assert (summary["model"], summary["views"], summary["protocol"]) == (PRESET, VIEWS, "mmaction2")
     assert summary["checkpoint_sha256"] == x3d.checkpoints.file_sha256(evalset.checkpoint)
-    assert summary["published"] == [{"source": "test", "protocol": "mmaction2", "views": 30, "top1": 50.0, "top5": None}]
+    assert summary["published"] == []  # a dataset given by flags alone: no published number was measured on it
     assert summary["accelerators"] == ["cpu"] and summary["num_workers"] == 1
     assert summary["wall_s"] > 0 and summary["videos_per_s"] > 0
+    assert summary["wall_s"] >= summary["startup_s"] + summary["generate_s"] + summary["scoring_s"] > 0
     assert sorted(p.name for p in (output / "predictions").iterdir()) == [f"part-0000{i}.parquet" for i in range(3)]
     run = json.loads((output / "run.json").read_text())
     assert (run["model"], run["views"], run["num_videos"], run["shard_size"]) == (PRESET, VIEWS, 10, 4)
