@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,11 +45,21 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
                 runtime_env=env,
                 _system_config=LOCAL_RAY_CONFIG,
             )
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        where = address or "a local Ray instance"
+    except Exception as exc:  # noqa: BLE001 - whatever Ray raises while starting is one line for the user
+        # Ray raises bare ``Exception`` (a local node that timed out during start-up), OSError
+        # (a temp dir it cannot write), ConnectionError, RuntimeError, ValueError...: none is a
+        # bug of this job, all are a cluster that did not come up. Kill what it started.
+        with contextlib.suppress(Exception):
+            ray.shutdown()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = f"{type(exc).__name__}: {first[:160]}" if type(exc) is not Exception else first[:160]
+        if address:
+            raise ClusterError(
+                f"could not connect to Ray at {address} ({detail}); check --address / RAY_ADDRESS, or omit both to run locally"
+            ) from None
         raise ClusterError(
-            f"could not connect to Ray at {where} ({first[:160]}); check --address / RAY_ADDRESS, or omit both to run locally"
+            f"could not start a local Ray instance ({detail}); check the RAY_* environment variables "
+            "(RAY_TMPDIR), free memory and disk, or pass --address"
         ) from None
     finally:
         ray_logger.setLevel(level)

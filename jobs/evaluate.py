@@ -85,6 +85,8 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
     preset, protocol = spec.preset, spec.protocol
     if cfg.shard_size < 1:
         raise JobError("--shard-size must be at least 1")
+    output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
+    storage.check_writable(output)  # a missing bucket is one line now, not after Ray started
     generate_dataset(cfg.dataset, verbose=not cfg.quiet)
     check_dataset(cfg.dataset)
     items = list(iter_items(cfg.dataset))
@@ -100,7 +102,6 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         )
 
     weights = load_weights(cfg)
-    output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
     manifest = {
         "job": "evaluate",
         "dataset": cfg.dataset.name,

@@ -178,6 +178,7 @@ def _last_rate(output: str) -> float | None:
 def plan_label(cfg: LabelConfig) -> dict[str, Any]:
     """``--plan``: what a run would do, without starting Ray."""
     check_model(cfg)
+    storage.check_writable(cfg.output)
     sha = load_weights(cfg).sha256
     history = _history(cfg.output, cfg.model, sha, cfg.views)
     counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0}
@@ -193,6 +194,7 @@ def plan_label(cfg: LabelConfig) -> dict[str, Any]:
 def run_label(cfg: LabelConfig) -> dict[str, Any]:
     spec = check_model(cfg)
     preset = spec.preset
+    storage.check_writable(cfg.output)  # before the weights and Ray: a missing bucket is one line now
     weights = load_weights(cfg)
     sha = weights.sha256
     if not 1 <= cfg.top_k <= preset.arch.num_classes:

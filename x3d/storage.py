@@ -61,6 +61,7 @@ __all__ = [
     "write_bytes",
     "atomic_local_file",
     "remove_stale_temp_files",
+    "check_writable",
 ]
 
 # Payloads above this go through boto3's managed (multipart) upload instead of a single
@@ -563,6 +564,33 @@ def _list_local(prefix: str, wanted: tuple[str, ...] | None) -> Iterator[ObjectI
 
 
 # --------------------------------------------------------------------------- writing
+
+def check_writable(uri: str) -> None:
+    """Raise a one-line StorageError now when a job could not write under ``uri``.
+
+    A job checks its output before loading weights or starting Ray: otherwise a missing
+    bucket or a read-only folder is found only at the first write, after the cluster was
+    joined (half a minute for a local Ray) and the work begun. S3: the bucket must exist and
+    answer (a HEAD of the bucket, no object written). Local: the nearest existing folder on
+    the way to ``uri`` must be a folder this process may create entries in, and ``uri``
+    itself, if it exists, a folder.
+    """
+    if is_remote(uri):
+        bucket, _ = _split_s3(uri)
+        if not _bucket_exists(bucket):
+            raise StorageError(f"{uri}: bucket does not exist")
+        return
+    path = os.path.abspath(local_path(uri))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StorageError(f"{uri}: exists and is not a folder")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StorageError(f"{uri}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"{uri}: permission denied (cannot write in {existing})")
+
 
 BytesLike = bytes | bytearray | memoryview
 
