@@ -27,7 +27,7 @@ from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_j
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.progress import Progress, quiet_stream
-from jobs.summary import build_summary, summary_markdown, summary_table
+from jobs.summary import build_summary, collect_versions, summary_markdown, summary_table
 from worker.decode_task import ModelSpec
 from worker.items import VideoItem
 from x3d import storage
@@ -55,6 +55,7 @@ class PreparedJob:
     weights: LoadedWeights
     output: str
     manifest: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)  # collected at start-up (jobs.summary.collect_versions)
 
     @property
     def protocol(self) -> str:
@@ -116,7 +117,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "save_probs": cfg.save_probs,
     }
     _check_resume(output, manifest, cfg.resume)
-    return PreparedJob(cfg, spec, items, classes, weights, output, manifest)
+    return PreparedJob(cfg, spec, items, classes, weights, output, manifest, versions=collect_versions())
 
 
 def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
@@ -211,6 +212,31 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
     wall = time.monotonic() - start
 
+    try:
+        summary = summarise(job, wall, workers, videos_done=done_here["videos"], clips_done=done_here["clips"])
+    except Exception as exc:  # noqa: BLE001 - the scores are safe; say how to finish, in one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise JobError(
+            f"every video is scored and saved in {job.output}, but the summary could not be written "
+            f"({type(exc).__name__}: {first}); run the same command with --resume to write it (nothing is scored again)"
+        ) from None
+    if not cfg.quiet:
+        print(summary_table(summary))
+        print(
+            f"{summary['num_videos']} videos ({summary['num_failed']} failed) in {wall:.1f} s; "
+            f"results in {job.output}"
+        )
+    return summary
+
+
+def summarise(job: PreparedJob, wall: float, workers: list[dict[str, Any]], videos_done: int, clips_done: int) -> dict[str, Any]:
+    """The end of a run: metrics from the Parquet files, summary.json and summary.md.
+
+    Uses only what ``prepare_evaluate`` gathered at start-up (versions included) and the files
+    of the output: it imports nothing and needs no cluster, so a run that fails here is
+    finished by ``--resume`` without scoring a video.
+    """
+    cfg = job.config
     table = results.read_predictions(job.output)
     summary = build_summary(
         table,
@@ -223,8 +249,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         wall_s=wall,
         workers=workers,
         output=job.output,
-        videos_done=done_here["videos"],
-        clips_done=done_here["clips"],
+        versions=job.versions,
+        videos_done=videos_done,
+        clips_done=clips_done,
     )
     summary = _with_precision(summary, cfg.precision)
     results.write_json(storage.join(job.output, "summary.json"), summary)
@@ -232,12 +259,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.precision != "fp32":
         markdown += f"- precision: {cfg.precision} autocast forward (fp32 is the reference)\n"
     results.write_text(storage.join(job.output, "summary.md"), markdown)
-    if not cfg.quiet:
-        print(summary_table(summary))
-        print(
-            f"{summary['num_videos']} videos ({summary['num_failed']} failed) in {wall:.1f} s; "
-            f"results in {job.output}"
-        )
+    for folder in (job.output, storage.join(job.output, "predictions")):  # killed writes of earlier runs
+        storage.remove_orphan_temp_files(folder)
     return summary
 
 

@@ -269,6 +269,8 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
     results.write_json(storage.join(cfg.output, "manifests", f"{run_id}.json"), manifest)
     if done:
         results.write_json(storage.join(cfg.output, "manifest.json"), manifest)
+    for folder in (cfg.output, storage.join(cfg.output, "labels"), storage.join(cfg.output, "manifests")):
+        storage.remove_orphan_temp_files(folder)  # killed writes of earlier runs; live writes hold a lock
     if not cfg.quiet:
         print(
             f"label: {counts['listed']} listed, {counts['skipped']} already labelled, "
