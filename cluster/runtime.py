@@ -45,7 +45,11 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
                 runtime_env=env,
                 _system_config=LOCAL_RAY_CONFIG,
             )
-    except Exception as exc:  # noqa: BLE001 - whatever Ray raises while starting is one line for the user
+    except BaseException as exc:  # noqa: BLE001 - whatever Ray raises while starting is one line for the user
+        if not isinstance(exc, Exception):  # an interrupt (or Ray's own SIGTERM exit) mid-start
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise
         # Ray raises bare ``Exception`` (a local node that timed out during start-up), OSError
         # (a temp dir it cannot write), ConnectionError, RuntimeError, ValueError...: none is a
         # bug of this job, all are a cluster that did not come up. Kill what it started.

@@ -22,7 +22,7 @@ import numpy as np
 from cluster.pipeline import Shard
 from jobs import results
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
-from jobs.errors import JobError
+from jobs.errors import JobError, JobInterrupted
 from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_job
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
@@ -186,8 +186,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     done_here = {"videos": 0, "clips": 0}  # this invocation's work: a resumed run's throughput
     manifest_uri = storage.join(job.output, "run.json")
 
+    saved = {"shards": len(done), "videos": sum(len(items) for i, items in shards if i in done), "run.json": bool(done)}
+
     def on_sized(pipe_cfg) -> None:  # the cluster fits the job: the first write
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
+        saved["run.json"] = True
         _log(cfg, f"evaluate: {len(job.items)} videos in {len(shards)} shards -> {job.output}")
         if done:
             _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
@@ -202,11 +205,21 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     def on_shard(index: int, outcomes: list) -> None:
         rows = [outcome_row(o, job.classes, cfg.save_probs) for o in outcomes]
         results.write_shard(job.output, index, rows)
+        saved["shards"] += 1
+        saved["videos"] += len(rows)
 
     start = time.monotonic()
     workers: list[dict[str, Any]] = []
     if todo:
-        workers = run_model_job(cfg, job.spec, job.weights, todo, on_shard, on_video=on_video, on_sized=on_sized)
+        try:
+            workers = run_model_job(cfg, job.spec, job.weights, todo, on_shard, on_video=on_video, on_sized=on_sized)
+        except JobInterrupted as stop:  # Ray is down again; say what is safe and how to go on
+            if saved["run.json"]:
+                stop.output = job.output
+                stop.finished = (
+                    f"{saved['shards']} of {len(shards)} shards ({saved['videos']} of {len(job.items)} videos) saved in {job.output}"
+                )
+            raise
         progress.close()
     elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
@@ -214,6 +227,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
 
     try:
         summary = summarise(job, wall, workers, videos_done=done_here["videos"], clips_done=done_here["clips"])
+    except JobInterrupted as stop:
+        stop.output, stop.finished = job.output, f"every video is saved in {job.output}; the summary is not written"
+        raise
     except Exception as exc:  # noqa: BLE001 - the scores are safe; say how to finish, in one line
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise JobError(

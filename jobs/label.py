@@ -31,7 +31,7 @@ import x3d
 from cluster.pipeline import Shard
 from jobs import results
 from jobs.datasets import VIDEO_EXTENSIONS
-from jobs.errors import JobError
+from jobs.errors import JobError, JobInterrupted
 from jobs.lifecycle import check_model, load_weights, run_model_job
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
@@ -234,14 +234,19 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     if first is None:  # nothing new since the last run: no cluster needed
         return _finish_run(cfg, preset, sha, run_id, counts, start)
     progress = Progress(None, stream=_quiet_stream() if cfg.quiet else None)
-    run_model_job(
-        cfg,
-        spec,
-        weights,
-        itertools.chain([first], work),
-        on_shard,
-        on_video=lambda o: progress.update(1, int(o.error is not None)),
-    )
+    try:
+        run_model_job(
+            cfg,
+            spec,
+            weights,
+            itertools.chain([first], work),
+            on_shard,
+            on_video=lambda o: progress.update(1, int(o.error is not None)),
+        )
+    except JobInterrupted as stop:  # every finished shard is saved; the next run skips those videos
+        stop.output = cfg.output
+        stop.finished = f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
+        raise
     progress.close()
     return _finish_run(cfg, preset, sha, run_id, counts, start)
 
