@@ -6,7 +6,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 
 import ray
 
@@ -32,6 +34,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     ray_logger = logging.getLogger("ray")
     level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # start-up chatter is not for the job's users
+    # ray.init installs its own SIGTERM handler (and its C++ core a signal dump): the caller's
+    # handlers (jobs.interrupts: a clean stop, exit 143) are put back once Ray is up.
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, runtime_env=env)
@@ -67,6 +73,9 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         ) from None
     finally:
         ray_logger.setLevel(level)
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     return not address
 
 

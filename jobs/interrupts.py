@@ -2,7 +2,7 @@
 
 Python's default turns Ctrl-C into a ``KeyboardInterrupt`` traceback through ``ray.wait``, and
 ``ray.init`` installs a SIGTERM handler that leaves the driver to die in Ray's C++ signal dump
-(exit 134). Inside ``stop_on_signals`` both signals raise ``JobInterrupted`` in the main
+(exit 134; ``cluster.runtime.connect`` puts the caller's handlers back after it). Inside ``stop_on_signals`` both signals raise ``JobInterrupted`` in the main
 thread instead: the job's ``finally`` blocks run (Ray is shut down, a half-written file is
 removed by ``x3d.storage.atomic_local_file``), and ``submit.main`` prints one line and exits
 128 + the signal's number. A second signal while stopping is ignored, so the clean-up that
@@ -37,8 +37,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def reinstall() -> None:
-    """Put the handlers back after something replaced them (``ray.init`` sets its own SIGTERM
-    handler); a no-op outside ``stop_on_signals`` or off the main thread."""
+    """Install the handlers (again, should something have replaced them); a no-op outside
+    ``stop_on_signals`` or off the main thread."""
     if _State.active and threading.current_thread() is threading.main_thread():
         for sig in SIGNALS:
             signal.signal(sig, _on_signal)

@@ -17,7 +17,6 @@ import torch
 import x3d
 from cluster.pipeline import PipelineConfig, Shard, VideoOutcome, run_pipeline
 from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
-from jobs import interrupts
 from jobs.errors import JobError
 from jobs.options import ClusterOptions, ModelOptions, RunOptions
 from worker.decode_task import ModelSpec
@@ -82,7 +81,6 @@ def run_model_job(
     then score every shard; Ray is stopped again if this call started it. Returns the actors'
     descriptions."""
     started = start_cluster(opts.address, opts.local_cpus)
-    interrupts.reinstall()  # ray.init replaced the SIGTERM handler with its own
     try:
         config = size_for(opts, spec, opts.num_actors)
         on_sized(config)
