@@ -14,7 +14,8 @@ Exit status (the README's table):
     2    a mistake in the request (bad flag, unknown dataset or model, missing file, wrong
          checkpoint, unreachable or too small cluster): one line on stderr, nothing written
     3    the job ran but scored nothing: every video failed (the error rows say why)
-    130  interrupted by SIGINT (Ctrl-C); 143: stopped by SIGTERM
+    130  interrupted by SIGINT (Ctrl-C); 143: stopped by SIGTERM. Either stops the run cleanly:
+         one line with what is saved and the command that resumes it
 
 Name checks (dataset, model, protocol, views) answer before torch or Ray is imported.
 """
@@ -25,6 +26,9 @@ import argparse
 import importlib
 from dataclasses import fields
 import os
+import shlex
+import shutil
+import signal
 import sys
 import time
 
@@ -353,12 +357,21 @@ def _import_extensions() -> None:
             _fail(f"X3D_PRESETS_MODULE: cannot import {name} ({type(exc).__name__}: {first})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    started = STARTED_AT if argv is None else time.monotonic()
-    _import_extensions()
-    args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    args.started_at = started
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+def resume_command(argv: list[str], output: str) -> str:
+    """The command that continues an interrupted run: the same flags, ``--resume``, and the
+    output folder (which may have been a timestamped default)."""
+    args = list(argv)
+    if not args or (args[0] not in COMMANDS):
+        args = ["evaluate", *args]
+    if not any(a == "--output" or a.startswith("--output=") for a in args):
+        args += ["--output", output]
+    if "--resume" not in args:
+        args.append("--resume")
+    python = "python" if shutil.which("python") and os.path.realpath(shutil.which("python")) == os.path.realpath(sys.executable) else sys.executable
+    return shlex.join([python, sys.argv[0] or "submit.py", *args])
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         return run_evaluate_command(args)
     if args.command == "label":
@@ -367,6 +380,30 @@ def main(argv: list[str] | None = None) -> int:
         return run_benchmark_command(args)
     _fail(f"unknown command {args.command!r}")
     return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs.errors import JobInterrupted
+    from jobs.interrupts import stop_on_signals
+
+    started = STARTED_AT if argv is None else time.monotonic()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with stop_on_signals():  # SIGINT / SIGTERM: a clean stop and one line, exit 130 / 143
+        try:
+            _import_extensions()
+            args = parse_args(argv)
+            args.started_at = started
+            os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+            return _dispatch(args)
+        except JobInterrupted as stop:
+            name = signal.Signals(stop.signum).name
+            if stop.output is None:
+                line = f"interrupted ({name}) before any result was written; run the same command again"
+            else:
+                line = f"interrupted ({name}): {stop.finished}; resume with: {resume_command(argv, stop.output)}"
+            newline = "\n" if sys.stderr.isatty() else ""  # past a progress line drawn in place
+            print(f"{newline}submit.py: {line}", file=sys.stderr, flush=True)
+            return 128 + stop.signum
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 import ray
 import torch
 
+from worker.cpus import owned_cpus
 from worker.decode_task import ModelSpec
 from worker.model_runner import ModelRunner
 from worker.stages import NULL_TIMER, maxrss_mb
@@ -29,6 +30,9 @@ class ModelActor:
         # The driver keeps the state dict's ref alive for the whole run, so a replacement actor
         # can resolve it again; Ray's warning about this at start-up is expected.
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        # The sizing's thread count (from Ray's view of the node), capped by the CPUs this
+        # process may really use (affinity, cgroup quota): more threads than CPUs is the slow case.
+        threads = owned_cpus(assigned=threads)
         self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size)
 
     def describe(self) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import socket
+import threading
 
 import ray
 
@@ -31,6 +34,10 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     ray_logger = logging.getLogger("ray")
     level = ray_logger.level
     ray_logger.setLevel(logging.ERROR)  # start-up chatter is not for the job's users
+    # ray.init installs its own SIGTERM handler (and its C++ core a signal dump): the caller's
+    # handlers (jobs.interrupts: a clean stop, exit 143) are put back once Ray is up.
+    main_thread = threading.current_thread() is threading.main_thread()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, runtime_env=env)
@@ -44,14 +51,31 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
                 runtime_env=env,
                 _system_config=LOCAL_RAY_CONFIG,
             )
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
-        where = address or "a local Ray instance"
+    except BaseException as exc:  # noqa: BLE001 - whatever Ray raises while starting is one line for the user
+        if not isinstance(exc, Exception):  # an interrupt (or Ray's own SIGTERM exit) mid-start
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            raise
+        # Ray raises bare ``Exception`` (a local node that timed out during start-up), OSError
+        # (a temp dir it cannot write), ConnectionError, RuntimeError, ValueError...: none is a
+        # bug of this job, all are a cluster that did not come up. Kill what it started.
+        with contextlib.suppress(Exception):
+            ray.shutdown()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = f"{type(exc).__name__}: {first[:160]}" if type(exc) is not Exception else first[:160]
+        if address:
+            raise ClusterError(
+                f"could not connect to Ray at {address} ({detail}); check --address / RAY_ADDRESS, or omit both to run locally"
+            ) from None
         raise ClusterError(
-            f"could not connect to Ray at {where} ({first[:160]}); check --address / RAY_ADDRESS, or omit both to run locally"
+            f"could not start a local Ray instance ({detail}); check the RAY_* environment variables "
+            "(RAY_TMPDIR), free memory and disk, or pass --address"
         ) from None
     finally:
         ray_logger.setLevel(level)
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     return not address
 
 

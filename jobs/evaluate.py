@@ -22,13 +22,13 @@ import numpy as np
 from cluster.pipeline import Shard
 from jobs import results
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
-from jobs.errors import JobError
+from jobs.errors import JobError, JobInterrupted
 from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_job
 from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.progress import Progress, quiet_stream
-from jobs.summary import build_summary, summary_markdown, summary_table, times_text
+from jobs.summary import build_summary, collect_versions, summary_markdown, summary_table, times_text
 from worker.decode_task import ModelSpec
 from worker.items import VideoItem
 from x3d import storage
@@ -47,6 +47,15 @@ class EvaluateConfig(RunOptions):
     save_probs: bool = True
 
 
+@dataclass(frozen=True)
+class RunTimes:
+    """This invocation's clock: the command's start (``time.monotonic``) and its two parts."""
+
+    started: float
+    startup_s: float  # imports, checks, weights, cluster and actors (sample generation apart)
+    scoring_s: float  # the pipeline, from the first decode to the last row
+
+
 @dataclass
 class PreparedJob:
     config: EvaluateConfig
@@ -57,6 +66,7 @@ class PreparedJob:
     output: str
     manifest: dict[str, Any] = field(default_factory=dict)
     generate_s: float = 0.0  # making the sample videos (a generated dataset's first run)
+    versions: dict[str, str] = field(default_factory=dict)  # collected at start-up (jobs.summary.collect_versions)
 
     @property
     def protocol(self) -> str:
@@ -87,8 +97,9 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
     preset, protocol = spec.preset, spec.protocol
     if cfg.shard_size < 1:
         raise JobError("--shard-size must be at least 1")
-    if cfg.output:
-        results.check_output_folder(cfg.output)
+    output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
+    results.check_output_folder(output)
+    storage.check_writable(output)  # a missing bucket is one line now, not after Ray started
     generating = time.monotonic()
     generate_dataset(cfg.dataset, verbose=not cfg.quiet)
     generate_s = time.monotonic() - generating
@@ -106,7 +117,6 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         )
 
     weights = load_weights(cfg)
-    output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
     manifest = {
         "job": "evaluate",
         "dataset": cfg.dataset.name,
@@ -121,7 +131,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "save_probs": cfg.save_probs,
     }
     _check_resume(output, manifest, cfg.resume)
-    return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s)
+    return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s, versions=collect_versions())
 
 
 def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
@@ -202,9 +212,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     manifest_uri = storage.join(job.output, "run.json")
     clock = {"scoring": None}
 
+    saved = {"shards": len(done), "videos": sum(len(items) for i, items in shards if i in done), "run.json": bool(done)}
+
     def on_sized(pipe_cfg) -> None:  # the cluster fits the job: the first write
         clock["scoring"] = time.monotonic()
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
+        saved["run.json"] = True
         _log(cfg, f"evaluate: {len(job.items)} videos in {len(shards)} shards -> {job.output}")
         if done:
             _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
@@ -222,16 +235,52 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     def on_shard(index: int, outcomes: list) -> None:
         rows = [outcome_row(o, job.classes, cfg.save_probs) for o in outcomes]
         results.write_shard(job.output, index, rows)
+        saved["shards"] += 1
+        saved["videos"] += len(rows)
 
     workers: list[dict[str, Any]] = []
     if todo:
-        workers = run_model_job(cfg, job.spec, job.weights, todo, on_shard, on_video=on_video, on_sized=on_sized)
+        try:
+            workers = run_model_job(cfg, job.spec, job.weights, todo, on_shard, on_video=on_video, on_sized=on_sized)
+        except JobInterrupted as stop:  # Ray is down again; say what is safe and how to go on
+            if saved["run.json"]:
+                stop.output = job.output
+                stop.finished = (
+                    f"{saved['shards']} of {len(shards)} shards ({saved['videos']} of {len(job.items)} videos) saved in {job.output}"
+                )
+            raise
         progress.close()
     elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
     scored = time.monotonic()
     scoring_start = clock["scoring"] if clock["scoring"] is not None else scored
+    times = RunTimes(started=started, startup_s=scoring_start - started - job.generate_s, scoring_s=scored - scoring_start)
 
+    try:
+        summary = summarise(job, times, workers, videos_done=done_here["videos"], clips_done=done_here["clips"])
+    except JobInterrupted as stop:
+        stop.output, stop.finished = job.output, f"every video is saved in {job.output}; the summary is not written"
+        raise
+    except Exception as exc:  # noqa: BLE001 - the scores are safe; say how to finish, in one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise JobError(
+            f"every video is scored and saved in {job.output}, but the summary could not be written "
+            f"({type(exc).__name__}: {first}); run the same command with --resume to write it (nothing is scored again)"
+        ) from None
+    if not cfg.quiet:
+        print(summary_table(summary))
+        print(f"{summary['num_videos']} videos ({summary['num_failed']} failed); {times_text(summary)}; results in {job.output}")
+    return summary
+
+
+def summarise(job: PreparedJob, times: RunTimes, workers: list[dict[str, Any]], videos_done: int, clips_done: int) -> dict[str, Any]:
+    """The end of a run: metrics from the Parquet files, summary.json and summary.md.
+
+    Uses only what ``prepare_evaluate`` gathered at start-up (versions included) and the files
+    of the output: it imports nothing and needs no cluster, so a run that fails here is
+    finished by ``--resume`` without scoring a video.
+    """
+    cfg = job.config
     table = results.read_predictions(job.output)
     summary = build_summary(
         table,
@@ -241,15 +290,16 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         protocol=job.protocol,
         checkpoint=job.weights.source,
         checkpoint_sha256=job.weights.sha256,
-        wall_s=time.monotonic() - started,
+        wall_s=time.monotonic() - times.started,
         workers=workers,
         output=job.output,
-        videos_done=done_here["videos"],
-        clips_done=done_here["clips"],
+        versions=job.versions,
+        videos_done=videos_done,
+        clips_done=clips_done,
         published_on=cfg.dataset.published,
-        startup_s=scoring_start - started - job.generate_s,
+        startup_s=times.startup_s,
         generate_s=job.generate_s,
-        scoring_s=scored - scoring_start,
+        scoring_s=times.scoring_s,
     )
     summary = _with_precision(summary, cfg.precision)
     results.write_json(storage.join(job.output, "summary.json"), summary)
@@ -257,9 +307,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     if cfg.precision != "fp32":
         markdown += f"- precision: {cfg.precision} autocast forward (fp32 is the reference)\n"
     results.write_text(storage.join(job.output, "summary.md"), markdown)
-    if not cfg.quiet:
-        print(summary_table(summary))
-        print(f"{summary['num_videos']} videos ({summary['num_failed']} failed); {times_text(summary)}; results in {job.output}")
+    for folder in (job.output, storage.join(job.output, "predictions")):  # killed writes of earlier runs
+        storage.remove_orphan_temp_files(folder)
     return summary
 
 

@@ -33,7 +33,7 @@ import x3d
 from cluster.pipeline import Shard
 from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
-from jobs.errors import JobError
+from jobs.errors import JobError, JobInterrupted
 from jobs.lifecycle import check_model, load_weights, run_model_job
 from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
@@ -110,6 +110,7 @@ def check_input(cfg: LabelConfig) -> None:
     not there is a typo (in a nightly cron job it would label nothing, night after night, with
     exit 0), not an empty input. An S3 prefix with nothing under it is an empty input."""
     results.check_output_folder(cfg.output)
+    storage.check_writable(cfg.output)  # before the weights and Ray: a missing bucket is one line now
     if storage.is_remote(cfg.input):
         return
     path = storage.local_path(cfg.input)
@@ -277,15 +278,20 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     if first is None:  # nothing new since the last run: no cluster needed
         return _finish_run(cfg, preset, sha, run_id, counts, started, time.monotonic())
     progress = Progress(None, stream=_quiet_stream() if cfg.quiet else None)
-    run_model_job(
-        cfg,
-        spec,
-        weights,
-        itertools.chain([first], work),
-        on_shard,
-        on_video=lambda o: progress.update(1, int(o.error is not None)),
-        on_sized=on_sized,
-    )
+    try:
+        run_model_job(
+            cfg,
+            spec,
+            weights,
+            itertools.chain([first], work),
+            on_shard,
+            on_video=lambda o: progress.update(1, int(o.error is not None)),
+            on_sized=on_sized,
+        )
+    except JobInterrupted as stop:  # every finished shard is saved; the next run folds them into the index
+        stop.output = cfg.output
+        stop.finished = f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
+        raise
     progress.close()
     # every row of the run is on disk: only now record them in the index (see jobs.label_state)
     history.index.add(label_state.Segment.merge(written), [run_id])
@@ -329,6 +335,9 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
     results.write_json(storage.join(cfg.output, "manifests", f"{run_id}.json"), manifest)
     if done:
         results.write_json(storage.join(cfg.output, "manifest.json"), manifest)
+    labels = label_store.labels_dir(cfg.output)
+    for folder in (cfg.output, labels, storage.join(labels, f"date={label_store.date_of_run(run_id)}"), storage.join(cfg.output, "manifests")):
+        storage.remove_orphan_temp_files(folder)  # killed writes of earlier runs; live writes hold a lock
     if not cfg.quiet:
         print(
             f"label: {counts['listed']} listed, {counts['skipped']} already labelled, "

@@ -10,12 +10,13 @@ import platform
 from typing import Any
 
 import numpy as np
+import numpy.ma  # noqa: F401 - np.union1d imports it on first use; the summary step must import nothing
 import pyarrow as pa
 
 import x3d
 from jobs.metrics import mean_class_accuracy, top_k_accuracy
 
-__all__ = ["accuracy_from_table", "build_summary", "summary_markdown", "summary_table", "times_text"]
+__all__ = ["accuracy_from_table", "build_summary", "collect_versions", "summary_markdown", "summary_table", "times_text"]
 
 
 def accuracy_from_table(table: pa.Table) -> dict[str, Any]:
@@ -55,7 +56,15 @@ def _mean_class_with_misses(preds: list[int], labels: list[int]) -> float:
     return float(np.mean(recalls))
 
 
-def _versions() -> dict[str, str]:
+def collect_versions() -> dict[str, str]:
+    """Versions of what computed the scores, read when the job starts, not when it ends.
+
+    Importing a package at the end of a run depends on things the run cannot control: under
+    ``ray job submit`` on nodes sharing Ray's temp dir, the unpacked working dir was replaced
+    while the job ran and the late ``import decord`` died in ``os.getcwd()`` after every
+    video had been scored. So the job calls this at start-up and hands the result to
+    ``build_summary``, which imports nothing.
+    """
     import ray
     import torch
 
@@ -81,6 +90,7 @@ def build_summary(
     wall_s: float,
     workers: list[dict[str, Any]],
     output: str,
+    versions: dict[str, str],
     videos_done: int | None = None,
     clips_done: int | None = None,
     published_on: str | None = None,
@@ -96,7 +106,8 @@ def build_summary(
     ``generate_s`` (making the sample videos) and ``scoring_s`` (the pipeline, from the first
     decode to the last row), which the rates are taken over (``wall_s`` when not given).
     ``published_on``: the dataset's tag (``DatasetSpec.published``); only the preset's results
-    measured on it are set beside the run, none when it is None."""
+    measured on it are set beside the run, none when it is None. ``versions``:
+    ``collect_versions()``, called when the job started (nothing is imported at the end)."""
     preset = x3d.get_preset(model)
     acc = accuracy_from_table(table)
     if videos_done is None:
@@ -128,7 +139,7 @@ def build_summary(
         "clips_per_s": round(clips_done / rate_s, 3) if rate_s > 0 and videos_done else None,
         "num_workers": len(workers),
         "accelerators": sorted({w.get("accelerator", "cpu") for w in workers}),
-        "versions": _versions(),
+        "versions": dict(versions),
         "output": output,
     }
     return summary

@@ -37,6 +37,7 @@ writing) share the private error and retry helpers; split, each half would need 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -67,6 +68,8 @@ __all__ = [
     "arrow_filesystem",
     "atomic_local_file",
     "remove_stale_temp_files",
+    "remove_orphan_temp_files",
+    "check_writable",
 ]
 
 # Payloads above this go through boto3's managed (multipart) upload instead of a single
@@ -570,6 +573,33 @@ def _list_local(prefix: str, wanted: tuple[str, ...] | None) -> Iterator[ObjectI
 
 # --------------------------------------------------------------------------- writing
 
+def check_writable(uri: str) -> None:
+    """Raise a one-line StorageError now when a job could not write under ``uri``.
+
+    A job checks its output before loading weights or starting Ray: otherwise a missing
+    bucket or a read-only folder is found only at the first write, after the cluster was
+    joined (half a minute for a local Ray) and the work begun. S3: the bucket must exist and
+    answer (a HEAD of the bucket, no object written). Local: the nearest existing folder on
+    the way to ``uri`` must be a folder this process may create entries in, and ``uri``
+    itself, if it exists, a folder.
+    """
+    if is_remote(uri):
+        bucket, _ = _split_s3(uri)
+        if not _bucket_exists(bucket):
+            raise StorageError(f"{uri}: bucket does not exist")
+        return
+    path = os.path.abspath(local_path(uri))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StorageError(f"{uri}: exists and is not a folder")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise StorageError(f"{uri}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise StorageError(f"{uri}: permission denied (cannot write in {existing})")
+
+
 BytesLike = bytes | bytearray | memoryview
 
 
@@ -596,6 +626,26 @@ def _temp_name(name: str) -> str:
     return f".{name}.{uuid.uuid4().hex[:12]}.tmp"
 
 
+def _lock_own_temp(fd: int, tmp: str) -> bool:
+    """Lock a just-created temp file for the whole write; False if a cleaner got to it first.
+
+    The lock, held until the rename, is how ``remove_orphan_temp_files`` tells a live write's
+    temp file from a killed one's. A cleaner that locked the file in the instant between its
+    creation and this call has unlinked it (or is about to): then the lock fails, or the name
+    no longer points at this file, and the caller starts over under a new name.
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # no locks on this file system: cleaners cannot lock it either
+        return True
+    try:
+        return os.fstat(fd).st_nlink > 0 and os.stat(tmp).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 @contextlib.contextmanager
 def atomic_local_file(path: str | os.PathLike) -> Iterator[str]:
     """The one way this project creates a local file: yield a hidden temp path beside ``path``
@@ -603,25 +653,34 @@ def atomic_local_file(path: str | os.PathLike) -> Iterator[str]:
     clean exit it is fsynced and renamed onto ``path``, on any error removed.
 
     A reader never sees half a file and a crash leaves only a ``_TEMP_NAME`` file, which every
-    listing skips and ``remove_stale_temp_files`` deletes later.
+    listing skips, the next run that owns the folder deletes (``remove_orphan_temp_files``:
+    the temp file of a live write is locked, a killed one's is not) and
+    ``remove_stale_temp_files`` deletes once it is old.
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, _temp_name(os.path.basename(path)))
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # umask applies
+    while True:
+        tmp = os.path.join(folder, _temp_name(os.path.basename(path)))
+        lock_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        if _lock_own_temp(lock_fd, tmp):
+            break
+        os.close(lock_fd)  # a cleaner took it between create and lock: another name
     try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
         try:
-            os.fsync(fd)  # the bytes are on disk before the name points at them
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+            yield tmp
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the bytes are on disk before the name points at them
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    finally:
+        os.close(lock_fd)
     _fsync_folder(folder)
 
 
@@ -651,6 +710,41 @@ def remove_stale_temp_files(folder_uri: str, older_than_s: float = 600.0) -> int
             if now - entry.stat(follow_symlinks=False).st_mtime >= older_than_s:
                 os.unlink(entry.path)
                 removed += 1
+    return removed
+
+
+def remove_orphan_temp_files(folder_uri: str) -> int:
+    """Delete the temp files in a local folder that no live write holds; returns how many.
+
+    For the end of a run that owns the output: its own writes are done, so a temp file left is
+    a killed write's (an earlier, interrupted run's), however recent; ``remove_stale_temp_files``
+    would keep it for ten minutes. A write in progress holds an exclusive ``flock`` on its temp
+    file (``atomic_local_file``), so a write by another live process, on this host or through a
+    file system that shares locks, is never pulled from under it. Where locks cannot be taken
+    the file is left to the age rule.
+    """
+    if is_remote(folder_uri):
+        return 0
+    try:
+        entries = list(os.scandir(local_path(folder_uri)))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        if not _TEMP_NAME.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # fails while its writer lives
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:  # held (a live write), or no locks here: keep it
+            pass
+        finally:
+            os.close(fd)
     return removed
 
 

@@ -1,0 +1,61 @@
+"""SIGINT (Ctrl-C) and SIGTERM (Kubernetes, Slurm, ``ray job stop``) as a clean stop.
+
+Python's default turns Ctrl-C into a ``KeyboardInterrupt`` traceback through ``ray.wait``, and
+``ray.init`` installs a SIGTERM handler that leaves the driver to die in Ray's C++ signal dump
+(exit 134; ``cluster.runtime.connect`` puts the caller's handlers back after it). Inside ``stop_on_signals`` both signals raise ``JobInterrupted`` in the main
+thread instead: the job's ``finally`` blocks run (Ray is shut down, a half-written file is
+removed by ``x3d.storage.atomic_local_file``), and ``submit.main`` prints one line and exits
+128 + the signal's number. A second signal while stopping is ignored, so the clean-up that
+keeps the output valid is not itself interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+from jobs.errors import JobInterrupted
+
+__all__ = ["JobInterrupted", "reinstall", "stop_on_signals"]
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _State:
+    active = False  # inside stop_on_signals
+    received: int | None = None  # the first signal, once one came
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    if _State.received is not None:
+        return  # already stopping: let the clean-up finish
+    _State.received = signum
+    raise JobInterrupted(signum)
+
+
+def reinstall() -> None:
+    """Install the handlers (again, should something have replaced them); a no-op outside
+    ``stop_on_signals`` or off the main thread."""
+    if _State.active and threading.current_thread() is threading.main_thread():
+        for sig in SIGNALS:
+            signal.signal(sig, _on_signal)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM raise ``JobInterrupted``; the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals only reach the main thread
+        return
+    previous = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    _State.active, _State.received = True, None
+    reinstall()
+    try:
+        yield
+    finally:
+        _State.active = False
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
