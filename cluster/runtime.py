@@ -98,7 +98,7 @@ def _driver_runtime_env() -> dict | None:
     env var, even with the same value; ``--runtime-env-json '{"env_vars":
     {"PYTHONUNBUFFERED": "1"}}'`` would otherwise fail the job.
     """
-    env_vars = {"PYTHONUNBUFFERED": "1"}
+    env_vars = {"PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY") or OMP_WAIT_POLICY}
     try:
         job_config = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
         taken = set((job_config.get("runtime_env") or {}).get("env_vars") or {})
@@ -107,6 +107,15 @@ def _driver_runtime_env() -> dict | None:
     env_vars = {k: v for k, v in env_vars.items() if k not in taken}
     return {"env_vars": env_vars} if env_vars else None
 
+
+#: OpenMP threads that wait for work sleep instead of spinning. A model actor's threads share
+#: their cores with the decode slot, the driver and whatever else runs on the node; spinning
+#: threads then burn the time slices the thread holding the work needs. Beside a CPU hog on 2
+#: cores one X3D-S forward took 1.9 s spinning and 0.31 s passive (0.93 s with 1 thread); alone
+#: passive costs ~10-15% per forward, and inside the job, where the cores are always shared, it
+#: measured within noise (bench/RESULTS.md, "CPU job beside other load"). A value the user
+#: exports is passed on instead.
+OMP_WAIT_POLICY = "PASSIVE"
 
 REACH_TIMEOUT_S = 5.0
 
