@@ -24,6 +24,7 @@ import json
 import os
 import re
 import signal
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -60,7 +61,8 @@ _PART = re.compile(r"part-(\d{8}T\d{6}Z-[0-9a-f]+)-\d+\.parquet")
 _COMPACT = re.compile(r"compact-([0-9a-f]{16})\.parquet")
 _DATE_DIR = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 _MANIFESTS = "_compactions"
-_READ_TRIES = 20
+_READ_TRIES = 40
+_READ_PAUSE_CAP_S = 1.0  # between tries of a read that met a file a compaction removed
 
 
 def crash_point(name: str) -> None:
@@ -182,9 +184,14 @@ def _dataset(output: str, files: list[LabelFile]) -> ds.Dataset:
 
 
 def _retrying(output: str, read: Callable[[ds.Dataset], pa.Table]) -> pa.Table:
-    """Run ``read`` over the current files; again if a compaction removed one meanwhile."""
+    """Run ``read`` over the current files; again if a compaction removed one meanwhile.
+
+    A read of many files can take longer than a compaction needs to commit its next merge, so
+    on a busy machine back-to-back tries could all meet a removed file; the pause between tries
+    grows (to ``_READ_PAUSE_CAP_S``) so that a reader outlasts a running compaction.
+    """
     last: Exception | None = None
-    for _ in range(_READ_TRIES):
+    for attempt in range(_READ_TRIES):
         files = live_files(output)
         if not files:
             return read(None)  # type: ignore[arg-type]
@@ -192,6 +199,7 @@ def _retrying(output: str, read: Callable[[ds.Dataset], pa.Table]) -> pa.Table:
             return read(_dataset(output, files))
         except (FileNotFoundError, OSError) as err:  # pyarrow's "file not found" is an OSError
             last = err
+        time.sleep(min(_READ_PAUSE_CAP_S, 0.01 * 2**attempt))
     raise storage.StorageError(f"{labels_dir(output)}: cannot read the labels ({' '.join(str(last).split())[:200]})")
 
 

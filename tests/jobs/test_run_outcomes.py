@@ -200,7 +200,7 @@ def test_published_rows_only_on_the_dataset_they_were_measured_on(tmp_path: Path
 
     def summary(dataset_name: str | None, **flags) -> dict:
         spec = resolve_dataset(dataset_name, **flags)
-        return build_summary(table, dataset=spec.name, model="x3d_tiny", views=30, protocol="mmaction2", checkpoint="c",
+        return build_summary(table, dataset=spec.name, versions={}, model="x3d_tiny", views=30, protocol="mmaction2", checkpoint="c",
                              checkpoint_sha256="0" * 64, wall_s=1.0, workers=[], output="o", published_on=spec.published)
 
     sample = summary("sample")
