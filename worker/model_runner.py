@@ -7,7 +7,8 @@ tests and benchmarks call directly.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+import warnings
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,8 +17,12 @@ import x3d
 from worker.decode_task import ModelSpec, ms_since, worker_name
 from worker.stages import NULL_TIMER, StageTimer
 from x3d.fusion import fold_batchnorm
-from x3d.predict import check_precision
-from x3d.protocol import fuse_views
+from x3d.predict import check_precision, to_device
+from x3d.protocol import fuse_views, gather_views
+
+#: what a model actor receives per video: uint8 views ``(V, T, h, w, 3)``, or (the decode task's
+#: payload) the distinct resized frames and the clip index into them (``x3d.views.PreparedFrames``)
+Payload = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
 __all__ = ["CPU_VOXELS_PER_FORWARD", "ModelRunner", "cpu_batch_size"]
 
@@ -45,12 +50,14 @@ class ModelRunner:
         batch_size: int | None = None,
         channels_last: bool | None = None,
         fold_bn: bool = True,
+        compile: bool = False,
     ):
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
         check_precision(spec.precision)
         self.protocol = spec.test_protocol()
+        self.plan = self.protocol.view_plan(spec.views)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = x3d.build_model(spec.preset)
         model.load_state_dict(dict(state_dict), strict=True)
@@ -63,6 +70,9 @@ class ModelRunner:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model.to(self.device).eval()
+        self.compiled = compile
+        if compile:  # opt-in (the GPU benchmark compares it): the first batches pay the compile
+            self.model = torch.compile(self.model, dynamic=True)
         # None on a CPU: the cache-sized default; on an accelerator, the whole call at once
         self.batch_size = batch_size or (cpu_batch_size(self.protocol) if self.device.type == "cpu" else None)
         self.name = worker_name()
@@ -77,6 +87,8 @@ class ModelRunner:
             "precision": self.spec.precision,
             "fold_bn": self.fold_bn,
             "batch_size": self.batch_size,
+            "channels_last": self.channels_last,
+            "compiled": self.compiled,
         }
 
     def timer(self) -> StageTimer:
@@ -85,14 +97,33 @@ class ModelRunner:
             return StageTimer(sync=lambda: torch.cuda.synchronize(self.device))
         return StageTimer()
 
-    def score(self, views: list[np.ndarray], timer: StageTimer = NULL_TIMER) -> tuple[list[np.ndarray], list[float]]:
+    def views_on_device(self, payload: Payload, timer: StageTimer = NULL_TIMER) -> torch.Tensor:
+        """One video's uint8 views on the model's device.
+
+        Frames cross to the device as they came (pinned and non-blocking on CUDA), and the clip
+        gather and crops run there (``x3d.protocol.gather_views``): the same bytes as
+        ``x3d.prepare_views``, with only the distinct frames copied.
+        """
+        if isinstance(payload, np.ndarray):
+            data = to_device(_host_tensor(payload), self.device)
+            timer.charge("h2d")
+            return data
+        frames, inverse = payload
+        data = to_device(_host_tensor(frames), self.device)
+        timer.charge("h2d")
+        views = gather_views(data, torch.from_numpy(np.asarray(inverse, dtype=np.int64)), self.plan)
+        timer.charge("preprocess")
+        return views
+
+    def score(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> tuple[list[np.ndarray], list[float]]:
         """Fused probabilities per video, and each video's share of the forward time.
 
         ``timer`` (the benchmark's) is charged from its last mark, so make it just before.
         """
-        counts = [v.shape[0] for v in views]
         start = time.perf_counter()
-        clips = np.concatenate(views)
+        views = [self.views_on_device(p, timer) for p in payloads]
+        counts = [v.shape[0] for v in views]
+        clips = torch.cat(views)
         timer.charge("preprocess")
         logits = x3d.predict_clips(
             self.model,
@@ -111,3 +142,15 @@ class ModelRunner:
         elapsed = ms_since(start)
         total = max(sum(counts), 1)
         return probs, [elapsed * c / total for c in counts]
+
+
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a (possibly read-only) array without a copy.
+
+    Arrays resolved from Ray's object store are read-only views of shared memory; they are
+    only ever read here (copied to the device or gathered), so torch's warning about writes
+    to a non-writable array does not apply.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
