@@ -15,7 +15,7 @@ import numpy as np
 
 from .decode import VideoInfo, VideoSource, read_frames
 from .presets import Preset, TestProtocol, ViewPlan
-from .protocol import clip_indices, make_views, resize_frames, resolve_protocol
+from .protocol import clip_indices, crop_offsets, make_views, resize_frames, resolve_protocol
 
 __all__ = ["PreparedFrames", "PreparedVideo", "prepare_frames", "prepare_views", "views_from_frames"]
 
@@ -34,9 +34,9 @@ class PreparedFrames:
     """The distinct resized frames ``(n, H, W, 3)`` uint8 of one video, each once, and the clip
     index ``inverse`` ``(clips, T)`` into them: ``frames[inverse]`` are the clips.
 
-    This is what the Ray job ships from a decode task to a model actor: overlapping clips share
-    frames and the three crops of a frame overlap, so it is ~44% of the views' bytes for X3D-S at
-    30 views on 340x256 video; the gather and crops (``views_from_frames`` here, its torch twin
+    ``frames`` are cut to the box the crops cover (``trim_to_crops``). This is what the Ray job
+    ships from a decode task to a model actor: overlapping clips share frames and the three crops
+    of a frame overlap, so it is ~44% of the views' bytes for X3D-S at 30 views on 340x256 video; the gather and crops (``views_from_frames`` here, its torch twin
     ``x3d.protocol.gather_views`` on the model's device) are pure indexing, so the views are
     the same bytes either way.
     """
@@ -98,7 +98,25 @@ def prepare_frames(
 
     frames, inverse, info = read_frames(source, indices_for, transform=resize)
     step("decode")
+    frames = trim_to_crops(frames, proto.view_plan(views))
+    step("preprocess")
     return PreparedFrames(frames, inverse, info, (time.perf_counter() - start) * 1000.0)
+
+
+def trim_to_crops(frames: np.ndarray, plan: ViewPlan) -> np.ndarray:
+    """Resized frames cut to the box the crops cover: what nothing reads is not shipped.
+
+    A centre crop keeps only its window (X3D-S at 10 views on 16:9 video: 182x182 of 182x324);
+    three crops cover the frame but for a column when the margin is odd. The crops of the trimmed
+    frame (``crop_offsets`` on its size) are the same pixels as those of the whole frame.
+    """
+    offsets = crop_offsets(frames.shape[1], frames.shape[2], plan)
+    size = plan.crop_size
+    y0, x0 = min(y for y, _ in offsets), min(x for _, x in offsets)
+    y1, x1 = max(y for y, _ in offsets) + size, max(x for _, x in offsets) + size
+    if (y0, x0, y1, x1) == (0, 0, frames.shape[1], frames.shape[2]):
+        return frames
+    return np.ascontiguousarray(frames[:, y0:y1, x0:x1])
 
 
 def _no_step(name: str) -> None:
