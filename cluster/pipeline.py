@@ -27,76 +27,18 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 import ray
-from ray.exceptions import ObjectLostError, RayActorError, RayError
+from ray.exceptions import RayActorError, RayError
 
 from cluster.actors import ModelActor
-from cluster.errors import ClusterError
+from cluster.config import PipelineConfig, Shard, VideoOutcome
+from cluster.errors import ClusterError, lost_input, short_error as _short
 from cluster.units import Entry, Group, Unit, node_lost, read_units
-from worker.decode_task import DecodeResult, ModelSpec, decode_unit
-from worker.items import VideoItem
+from worker.decode_task import DecodeResult, decode_unit
 
 __all__ = ["PipelineConfig", "Shard", "VideoOutcome", "run_pipeline"]
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    items: Sequence[VideoItem]
-
-
-@dataclass
-class VideoOutcome:
-    """What happened to one video; ``probs`` is None exactly when ``error`` is set."""
-
-    shard: int
-    position: int
-    item: VideoItem
-    probs: np.ndarray | None
-    error: str | None
-    num_views: int = 0
-    decode_ms: float = 0.0
-    infer_ms: float = 0.0
-    worker: str = ""
-    decode: DecodeResult | None = None  # the decode task's result (its stage times when timed)
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    spec: ModelSpec
-    num_actors: int = 1
-    actor_gpus: float = 0.0
-    actor_cpus: float = 1.0
-    actor_threads: int | None = None  # torch threads per actor; None = int(actor_cpus)
-    decode_slots: int = 1  # decode tasks running at once
-    decode_cpus: float = 1.0
-    batch_views: int = 30  # clips per actor call (whole videos, so it may run over)
-    batch_size: int | None = None  # clips per forward inside the actor; None = the whole call
-    decode_timeout_s: float = 300.0  # per video
-    # Videos per decode task: enough that the per-task cost vanishes, few enough that the frames
-    # of a unit are not a burst for the object store (cluster.sizing: small on CPU, large on GPU).
-    unit_videos: int = 1
-    # A unit sends what it decoded at least this often (ms): videos that take longer travel
-    # alone, and only those that decode in a blink share one pair of objects (cluster.units).
-    group_ms: float = 20.0
-    # Decode workers are recycled after about this many videos (whole units) to shed decord's
-    # leaks; each start costs ~0.2-0.5 s of CPU, so rarely (bench/RESULTS.md, "Pipeline ceiling").
-    max_decode_calls: int = 1024
-    decode_retries: int = 1  # a video whose decode worker crashed is retried this often, alone, then it is a row
-    actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
-    calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
-    extra_video_budget: int = 4
-    # The benchmark's switch: the decode tasks and model actors time their steps and every
-    # actor call's record goes to ``on_batch``. Off, each step costs a no-op call.
-    timed: bool = False
-    # Stand-ins for measuring the pipeline without real work (the benchmark's synthetic input):
-    # the same call signatures as ``decode_item`` (item, spec, timed) -> (DecodeResult, payload)
-    # and ``ModelActor``; the payload travels by ref from the decode task to the actor, unopened.
-    decode_fn: Callable[..., Any] | None = None
-    actor_body: type | None = None
 
 
 @dataclass
@@ -391,7 +333,7 @@ class _Pipeline:
             return
         except RayError as exc:
             good = [(e, r) for g in batch.groups for e, r in zip(g.entries, g.results) if r.error is None]
-            if _lost_input(exc):  # its decoded frames died with a node: decode again
+            if lost_input(exc):  # its decoded frames died with a node: decode again
                 self.pending.extendleft(reversed([e for e, _ in good]))
                 return
             for entry, result in good:
@@ -407,29 +349,6 @@ class _Pipeline:
             self.on_batch(record, scored)
         for outcome in scored:
             self._finish((outcome.shard, outcome.position), outcome)
-
-
-def _short(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(16):
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return False
-
-
-def _lost_input(exc: BaseException) -> bool:
-    """Inputs that died with a node: ObjectLostError and all its kinds (owner died,
-    reconstruction failed, fetch timed out)."""
-    return _caused_by(exc, ObjectLostError)
 
 
 def run_pipeline(

@@ -34,6 +34,7 @@ from typing import Any
 import ray
 from ray.exceptions import NodeDiedError, RayError
 
+from cluster.errors import caused_by
 from worker.decode_task import DecodeResult
 from worker.items import VideoItem
 
@@ -164,11 +165,4 @@ def _error_of(ref: Any) -> BaseException:
 
 def node_lost(exc: BaseException) -> bool:
     """The node went, not the video's fault (NodeDiedError anywhere in the cause chain)."""
-    seen: BaseException | None = exc
-    for _ in range(16):
-        if seen is None:
-            return False
-        if isinstance(seen, NodeDiedError):
-            return True
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return False
+    return caused_by(exc, NodeDiedError)
