@@ -72,6 +72,9 @@ def _model_flags() -> argparse.ArgumentParser:
     g.add_argument("--views", type=int, choices=[1, 3, 10, 30], help="test views per video [evaluate, benchmark: 30; label: 10]")
     g.add_argument("--protocol", help="test protocol of the preset [mmaction2]; e.g. mmaction2-0.x")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
+    g.add_argument("--memory-format", choices=("auto", "channels_last_3d", "ncdhw"), default="auto",
+                   help="model memory layout [auto: channels_last_3d on CPU, NCDHW on GPU]")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model in each actor (GPU: measure it with benchmark)")
     return p
 
 

@@ -26,11 +26,12 @@ __all__ = ["ModelActor"]
 class ModelActor:
     """Ray actor body: one ModelRunner, pinned to the device Ray granted."""
 
-    def __init__(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], threads: int, batch_size: int | None):
+    def __init__(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], threads: int, batch_size: int | None,
+                 options: Mapping[str, Any] | None = None):
         # The driver keeps the state dict's ref alive for the whole run, so a replacement actor
         # can resolve it again; Ray's warning about this at start-up is expected.
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-        self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size)
+        self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size, **(options or {}))
 
     def describe(self) -> dict[str, Any]:
         info = self.runner.describe()

@@ -72,3 +72,5 @@ class PipelineConfig:
     # and ``ModelActor``; the payload travels by ref from the decode task to the actor, unopened.
     decode_fn: Callable[..., Any] | None = None
     actor_body: type | None = None
+    # ModelRunner keyword arguments (channels_last, compile): the GPU benchmark's switches
+    runner_options: dict[str, Any] | None = None

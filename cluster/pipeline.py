@@ -24,6 +24,7 @@ memory and object-store use stay flat whatever the dataset size.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -115,7 +116,7 @@ class _Pipeline:
         self.busy = [0] * len(self.actors)
         self.videos_per_call = max(1, config.batch_views // max(config.spec.views, 1))
         self.max_in_flight = (
-            config.decode_slots * self.unit_videos
+            2 * config.decode_slots * self.unit_videos
             + len(self.actors) * config.calls_per_actor * self.videos_per_call
             + config.extra_video_budget
         )
@@ -124,7 +125,8 @@ class _Pipeline:
 
     def _start_actor(self, index: int) -> None:
         threads = self.config.actor_threads or max(1, int(self.config.actor_cpus))
-        actor = self.actor_cls.remote(self.config.spec, self.state_dict_ref, threads, self.config.batch_size)
+        extra = (self.config.runner_options,) if self.config.runner_options else ()
+        actor = self.actor_cls.remote(self.config.spec, self.state_dict_ref, threads, self.config.batch_size, *extra)
         self.actors[index] = actor
         # Ray queues this call until the actor is placed, which takes a free GPU (or CPU).
         self.starting[actor.describe.remote()] = index
@@ -138,6 +140,15 @@ class _Pipeline:
             return
         if not self.started_reported and not self.starting:
             self._report_start()
+
+    def close(self) -> None:
+        """End the actors now, not when Ray collects their handles: the next run (a benchmark's
+        next actor count) gets their GPUs and CPUs at once."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except (RayError, ValueError):
+                pass
 
     def _report_start(self) -> None:
         self.started_reported = True
@@ -204,8 +215,9 @@ class _Pipeline:
             if not waiting:
                 continue
             timeout = None
-            if self.units:
-                timeout = max(0.0, min(u.deadline for u in self.units.values()) - time.monotonic())
+            deadline = min((u.deadline for u in self.units.values()), default=math.inf)
+            if deadline < math.inf:
+                timeout = max(0.0, deadline - time.monotonic())
             done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
             if done:  # sweep everything else that is already finished too
                 done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
@@ -248,7 +260,8 @@ class _Pipeline:
 
     def _start_units(self) -> None:
         budget = max(self.max_in_flight, self.unit_videos)
-        while len(self.units) < self.config.decode_slots and self._in_flight() + self.unit_videos <= budget:
+        # One unit queued behind each running one: it starts the moment a slot frees.
+        while len(self.units) < 2 * self.config.decode_slots and self._in_flight() + self.unit_videos <= budget:
             entries, group_ms = self._next_unit()
             if not entries:
                 return
@@ -365,5 +378,8 @@ def run_pipeline(
     With ``config.timed`` each actor call's record (and its videos) goes to ``on_batch``.
     """
     pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard, on_batch, on_start)
-    pipeline.run()
+    try:
+        pipeline.run()
+    finally:
+        pipeline.close()
     return pipeline.described

@@ -3,8 +3,9 @@
 One task per video cost the driver ~2-4 ms of CPU per video (a task submission, a wait, a
 result) and capped a node at ~40-150 videos/s whatever the model (bench/RESULTS.md, "Pipeline
 ceiling"). A unit carries up to ``PipelineConfig.unit_videos`` videos and runs
-``worker.decode_task.decode_unit`` as a streaming generator. Per group of videos it yields two
-items, stored by Ray and owned by the driver (so they outlive a recycled worker): the videos'
+``worker.decode_task.decode_unit`` as a streaming generator. It says when it starts (units are
+queued one ahead of the running ones, so no decode slot waits on the driver, and a deadline
+runs only while its unit does); then per group of videos it yields two items, stored by Ray and owned by the driver (so they outlive a recycled worker): the videos'
 ``(DecodeResult, payload)`` pairs, which the driver forwards to a model actor unopened, then
 their results alone, which the driver reads. A group closes once ``group_ms`` have passed, so a
 video that takes longer than that travels alone; in a *careful* unit (``group_ms`` 0) every
@@ -27,6 +28,7 @@ do with each outcome.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,13 +70,11 @@ class Unit:
     entries: list[Entry]
     timeout_s: float
     group_ms: float = 0.0  # 0: careful, every video its own group
-    deadline: float = 0.0
+    deadline: float = math.inf  # none while it waits for a CPU: its clock starts when it runs
+    started: Any = None  # the stream's first item, until read: running (or the error that ended it)
     vouched: int = 0  # videos whose results have arrived
-    received: int = 0  # items read from the stream
+    received: int = 0  # items read from the stream after the first
     pairs: Any = None  # the latest group's pairs, until its results vouch for them
-
-    def __post_init__(self) -> None:
-        self._restart_clock()
 
     @property
     def careful(self) -> bool:
@@ -115,6 +115,15 @@ def read_units(units: list[Unit]) -> UnitEvents:
                 break
             if ref.is_nil():
                 break
+            if unit.started is None:  # small: "started", or the error of a task that never ran
+                unit.started = ref
+                try:
+                    ray.get(ref)
+                except RayError as exc:
+                    events.failed.append((unit, exc))
+                    break
+                unit._restart_clock()
+                continue
             unit.received += 1
             if unit.received % 2:
                 unit.pairs = ref

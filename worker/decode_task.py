@@ -105,6 +105,10 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
     return result, (prepared.frames, prepared.inverse)
 
 
+#: a decode unit's first item: it is running (queued units have no deadline yet)
+UNIT_STARTED = "started"
+
+
 def decode_unit(
     items: Sequence[VideoItem],
     spec: ModelSpec,
@@ -114,7 +118,8 @@ def decode_unit(
 ) -> Iterator[Any]:
     """Decode several videos one after another, streaming them back in small groups.
 
-    The body of the pipeline's decode task (a Ray streaming generator). Per group it yields
+    The body of the pipeline's decode task (a Ray streaming generator). It yields
+    ``UNIT_STARTED`` when it starts running, then per group
     the videos' ``(DecodeResult, payload)`` pairs, which the driver forwards to a model actor
     unopened, then the group's results alone, which the driver reads. A group closes before a
     video starts once ``group_ms`` have passed since the last one was sent (0: every video is
@@ -124,6 +129,7 @@ def decode_unit(
     ``decode_fn`` (default ``decode_item``) is the pipeline's stand-in hook.
     """
     decode = decode_fn or decode_item
+    yield UNIT_STARTED  # the deadlines run from here, not from the submission (it may have queued)
     group: list[tuple[DecodeResult, Any]] = []
     sent = time.perf_counter()
     for item in items:

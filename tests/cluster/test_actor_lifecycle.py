@@ -53,7 +53,7 @@ def _kill_first_actor(phase: str, stop: threading.Event, kill: dict) -> None:
     first: int | None = None
     while not stop.is_set():
         for pid, title in _titles().items():
-            if not title.startswith(TITLE):
+            if not title.startswith(TITLE) or pid in kill["before"]:
                 continue
             first = first or pid
             if pid == first and title == target:
@@ -76,7 +76,7 @@ def test_actor_lost_at_start_is_replaced(phase: str, evalset: EvalSet, ray_local
     config = dataclasses.replace(pipeline_config_for(spec), actor_body=SlowStartModelActor, decode_fn=slow_first_decode,
                                  unit_videos=len(items))
     rows: dict[int, list] = {}
-    stop, kill = threading.Event(), {}
+    stop, kill = threading.Event(), {"before": {p for p, t in _titles().items() if t.startswith(TITLE)}}
     killer = threading.Thread(target=_kill_first_actor, args=(phase, stop, kill), daemon=True)
     killer.start()
     try:
@@ -96,6 +96,7 @@ def test_actor_lost_at_start_is_replaced(phase: str, evalset: EvalSet, ray_local
     assert kill["pid"] not in scorers  # the killed one scored nothing: it died before (or in) its first call
     described = {int(a["worker"].rsplit(":", 1)[1]) for a in actors}
     assert scorers <= described
+    assert kill["before"] == set()  # the pipeline ends its actors when it is done
     if phase == "creation":
         assert kill["pid"] not in described  # it never answered
 

@@ -29,7 +29,7 @@ def test_frames_and_views_give_identical_scores(tmp_path: Path) -> None:
              for i, (n, h, w) in enumerate([(40, 48, 64), (9, 64, 80), (75, 56, 76)])]
     spec = ModelSpec(presets.X3D_TEST, VIEWS)
     state = presets.random_model(0).state_dict()
-    runner = ModelRunner(spec, state, device="cpu", threads=1)
+    runner = ModelRunner(spec, state, device="cpu")  # no threads=: it would set torch's for the whole session
 
     views = [x3d.prepare_views(str(p), presets.X3D_TEST, VIEWS).views for p in paths]
     frames = []
