@@ -74,9 +74,9 @@ class NullActor:
         return {"worker": f"null:{os.getpid()}", "device": "none", "accelerator": "none"}
 
     def score(self, timed, *groups):
-        zeros = np.zeros(self.classes, np.float32)
         videos = sum(len(g) for g in groups)
-        return [zeros] * videos, [0.0] * videos, f"null:{os.getpid()}", None
+        # one (videos, classes) array: one buffer to ship, its rows are the per-video scores
+        return np.zeros((videos, self.classes), np.float32), [0.0] * videos, f"null:{os.getpid()}", None
 
 
 def payload_bytes(payload) -> int:

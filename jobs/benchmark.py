@@ -157,7 +157,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 batch_index += 1
                 trial.on_batch(record, outcomes, time.perf_counter() - start)
 
+            cpu = time.process_time()  # the driver's CPU: the pipeline loop and Ray's threads in it
             run_pipeline(trial.shards(), configs[n], state_ref, on_video=trial.on_video, on_start=trial.on_start, on_batch=on_batch)
+            trial.driver_cpu_s = time.process_time() - cpu
             all_actors.extend(trial.actors)
             result = summarise_trial(trial, trial.records, configs[n])
             if trial.warm_end is None:
@@ -165,7 +167,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 raise JobError(f"{n} actor(s) never finished warming up ({trial.done} videos, {trial.failed} failed{why})")
             trials.append(result)
             v = result["videos_per_s"]
-            log(f"benchmark: {n} actor(s): {v['median']:.3g} videos/s (min {v['min']:.3g}, max {v['max']:.3g})")
+            log(f"benchmark: {n} actor(s): {v['median']:.3g} videos/s (min {v['min']:.3g}, max {v['max']:.3g}); "
+                f"driver CPU {result['driver_cpu_ms_per_video']} ms/video, object store {result['payload_mb_per_video']} MB/video, "
+                f"{result['decode_workers_per_1000']} decode workers per 1000 videos; units of {configs[n].unit_videos} videos")
             if result["note"]:
                 log(f"benchmark: note: {result['note']}")
         machine = machine_description(all_actors)

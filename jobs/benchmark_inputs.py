@@ -18,6 +18,7 @@ from worker.decode_task import DecodeResult, ModelSpec
 from worker.items import VideoItem
 from worker.stages import STAGES, maxrss_mb
 from x3d.protocol import resized_size
+from x3d.views import trim_to_crops
 
 __all__ = ["VideoStream", "synthetic_decode"]
 
@@ -32,7 +33,7 @@ def synthetic_decode(item: VideoItem, spec: ModelSpec, timed: bool = False) -> t
     """The decode task's stand-in for synthetic input: a payload of the real shape, no work.
 
     What ``decode_item`` ships for a 340x256 video whose clips do not overlap: its distinct
-    frames resized as the protocol says, and the clip index into them. Made once per worker and
+    frames resized as the protocol says and cut to the crops' box, and the clip index into them. Made once per worker and
     shape and reused, so the batch's decode stages are zero: the numbers are the pipeline's
     (object store, dispatch), the actor's crops and the model's alone.
     """
@@ -41,12 +42,13 @@ def synthetic_decode(item: VideoItem, spec: ModelSpec, timed: bool = False) -> t
     h, w = resized_size(*SYNTHETIC_SOURCE_HW, proto.resize_short)
     frames = plan.num_clips * proto.clip_len
     shape = (frames, h, w, 3)
-    if shape not in _BLANK:
-        _BLANK[shape] = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-    result = DecodeResult(error=None, num_views=plan.views)
+    if shape not in _BLANK:  # cut to the crops' box, as the real decode ships them
+        _BLANK[shape] = trim_to_crops(np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8), plan)
+    inverse = np.arange(frames).reshape(plan.num_clips, proto.clip_len)
+    result = DecodeResult(error=None, num_views=plan.views, payload_bytes=int(_BLANK[shape].nbytes + inverse.nbytes))
     if timed:
         result.stages, result.rss_mb = dict.fromkeys(STAGES, 0.0), maxrss_mb()
-    return result, (_BLANK[shape], np.arange(frames).reshape(plan.num_clips, proto.clip_len))
+    return result, (_BLANK[shape], inverse)
 
 
 class VideoStream:

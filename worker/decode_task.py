@@ -51,6 +51,7 @@ class DecodeResult:
     worker: str = field(default_factory=worker_name)
     stages: dict[str, float] | None = None  # seconds per stage, when the task was timed
     rss_mb: float | None = None  # the worker's peak RSS, when the task was timed
+    payload_bytes: int = 0  # what the video's payload puts in the object store
 
 
 def _source_for(item: VideoItem) -> x3d.decode.VideoSource:
@@ -99,7 +100,8 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
     except Exception as exc:  # an unexpected decoder failure must still be a row, not a crash
         return _failed(f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], start, timer, timed), None
     views = spec.test_protocol().view_plan(spec.views).views
-    result = DecodeResult(error=None, num_views=views, decode_ms=ms_since(start))
+    result = DecodeResult(error=None, num_views=views, decode_ms=ms_since(start),
+                          payload_bytes=int(prepared.frames.nbytes + prepared.inverse.nbytes))
     if timed:
         result.stages, result.rss_mb = timer.stages, maxrss_mb()
     return result, (prepared.frames, prepared.inverse)
