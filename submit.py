@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bm = sub.add_parser("benchmark", parents=[_dataset_flags(), *common],
                         help="throughput per model-actor count and where the time goes")
-    bm.add_argument("--synthetic", action="store_true", help="random uint8 views of the real shape: no reading or decoding [default]")
+    bm.add_argument("--synthetic", action="store_true", help="random uint8 frames of a 340x256 video in place of decoding: no reading or decoding [default]")
     bm.add_argument("--limit", type=_positive_int, help="cycle through only the first N videos [as many as the run reaches]")
     bm.add_argument("--num-actors", help="actor counts to measure, e.g. 1,2,4 [1,2,4,... up to the GPUs; 1 on CPU]")
     bm.add_argument("--duration", type=float, default=20.0, help="seconds per timed window [20]")

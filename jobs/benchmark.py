@@ -35,7 +35,7 @@ over the windows. A window counts the videos and clips the actors scored in it, 
 over the time its call ran (a batch half inside a window counts half), so the rate is the
 pipeline's steady-state rate even when a window is not much longer than a batch; a window that
 holds fewer than two batches per actor is flagged in ``note``. Synthetic mode replaces only the
-decode task (``jobs.benchmark_inputs.synthetic_decode``: random uint8 views of the real shape,
+decode task (``jobs.benchmark_inputs.synthetic_decode``: random uint8 frames of the real shape,
 made once per worker), so the numbers are the model's and the pipeline's (object store,
 dispatch), with no reading or decoding. Without ``--checkpoint`` the weights are random:
 speed does not depend on them, and the output says so.
@@ -191,7 +191,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         "input": "synthetic" if synthetic else cfg.dataset.name,
         "input_source": None if synthetic else (cfg.dataset.ann_file or cfg.dataset.data_root),
         "input_note": (
-            "synthetic uint8 views of the real shape: no reading or decoding, the pipeline and the model"
+            "synthetic uint8 frames of a 340x256 video (as the decode task ships them): no reading or decoding; the pipeline, the actor's crops and the model"
             if synthetic
             else f"videos of dataset {cfg.dataset.name!r}, cycled if the benchmark outlasts them"
         ),
