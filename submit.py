@@ -123,6 +123,9 @@ def _model_flags(presets: list[str], protocols: list[str]) -> argparse.ArgumentP
     g.add_argument("--views", type=int, choices=[1, 3, 10, 30], help="test views per video [evaluate, benchmark: 30; label: 10]")
     g.add_argument("--protocol", choices=protocols, help="test protocol of the preset [mmaction2]")
     g.add_argument("--precision", choices=PRECISIONS, default="fp32", help="forward pass: fp32 (the reference) or bf16 autocast [fp32]")
+    g.add_argument("--memory-format", choices=("auto", "channels_last_3d", "ncdhw"), default="auto",
+                   help="model memory layout [auto: channels_last_3d on CPU, NCDHW on GPU]")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model in each actor (GPU: measure it with benchmark)")
     return p
 
 
@@ -180,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bm = sub.add_parser("benchmark", parents=[_dataset_flags(datasets), *common],
                         help="throughput per model-actor count and where the time goes")
-    bm.add_argument("--synthetic", action="store_true", help="random uint8 views of the real shape: no reading or decoding [default]")
+    bm.add_argument("--synthetic", action="store_true", help="random uint8 frames of a 340x256 video in place of decoding: no reading or decoding [default]")
     bm.add_argument("--limit", type=_positive_int, help="cycle through only the first N videos [as many as the run reaches]")
     bm.add_argument("--num-actors", help="actor counts to measure, e.g. 1,2,4 [1,2,4,... up to the GPUs; 1 on CPU]")
     bm.add_argument("--duration", type=float, default=20.0, help="seconds per timed window [20]")

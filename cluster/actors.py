@@ -1,8 +1,9 @@
 """The model actor: Ray's callable-class shape around one ``worker.model_runner.ModelRunner``.
 
 ``__init__`` loads the model once, on whatever device Ray granted the actor (a GPU when it was
-given ``num_gpus``); ``score`` takes the decoded views of a batch of videos by reference and
-returns their fused probabilities. The pipeline (``cluster.pipeline``) declares the resources,
+given ``num_gpus``); ``score`` takes a batch of videos as the decode units streamed them, by
+reference (groups of ``(DecodeResult, payload)`` pairs, ``cluster.units``), scores those that
+decoded and returns their fused probabilities; the driver never opens a payload. The pipeline (``cluster.pipeline``) declares the resources,
 starts, watches and replaces these actors.
 """
 
@@ -16,8 +17,8 @@ import ray
 import torch
 
 from worker.cpus import owned_cpus
-from worker.decode_task import ModelSpec
-from worker.model_runner import ModelRunner
+from worker.decode_task import DecodeResult, ModelSpec
+from worker.model_runner import ModelRunner, Payload
 from worker.stages import NULL_TIMER, maxrss_mb
 
 __all__ = ["ModelActor"]
@@ -26,29 +27,40 @@ __all__ = ["ModelActor"]
 class ModelActor:
     """Ray actor body: one ModelRunner, pinned to the device Ray granted."""
 
-    def __init__(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], threads: int, batch_size: int | None):
+    def __init__(self, spec: ModelSpec, state_dict: Mapping[str, torch.Tensor], threads: int, batch_size: int | None,
+                 options: Mapping[str, Any] | None = None):
         # The driver keeps the state dict's ref alive for the whole run, so a replacement actor
         # can resolve it again; Ray's warning about this at start-up is expected.
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
         # The sizing's thread count (from Ray's view of the node), capped by the CPUs this
         # process may really use (affinity, cgroup quota): more threads than CPUs is the slow case.
         threads = owned_cpus(assigned=threads)
-        self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size)
+        self.runner = ModelRunner(spec, state_dict, device=device, threads=threads, batch_size=batch_size, **(options or {}))
 
     def describe(self) -> dict[str, Any]:
         info = self.runner.describe()
         info["node"] = ray.get_runtime_context().get_node_id()
         return info
 
-    def score(self, timed: bool, *views: np.ndarray) -> tuple[list[np.ndarray], list[float], str, dict[str, Any] | None]:
-        """Probabilities and forward time per video, the actor's name and, when ``timed``, the
-        batch's record for the benchmark (start and end, stages, memory, accelerator use)."""
+    def score(
+        self, timed: bool, *groups: list[tuple[DecodeResult, Payload | None]]
+    ) -> tuple[list[np.ndarray | None], list[float], str, dict[str, Any] | None]:
+        """Probabilities (None where the decode failed) and forward time per video of the groups,
+        in order, the actor's name and, when ``timed``, the batch's record for the benchmark
+        (start and end, stages, memory, accelerator use)."""
+        pairs = [pair for group in groups for pair in group]
+        good = [i for i, (result, _) in enumerate(pairs) if result.error is None]
+        probs: list[np.ndarray | None] = [None] * len(pairs)
+        infer_ms = [0.0] * len(pairs)
+        timer = self.runner.timer() if timed else NULL_TIMER
+        started_at, start = time.time(), time.perf_counter()
+        timer.skip()
+        if good:
+            scored, ms = self.runner.score([pairs[i][1] for i in good], timer)
+            for i, p, m in zip(good, scored, ms):
+                probs[i], infer_ms[i] = p, m
         if not timed:
-            probs, infer_ms = self.runner.score(list(views), NULL_TIMER)
             return probs, infer_ms, self.runner.name, None
-        timer = self.runner.timer()
-        started_at, start = time.time(), timer.mark
-        probs, infer_ms = self.runner.score(list(views), timer)
         wall = time.perf_counter() - start
         cuda = self.runner.device.type == "cuda"
         record = {

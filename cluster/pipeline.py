@@ -1,107 +1,58 @@
-"""The Ray half of every job: decode tasks feed model actors, and the driver keeps score.
+"""The Ray half of every job: decode units feed model actors, and the driver keeps score.
 
-Shape: CPU tasks decode one video each (killable: a hung decode is cancelled at its deadline,
-a crashed one is retried once by Ray, and workers are recycled after ``max_decode_calls`` to
-shed decord's leaks). Their uint8 views stay in the object store; the driver only sees a small
-result and forwards the views' refs to a model actor, which resolves them next to the model.
-Model actors are spread over the nodes. When one is lost (its process or its whole node died)
-the driver does not wait for it: its calls fail at once (Ray retries none), their batches go
-back to the queue for the live actors, and a replacement actor is started, which gets work once
-it answers a first call. It may never answer, if the GPU it needs went with a lost node; the run
-finishes on the other actors all the same. Decoded views that died with a node are decoded
-again, and so is a video whose decode task died with a node. Every video's outcome is recorded
-once, keyed by (shard, position), so retries can never produce a second row. A shard is handed to
+Shape: CPU tasks decode *units* of several videos each (``cluster.units``: a streaming task
+that sends each video back as it is done, so a hung video times out alone, a crashed worker
+costs the others only a resubmission, and a worker serves ``max_decode_calls`` videos before
+Ray recycles it to shed decord's leaks). A video's payload is its distinct resized frames,
+uint8; it stays in the object store and the driver only forwards its ref to a model actor,
+which gathers, crops and normalises the views on its device. An actor call carries as many
+videos as ``batch_views`` clips (large on a GPU), so the driver's work per video is a small
+share of one task and one call.
+
+Model actors are spread over the nodes. Every phase of an actor's life is covered: one that is
+lost while it starts (its constructor killed, an OOM while loading the model, its node gone),
+before its first call or during any call does not fail the run: its calls fail at once (Ray
+retries none), their videos go back to the queue for the live actors, and a replacement is
+started, which gets work once it answers. It may never answer, if the GPU it needs went with a
+lost node; the run finishes on the other actors all the same. When replacements keep dying the
+run ends with one ``ClusterError`` line. Decoded frames that died with a node are decoded again,
+and so are videos whose decode task died with a node. Every video's outcome is recorded once,
+keyed by (shard, position), so retries can never produce a second row. A shard is handed to
 ``on_shard`` as soon as its last video is done. The number of videos in flight is bounded, so
 memory and object-store use stay flat whatever the dataset size.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator
 
-import numpy as np
 import ray
-from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, RayError, TaskCancelledError
+from ray.exceptions import RayActorError, RayError
 
 from cluster.actors import ModelActor
-from worker.decode_task import DecodeResult, ModelSpec, decode_item
-from worker.items import VideoItem
+from cluster.config import PipelineConfig, Shard, VideoOutcome
+from cluster.errors import ClusterError, lost_input, short_error as _short
+from cluster.units import Entry, Group, Unit, node_lost, read_units
+from worker.decode_task import DecodeResult, decode_unit
 
 __all__ = ["PipelineConfig", "Shard", "VideoOutcome", "run_pipeline"]
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    items: Sequence[VideoItem]
-
-
-@dataclass
-class VideoOutcome:
-    """What happened to one video; ``probs`` is None exactly when ``error`` is set."""
-
-    shard: int
-    position: int
-    item: VideoItem
-    probs: np.ndarray | None
-    error: str | None
-    num_views: int = 0
-    decode_ms: float = 0.0
-    infer_ms: float = 0.0
-    worker: str = ""
-    decode: DecodeResult | None = None  # the decode task's result (its stage times when timed)
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    spec: ModelSpec
-    num_actors: int = 1
-    actor_gpus: float = 0.0
-    actor_cpus: float = 1.0
-    actor_threads: int | None = None  # torch threads per actor; None = int(actor_cpus)
-    decode_slots: int = 1  # decode tasks running at once
-    decode_cpus: float = 1.0
-    batch_views: int = 30  # clips per actor call (whole videos, so it may run over)
-    batch_size: int | None = None  # clips per forward inside the actor; None = the whole call
-    decode_timeout_s: float = 300.0
-    max_decode_calls: int = 64  # recycle decode workers after this many videos
-    decode_retries: int = 1  # a crashed decode worker is retried this often, then it is a row
-    actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
-    calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
-    extra_video_budget: int = 4
-    # The benchmark's switch: the decode tasks and model actors time their steps and every
-    # actor call's record goes to ``on_batch``. Off, each step costs a no-op call.
-    timed: bool = False
-    # Stand-ins for measuring the pipeline without real work (the benchmark's synthetic input):
-    # the same call signatures as ``decode_item`` (item, spec, timed) -> (DecodeResult, views)
-    # and ``ModelActor``; the views travel by ref from the decode task to the actor, unopened.
-    decode_fn: Callable[..., Any] | None = None
-    actor_body: type | None = None
-
-
-@dataclass
-class _Decoding:
-    key: tuple[int, int]
-    item: VideoItem
-    views_ref: Any
-    deadline: float
-
-
-@dataclass
-class _Decoded:
-    key: tuple[int, int]
-    item: VideoItem
-    result: DecodeResult
-    views_ref: Any
 
 
 @dataclass
 class _Batch:
     actor: int
-    videos: list[_Decoded] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+
+    def videos(self) -> int:
+        return sum(_good(g) for g in self.groups)
+
+
+def _good(group: Group) -> int:
+    return sum(r.error is None for r in group.results)
 
 
 class _Pipeline:
@@ -113,28 +64,35 @@ class _Pipeline:
         on_video: Callable[[VideoOutcome], None],
         on_shard: Callable[[int, list[VideoOutcome]], None],
         on_batch: Callable[[dict[str, Any], list[VideoOutcome]], None] | None = None,
+        on_start: Callable[[list[dict[str, Any]]], None] | None = None,
     ):
         self.config = config
         self.on_batch = on_batch
+        self.on_start = on_start
         self.state_dict_ref = state_dict_ref  # held for the whole run: restarted actors re-read it
         self.on_video = on_video
         self.on_shard = on_shard
         # Shards are pulled lazily, so a streaming listing starts work before it ends.
         self.shards: Iterator[Shard] | None = iter(shards)
-        self.pending: deque[tuple[tuple[int, int], VideoItem]] = deque()
+        self.pending: deque[Entry] = deque()
+        self.solo: deque[Entry] = deque()  # videos whose decode worker crashed: retried alone
+        self.careful: deque[Entry] = deque()  # videos a grouping unit lost unannounced (cluster.units)
+        self.crashes: dict[tuple[int, int], int] = {}
         self.remaining: dict[int, int] = {}
         self.outcomes: dict[int, dict[int, VideoOutcome]] = {}
-        self.decoding: dict[Any, _Decoding] = {}
-        self.ready: deque[_Decoded] = deque()
+        self.units: dict[Any, Unit] = {}  # stream -> its unit
+        self.ready: deque[Group] = deque()  # decoded groups with a video to score
         self.scoring: dict[Any, _Batch] = {}
-        # decode_item lives in a module without torch, so decode workers (recycled every
-        # max_decode_calls videos) start without loading it; a Ray task runs in the process
-        # that imports its function's module.
-        self.decode_fn = ray.remote(max_calls=config.max_decode_calls)(config.decode_fn or decode_item).options(
-            num_returns=2,
+        self.unit_videos = max(1, config.unit_videos)
+        # decode_unit lives in a module without torch, so decode workers start without loading
+        # it; a Ray task runs in the process that imports its function's module. Ray retries no
+        # unit: the driver knows which video was in progress and retries the others itself.
+        self.decode_task = ray.remote(
+            num_returns="streaming",
+            max_calls=max(1, config.max_decode_calls // self.unit_videos),
             num_cpus=config.decode_cpus,
-            max_retries=config.decode_retries,
-        )
+            max_retries=0,
+        )(decode_unit)
         self.actor_cls = ray.remote(config.actor_body or ModelActor).options(
             num_gpus=config.actor_gpus,
             num_cpus=config.actor_cpus,
@@ -145,28 +103,91 @@ class _Pipeline:
             max_task_retries=0,
             scheduling_strategy="SPREAD",  # one per node first: a node loss costs the fewest actors
         )
-        self.actors = [self._new_actor() for _ in range(config.num_actors)]
-        self.busy = [0] * len(self.actors)
-        self.starting: dict[Any, int] = {}  # first call of a replacement actor -> its index
+        # Every actor starts as a replacement does: it gets work once it answers describe(),
+        # and one lost while it starts is replaced like one lost later.
+        self.actors: list[Any] = []
+        self.starting: dict[Any, int] = {}  # describe() of an actor not yet answered -> its index
+        self.described: list[dict[str, Any]] = []
+        self.started_reported = False
         self.replacements = 0
+        for index in range(config.num_actors):
+            self.actors.append(None)
+            self._start_actor(index)
+        self.busy = [0] * len(self.actors)
         self.videos_per_call = max(1, config.batch_views // max(config.spec.views, 1))
         self.max_in_flight = (
-            config.decode_slots + len(self.actors) * config.calls_per_actor * self.videos_per_call + config.extra_video_budget
+            2 * config.decode_slots * self.unit_videos
+            + len(self.actors) * config.calls_per_actor * self.videos_per_call
+            + config.extra_video_budget
         )
 
     # ------------------------------------------------------------------ actors
 
-    def _new_actor(self):
+    def _start_actor(self, index: int) -> None:
         threads = self.config.actor_threads or max(1, int(self.config.actor_cpus))
-        return self.actor_cls.remote(self.config.spec, self.state_dict_ref, threads, self.config.batch_size)
+        extra = (self.config.runner_options,) if self.config.runner_options else ()
+        actor = self.actor_cls.remote(self.config.spec, self.state_dict_ref, threads, self.config.batch_size, *extra)
+        self.actors[index] = actor
+        # Ray queues this call until the actor is placed, which takes a free GPU (or CPU).
+        self.starting[actor.describe.remote()] = index
 
-    def describe_actors(self) -> list[dict[str, Any]]:
-        return ray.get([a.describe.remote() for a in self.actors])
+    def _on_started(self, ref: Any) -> None:
+        index = self.starting.pop(ref)
+        try:
+            self.described.append(ray.get(ref))
+        except RayError as exc:  # lost while starting, or its constructor failed: again
+            self._replace_actor(index, exc)
+            return
+        if not self.started_reported and not self.starting:
+            self._report_start()
+
+    def close(self) -> None:
+        """End the actors now, not when Ray collects their handles: the next run (a benchmark's
+        next actor count) gets their GPUs and CPUs at once."""
+        for actor in self.actors:
+            try:
+                ray.kill(actor, no_restart=True)
+            except (RayError, ValueError):
+                pass
+
+    def _report_start(self) -> None:
+        self.started_reported = True
+        if self.on_start is not None:
+            self.on_start(list(self.described))
+
+    def _replace_actor(self, index: int, cause: BaseException) -> None:
+        """Replace a lost actor (a bounded number of times); its other calls are redone too.
+
+        Those calls fail soon or have failed already; their batches go back to the queue now
+        and a late result, if one comes, is never looked at (the first outcome of a video stands).
+        """
+        for ref, batch in list(self.scoring.items()):
+            if batch.actor == index:
+                del self.scoring[ref]
+                self.ready.extendleft(reversed(batch.groups))
+        for ref, i in list(self.starting.items()):
+            if i == index:
+                del self.starting[ref]
+        if index < len(self.busy):
+            self.busy[index] = 0
+        self.replacements += 1
+        if self.replacements > self.config.actor_restarts * len(self.actors) + 2:
+            raise ClusterError(
+                f"model actors keep dying ({self.replacements} lost; last: {_short(cause)}); "
+                "see the Ray logs (ray logs / dashboard) for the cause"
+            )
+        try:
+            ray.kill(self.actors[index], no_restart=True)  # if it only lost touch, it holds a GPU
+        except (RayError, ValueError):
+            pass
+        self._start_actor(index)
 
     # ------------------------------------------------------------------ bookkeeping
 
     def _in_flight(self) -> int:
-        return len(self.decoding) + len(self.ready) + sum(len(b.videos) for b in self.scoring.values())
+        decoding = sum(len(u.entries) - u.vouched for u in self.units.values())
+        ready = sum(len(g.entries) for g in self.ready)
+        return decoding + ready + sum(b.videos() for b in self.scoring.values())
 
     def _finish(self, key: tuple[int, int], outcome: VideoOutcome) -> None:
         shard, position = key
@@ -179,32 +200,38 @@ class _Pipeline:
             done = self.outcomes.pop(shard)
             self.on_shard(shard, [done[p] for p in sorted(done)])
 
-    def _fail(self, key: tuple[int, int], item: VideoItem, error: str, decode_ms: float = 0.0, worker: str = "") -> None:
-        self._finish(key, VideoOutcome(key[0], key[1], item, None, error, decode_ms=decode_ms, worker=worker))
+    def _fail(self, entry: Entry, error: str, result: DecodeResult | None = None) -> None:
+        decode_ms, worker = (result.decode_ms, result.worker) if result is not None else (0.0, "")
+        self._finish(entry.key, VideoOutcome(entry.key[0], entry.key[1], entry.item, None, error,
+                                             decode_ms=decode_ms, worker=worker, decode=result))
 
     # ------------------------------------------------------------------ the loop
 
     def run(self) -> None:
-        while self.shards is not None or self.pending or self.decoding or self.ready or self.scoring:
-            self._start_decodes()
+        while self.shards is not None or self.pending or self.solo or self.careful or self.units or self.ready or self.scoring:
+            self._start_units()
             self._dispatch()
-            refs = list(self.decoding) + list(self.scoring) + list(self.starting)
-            if not refs:
+            waiting = list(self.units) + list(self.scoring) + list(self.starting)
+            if not waiting:
                 continue
             timeout = None
-            if self.decoding:
-                timeout = max(0.0, min(d.deadline for d in self.decoding.values()) - time.monotonic())
-            done, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+            deadline = min((u.deadline for u in self.units.values()), default=math.inf)
+            if deadline < math.inf:
+                timeout = max(0.0, deadline - time.monotonic())
+            done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
             if done:  # sweep everything else that is already finished too
-                done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0)
+            streams = [self.units[r] for r in done if r in self.units]
+            if streams:
+                self._on_streams(streams)
             for ref in done:
-                if ref in self.decoding:
-                    self._on_decoded(ref)
-                elif ref in self.scoring:
+                if ref in self.scoring:
                     self._on_scored(ref)
                 elif ref in self.starting:
                     self._on_started(ref)
-            self._expire_decodes()
+            self._expire_units()
+        if not self.started_reported:
+            self._report_start()
 
     def _pull_shard(self) -> bool:
         """Queue the next non-empty shard's videos; False once the shards are exhausted."""
@@ -217,145 +244,124 @@ class _Pipeline:
                 continue
             self.remaining[shard.index] = len(shard.items)
             self.outcomes[shard.index] = {}
-            self.pending.extend(((shard.index, pos), item) for pos, item in enumerate(shard.items))
+            self.pending.extend(Entry((shard.index, pos), item) for pos, item in enumerate(shard.items))
             return True
         return False
 
-    def _start_decodes(self) -> None:
-        if not self.pending:
-            self._pull_shard()
-        while self.pending and len(self.decoding) < self.config.decode_slots and self._in_flight() < self.max_in_flight:
-            key, item = self.pending.popleft()
-            meta_ref, views_ref = self.decode_fn.remote(item, self.config.spec, self.config.timed)
-            self.decoding[meta_ref] = _Decoding(key, item, views_ref, time.monotonic() + self.config.decode_timeout_s)
-            if not self.pending:
-                self._pull_shard()
+    def _next_unit(self) -> tuple[list[Entry], float]:
+        """The next unit's videos, and how long it may gather them into one group (0: careful)."""
+        if self.solo:
+            return [self.solo.popleft()], 0.0
+        if self.careful:
+            return [self.careful.popleft() for _ in range(min(self.unit_videos, len(self.careful)))], 0.0
+        while len(self.pending) < self.unit_videos and self._pull_shard():
+            pass
+        return [self.pending.popleft() for _ in range(min(self.unit_videos, len(self.pending)))], self.config.group_ms
+
+    def _start_units(self) -> None:
+        budget = max(self.max_in_flight, self.unit_videos)
+        # One unit queued behind each running one: it starts the moment a slot frees.
+        while len(self.units) < 2 * self.config.decode_slots and self._in_flight() + self.unit_videos <= budget:
+            entries, group_ms = self._next_unit()
+            if not entries:
+                return
+            decode_fn = self.config.decode_fn  # None: decode_item, named in the task's own module
+            stream = self.decode_task.remote([e.item for e in entries], self.config.spec, self.config.timed, decode_fn, group_ms)
+            self.units[stream] = Unit(stream, entries, self.config.decode_timeout_s, group_ms)
 
     def _dispatch(self) -> None:
-        more_coming = bool(self.pending or self.decoding or self.shards is not None)
+        more_coming = bool(self.pending or self.solo or self.careful or self.units or self.shards is not None)
         live = set(range(len(self.actors))) - set(self.starting.values())
         for actor in sorted(live, key=lambda a: self.busy[a]):
             while self.ready and self.busy[actor] < self.config.calls_per_actor:
-                batch_is_full = sum(d.result.num_views for d in self.ready) >= self.config.batch_views
-                if more_coming and not batch_is_full and self.busy[actor] > 0:
+                if more_coming and self.busy[actor] > 0 and sum(_good(g) for g in self.ready) < self.videos_per_call:
                     break  # wait for a fuller batch; this actor still has work
                 batch = _Batch(actor)
-                views = 0
-                while self.ready and (views < self.config.batch_views or not batch.videos):
-                    video = self.ready.popleft()
-                    batch.videos.append(video)
-                    views += video.result.num_views
-                ref = self.actors[actor].score.remote(self.config.timed, *[v.views_ref for v in batch.videos])
+                videos = 0
+                while self.ready and (videos < self.videos_per_call or not batch.groups):
+                    group = self.ready.popleft()
+                    batch.groups.append(group)
+                    videos += _good(group)
+                ref = self.actors[actor].score.remote(self.config.timed, *[g.ref for g in batch.groups])
                 self.scoring[ref] = batch
                 self.busy[actor] += 1
 
-    def _on_decoded(self, meta_ref: Any) -> None:
-        job = self.decoding.pop(meta_ref)
-        try:
-            result: DecodeResult = ray.get(meta_ref)
-        except TaskCancelledError:
-            return  # already recorded as a timeout
-        except RayError as exc:
-            if _caused_by(exc, NodeDiedError):  # the node went, not the video's fault: again
-                self.pending.appendleft((job.key, job.item))
-                return
-            self._fail(job.key, job.item, f"{job.item.key}: decode worker failed ({_short(exc)})")
+    def _on_streams(self, units: list[Unit]) -> None:
+        events = read_units(units)
+        for group in events.decoded:
+            for entry, result in zip(group.entries, group.results):
+                if result.error is not None:
+                    self._fail(entry, result.error, result)
+            if _good(group):
+                self.ready.append(group)
+        for unit in events.finished:
+            del self.units[unit.stream]
+        for unit, exc in events.failed:
+            if self.units.pop(unit.stream, None) is not None:
+                self._on_unit_failed(unit, exc)
+
+    def _on_unit_failed(self, unit: Unit, exc: BaseException) -> None:
+        rest = unit.rest()
+        if node_lost(exc):  # the node went, not the videos' fault: all of them again
+            self.pending.extendleft(reversed(rest))
             return
-        if result.error is not None:
-            self._finish(job.key, VideoOutcome(job.key[0], job.key[1], job.item, None, result.error,
-                                               decode_ms=result.decode_ms, worker=result.worker, decode=result))
+        if not unit.careful:  # which video it was died with the worker: find out carefully
+            self.careful.extendleft(reversed(rest))
+            return
+        suspect, others = rest[0], rest[1:]
+        self.pending.extendleft(reversed(others))
+        crashes = self.crashes.get(suspect.key, 0) + 1
+        self.crashes[suspect.key] = crashes
+        if crashes > self.config.decode_retries:
+            self._fail(suspect, f"{suspect.item.key}: decode worker failed ({_short(exc)})")
         else:
-            self.ready.append(_Decoded(job.key, job.item, result, job.views_ref))
+            self.solo.append(suspect)  # alone, so a second crash costs nobody else a retry
+
+    def _expire_units(self) -> None:
+        now = time.monotonic()
+        expired = [u for u in self.units.values() if u.deadline <= now]
+        if not expired:
+            return
+        self._on_streams(expired)  # what came in just now still counts
+        for unit in expired:
+            if unit.stream not in self.units or unit.deadline > now:
+                continue
+            del self.units[unit.stream]
+            ray.cancel(unit.stream, force=True)  # kills the worker process that is stuck in decord
+            rest = unit.rest()
+            if not unit.careful or unit.pairs is not None:  # which one hangs is not known: again, carefully
+                self.careful.extendleft(reversed(rest))
+                continue
+            self.pending.extendleft(reversed(rest[1:]))
+            self._fail(rest[0], f"{rest[0].item.key}: decode timed out after {self.config.decode_timeout_s:g} s")
 
     def _on_scored(self, ref: Any) -> None:
         batch = self.scoring.pop(ref)
         self.busy[batch.actor] -= 1
         try:
             probs, infer_ms, worker, record = ray.get(ref)
-        except RayActorError:
-            self.ready.extendleft(reversed(batch.videos))  # redo the batch on the live actors
-            self._replace_actor(batch.actor)
+        except RayActorError as exc:
+            self.ready.extendleft(reversed(batch.groups))  # redo the batch on the live actors
+            self._replace_actor(batch.actor, exc)
             return
         except RayError as exc:
-            if _lost_input(exc):
-                for video in batch.videos:  # its decoded views died with a node: decode again
-                    self.pending.appendleft((video.key, video.item))
+            good = [(e, r) for g in batch.groups for e, r in zip(g.entries, g.results) if r.error is None]
+            if lost_input(exc):  # its decoded frames died with a node: decode again
+                self.pending.extendleft(reversed([e for e, _ in good]))
                 return
-            for video in batch.videos:
-                self._fail(video.key, video.item, f"{video.item.key}: inference failed ({_short(exc)})", video.result.decode_ms)
+            for entry, result in good:
+                self._fail(entry, f"{entry.item.key}: inference failed ({_short(exc)})", result)
             return
-        outcomes = [
-            VideoOutcome(
-                video.key[0], video.key[1], video.item, p, None, video.result.num_views, video.result.decode_ms, ms, worker,
-                decode=video.result,
-            )
-            for video, p, ms in zip(batch.videos, probs, infer_ms)
-        ]
-        if self.on_batch is not None and record is not None:
-            self.on_batch(record, outcomes)
-        for outcome in outcomes:
+        scored = []
+        videos = [(e, r) for g in batch.groups for e, r in zip(g.entries, g.results)]
+        for (entry, result), p, ms in zip(videos, probs, infer_ms):
+            if result.error is None:  # the others are error rows already
+                scored.append(VideoOutcome(entry.key[0], entry.key[1], entry.item, p, None, result.num_views,
+                                           result.decode_ms, ms, worker, decode=result))
+        if self.on_batch is not None and record is not None and scored:
+            self.on_batch(record, scored)
+        for outcome in scored:
             self._finish((outcome.shard, outcome.position), outcome)
-
-    def _replace_actor(self, index: int) -> None:
-        """Replace a lost actor (a bounded number of times); its other calls are redone too.
-
-        Those calls fail soon or have failed already; their batches go back to the queue now
-        and a late result, if one comes, is never looked at (the first outcome of a video stands).
-        """
-        for ref, batch in list(self.scoring.items()):
-            if batch.actor == index:
-                del self.scoring[ref]
-                self.ready.extendleft(reversed(batch.videos))
-        self.busy[index] = 0
-        self.replacements += 1
-        if self.replacements > self.config.actor_restarts * len(self.actors) + 2:
-            raise RuntimeError("model actors keep dying; see the Ray logs (ray logs / dashboard) for the cause")
-        try:
-            ray.kill(self.actors[index], no_restart=True)  # if it only lost touch, it holds a GPU
-        except (RayError, ValueError):
-            pass
-        self.actors[index] = self._new_actor()
-        # Work goes to it once it answers: Ray queues this call until the actor is placed,
-        # which takes a free GPU (or CPU) somewhere in the cluster.
-        self.starting[self.actors[index].describe.remote()] = index
-
-    def _on_started(self, ref: Any) -> None:
-        index = self.starting.pop(ref)
-        try:
-            ray.get(ref)
-        except RayError:  # died before its first call (or its constructor failed): again
-            self._replace_actor(index)
-
-    def _expire_decodes(self) -> None:
-        now = time.monotonic()
-        for ref, job in list(self.decoding.items()):
-            if job.deadline <= now:
-                del self.decoding[ref]
-                ray.cancel(ref, force=True)  # kills the worker process that is stuck in decord
-                self._fail(job.key, job.item, f"{job.item.key}: decode timed out after {self.config.decode_timeout_s:g} s")
-
-
-def _short(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    seen: BaseException | None = exc
-    for _ in range(16):
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return False
-
-
-def _lost_input(exc: BaseException) -> bool:
-    """Inputs that died with a node: ObjectLostError and all its kinds (owner died,
-    reconstruction failed, fetch timed out)."""
-    return _caused_by(exc, ObjectLostError)
 
 
 def run_pipeline(
@@ -371,9 +377,9 @@ def run_pipeline(
 
     With ``config.timed`` each actor call's record (and its videos) goes to ``on_batch``.
     """
-    pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard, on_batch)
-    actors = pipeline.describe_actors()
-    if on_start is not None:
-        on_start(actors)
-    pipeline.run()
-    return actors
+    pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard, on_batch, on_start)
+    try:
+        pipeline.run()
+    finally:
+        pipeline.close()
+    return pipeline.described

@@ -13,7 +13,7 @@ from cluster.errors import ClusterError
 from cluster.pipeline import PipelineConfig
 from worker.decode_task import ModelSpec
 
-__all__ = ["ClusterShape", "size_pipeline"]
+__all__ = ["ClusterShape", "GPU_CLIPS_PER_CALL", "size_pipeline", "unit_videos_for"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ def size_pipeline(
         if needed > shape.cpus:
             raise ClusterError(f"--num-actors {actors} needs {needed:g} CPUs but the cluster has {shape.cpus:g}")
     views = spec.views
-    batch_views = batch_size or (max(60, views) if actor_gpus else max(views, 30))
+    batch_views = batch_size or (max(GPU_CLIPS_PER_CALL, views) if actor_gpus else max(views, 30))
     return PipelineConfig(
         spec=spec,
         num_actors=actors,
@@ -73,4 +73,20 @@ def size_pipeline(
         batch_views=batch_views,
         batch_size=batch_size,
         decode_timeout_s=decode_timeout_s,
+        unit_videos=unit_videos_for(batch_views, views),
     )
+
+
+#: Clips per actor call on a GPU: X3D-S at 256 clips is ~330 MB of uint8 input, enough to keep
+#: an H200 busy between calls (not yet measured on one; ``submit.py benchmark`` says).
+GPU_CLIPS_PER_CALL = 256
+
+
+def unit_videos_for(batch_views: int, views: int) -> int:
+    """Videos per decode unit: about two actor calls' worth, 4 to 64.
+
+    Enough that the per-task cost vanishes against the model's (tiny models, GPUs), few enough
+    that a unit's frames are no burst for the object store and a CPU job starts scoring soon.
+    """
+    per_call = max(1, batch_views // max(views, 1))
+    return max(4, min(64, 2 * per_call))

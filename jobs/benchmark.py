@@ -35,7 +35,7 @@ over the windows. A window counts the videos and clips the actors scored in it, 
 over the time its call ran (a batch half inside a window counts half), so the rate is the
 pipeline's steady-state rate even when a window is not much longer than a batch; a window that
 holds fewer than two batches per actor is flagged in ``note``. Synthetic mode replaces only the
-decode task (``jobs.benchmark_inputs.synthetic_decode``: random uint8 views of the real shape,
+decode task (``jobs.benchmark_inputs.synthetic_decode``: random uint8 frames of the real shape,
 made once per worker), so the numbers are the model's and the pipeline's (object store,
 dispatch), with no reading or decoding. Without ``--checkpoint`` the weights are random:
 speed does not depend on them, and the output says so.
@@ -157,7 +157,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 batch_index += 1
                 trial.on_batch(record, outcomes, time.perf_counter() - start)
 
+            cpu = time.process_time()  # the driver's CPU: the pipeline loop and Ray's threads in it
             run_pipeline(trial.shards(), configs[n], state_ref, on_video=trial.on_video, on_start=trial.on_start, on_batch=on_batch)
+            trial.driver_cpu_s = time.process_time() - cpu
             all_actors.extend(trial.actors)
             result = summarise_trial(trial, trial.records, configs[n])
             if trial.warm_end is None:
@@ -165,7 +167,9 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 raise JobError(f"{n} actor(s) never finished warming up ({trial.done} videos, {trial.failed} failed{why})")
             trials.append(result)
             v = result["videos_per_s"]
-            log(f"benchmark: {n} actor(s): {v['median']:.3g} videos/s (min {v['min']:.3g}, max {v['max']:.3g})")
+            log(f"benchmark: {n} actor(s): {v['median']:.3g} videos/s (min {v['min']:.3g}, max {v['max']:.3g}); "
+                f"driver CPU {result['driver_cpu_ms_per_video']} ms/video, object store {result['payload_mb_per_video']} MB/video, "
+                f"{result['decode_workers_per_1000']} decode workers per 1000 videos; units of {configs[n].unit_videos} videos")
             if result["note"]:
                 log(f"benchmark: note: {result['note']}")
         machine = machine_description(all_actors)
@@ -187,7 +191,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         "input": "synthetic" if synthetic else cfg.dataset.name,
         "input_source": None if synthetic else (cfg.dataset.ann_file or cfg.dataset.data_root),
         "input_note": (
-            "synthetic uint8 views of the real shape: no reading or decoding, the pipeline and the model"
+            "synthetic uint8 frames of a 340x256 video (as the decode task ships them): no reading or decoding; the pipeline, the actor's crops and the model"
             if synthetic
             else f"videos of dataset {cfg.dataset.name!r}, cycled if the benchmark outlasts them"
         ),

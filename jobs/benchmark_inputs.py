@@ -17,27 +17,38 @@ from jobs.errors import JobError
 from worker.decode_task import DecodeResult, ModelSpec
 from worker.items import VideoItem
 from worker.stages import STAGES, maxrss_mb
+from x3d.protocol import resized_size
+from x3d.views import trim_to_crops
 
 __all__ = ["VideoStream", "synthetic_decode"]
 
 _BLANK: dict[tuple[int, ...], np.ndarray] = {}  # one uint8 batch per shape and decode worker
 
 
-def synthetic_decode(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[DecodeResult, np.ndarray]:
-    """The decode task's stand-in for synthetic input: views of the real shape, no work.
+#: the frame size synthetic input stands for: Kinetics' typical 340x256
+SYNTHETIC_SOURCE_HW = (256, 340)
 
-    The views are made once per worker and shape and reused, so the batch's decode stages are
-    zero: the numbers are the pipeline's (object store, dispatch) and the model's alone.
+
+def synthetic_decode(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[DecodeResult, tuple[np.ndarray, np.ndarray]]:
+    """The decode task's stand-in for synthetic input: a payload of the real shape, no work.
+
+    What ``decode_item`` ships for a 340x256 video whose clips do not overlap: its distinct
+    frames resized as the protocol says and cut to the crops' box, and the clip index into them. Made once per worker and
+    shape and reused, so the batch's decode stages are zero: the numbers are the pipeline's
+    (object store, dispatch), the actor's crops and the model's alone.
     """
     proto = spec.test_protocol()
     plan = proto.view_plan(spec.views)
-    shape = (plan.views, proto.clip_len, plan.crop_size, plan.crop_size, 3)
-    if shape not in _BLANK:
-        _BLANK[shape] = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
-    result = DecodeResult(error=None, num_views=plan.views)
+    h, w = resized_size(*SYNTHETIC_SOURCE_HW, proto.resize_short)
+    frames = plan.num_clips * proto.clip_len
+    shape = (frames, h, w, 3)
+    if shape not in _BLANK:  # cut to the crops' box, as the real decode ships them
+        _BLANK[shape] = trim_to_crops(np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8), plan)
+    inverse = np.arange(frames).reshape(plan.num_clips, proto.clip_len)
+    result = DecodeResult(error=None, num_views=plan.views, payload_bytes=int(_BLANK[shape].nbytes + inverse.nbytes))
     if timed:
         result.stages, result.rss_mb = dict.fromkeys(STAGES, 0.0), maxrss_mb()
-    return result, _BLANK[shape]
+    return result, (_BLANK[shape], inverse)
 
 
 class VideoStream:

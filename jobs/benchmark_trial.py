@@ -43,6 +43,9 @@ class Trial:
         self._store_ok = True
         self._store_at = 0.0
         self.records: list[dict[str, Any]] = []
+        self.driver_cpu_s = 0.0  # set by the benchmark after the trial's run
+        self.payload_bytes = 0
+        self.decode_workers: set[str] = set()
 
     def on_start(self, actors: list[dict[str, Any]]) -> None:
         self.actors = actors
@@ -55,6 +58,9 @@ class Trial:
     def on_video(self, outcome: Any) -> None:
         now = time.time()
         self.done += 1
+        if outcome.decode is not None:
+            self.payload_bytes += outcome.decode.payload_bytes
+            self.decode_workers.add(outcome.decode.worker)
         if outcome.error is not None:
             self.failed += 1
             if len(self.errors) < 5:
@@ -232,6 +238,11 @@ def summarise_trial(trial: Trial, records: list[dict[str, Any]], pipe_cfg: Any) 
             "object_store_peak_mb": round(trial.store_peak / 2**20, 1) if trial.store_peak is not None else None,
             "object_store_capacity_mb": round(trial.store_capacity / 2**20, 1) if trial.store_capacity else None,
         },
+        # what the scaling plan needs besides the rates (README, "Scaling plan")
+        "driver_cpu_ms_per_video": round(1e3 * trial.driver_cpu_s / trial.done, 3) if trial.done else None,
+        "payload_mb_per_video": round(trial.payload_bytes / trial.done / 1e6, 3) if trial.done else None,
+        "decode_workers_per_1000": round(1000 * len(trial.decode_workers) / trial.done, 2) if trial.done else None,
+        "unit_videos": pipe_cfg.unit_videos,
         "videos_done": trial.done,
         "videos_failed": trial.failed,
         "errors": trial.errors,

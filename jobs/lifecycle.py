@@ -8,6 +8,7 @@ small is refused before anything is written), and only then does the job write i
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -65,7 +66,20 @@ def load_weights(opts: ModelOptions, random_ok: bool = False) -> LoadedWeights:
 
 def size_for(opts: ClusterOptions, spec: ModelSpec, num_actors: int | None) -> PipelineConfig:
     """The pipeline sized to the connected cluster, with the job's batch size and deadline."""
-    return pipeline_config_for(spec, num_actors=num_actors, batch_size=opts.batch_size, decode_timeout_s=opts.decode_timeout_s)
+    config = pipeline_config_for(spec, num_actors=num_actors, batch_size=opts.batch_size, decode_timeout_s=opts.decode_timeout_s)
+    options = runner_options(opts)
+    return dataclasses.replace(config, runner_options=options) if options else config
+
+
+def runner_options(opts: Any) -> dict[str, Any]:
+    """ModelRunner's keyword arguments from the model flags; empty for the defaults."""
+    options: dict[str, Any] = {}
+    layout = getattr(opts, "memory_format", "auto")
+    if layout != "auto":
+        options["channels_last"] = layout == "channels_last_3d"
+    if getattr(opts, "compile", False):
+        options["compile"] = True
+    return options
 
 
 def run_model_job(

@@ -22,6 +22,9 @@ class ModelOptions:
     views: int = 30
     protocol: str | None = None  # the preset's test protocol; None: its default (mmaction2)
     precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
+    # the model's memory layout: "auto" (channels_last_3d on CPU, NCDHW on GPU), "channels_last_3d", "ncdhw"
+    memory_format: str = "auto"
+    compile: bool = False  # torch.compile the model in each actor (the first batches pay for it)
 
 
 @dataclass(kw_only=True)

@@ -1,6 +1,7 @@
-"""The per-video work of a decode task, and the model spec every worker receives.
+"""The work of a decode task (a unit of videos, one after another), and the model spec every
+worker receives.
 
-``decode_item`` is what a decode task executes and ``worker.model_runner.ModelRunner`` what a model
+``decode_unit`` is what a decode task executes (``decode_item`` per video) and ``worker.model_runner.ModelRunner`` what a model
 actor does; both are plain Python, so tests and notebooks can call them directly and the Ray
 layer (``cluster/pipeline.py``) only decides where and when they run. Nothing here imports Ray
 or torch: decode workers are recycled every few dozen videos, and each start that loads torch
@@ -13,6 +14,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -50,6 +52,7 @@ class DecodeResult:
     worker: str = field(default_factory=worker_name)
     stages: dict[str, float] | None = None  # seconds per stage, when the task was timed
     rss_mb: float | None = None  # the worker's peak RSS, when the task was timed
+    payload_bytes: int = 0  # what the video's payload puts in the object store
 
 
 def _source_for(item: VideoItem) -> x3d.decode.VideoSource:
@@ -70,10 +73,18 @@ def quiet_decoder_logs() -> None:
     x3d.decode.quiet_native_logs()
 
 
-def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[DecodeResult, np.ndarray | None]:
-    """Read and cut one video into uint8 views. Bad input becomes an error result, never a raise.
+#: What a decode task ships per video: the distinct resized frames (uint8) and the clip index
+#: into them (``x3d.views.PreparedFrames``); the model actor gathers and crops the views.
+FramesPayload = tuple[np.ndarray, np.ndarray]
 
-    ``timed`` books each step to a ``StageTimer`` and returns its readings in the result
+
+def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[DecodeResult, FramesPayload | None]:
+    """Read one video into its distinct resized uint8 frames and the clip index into them.
+    Bad input becomes an error result, never a raise.
+
+    The crops are left to the model actor (``ModelRunner``), so the object store carries each
+    frame once instead of every view (``x3d.views.PreparedFrames`` says why it is the same
+    bytes). ``timed`` books each step to a ``StageTimer`` and returns its readings in the result
     (the benchmark); the jobs leave it off.
     """
     quiet_decoder_logs()
@@ -82,15 +93,58 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
     try:
         source = _source_for(item)
         timer.charge("read")
-        prepared = x3d.prepare_views(source, spec.preset, spec.views, spec.protocol, on_step=timer.charge)
+        prepared = x3d.views.prepare_frames(source, spec.preset, spec.views, spec.protocol, on_step=timer.charge)
     except (x3d.DecodeError, storage.StorageError) as exc:  # decoded from memory: name the video
         return _failed(str(exc).replace("<in-memory video>", item.key), start, timer, timed), None
     except Exception as exc:  # an unexpected decoder failure must still be a row, not a crash
         return _failed(f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], start, timer, timed), None
-    result = DecodeResult(error=None, num_views=int(prepared.views.shape[0]), decode_ms=ms_since(start))
+    views = spec.test_protocol().view_plan(spec.views).views
+    result = DecodeResult(error=None, num_views=views, decode_ms=ms_since(start),
+                          payload_bytes=int(prepared.frames.nbytes + prepared.inverse.nbytes))
     if timed:
         result.stages, result.rss_mb = timer.stages, maxrss_mb()
-    return result, prepared.views
+    return result, (prepared.frames, prepared.inverse)
+
+
+#: a decode unit's first item: it is running (queued units have no deadline yet)
+UNIT_STARTED = "started"
+
+
+def decode_unit(
+    items: Sequence[VideoItem],
+    spec: ModelSpec,
+    timed: bool = False,
+    decode_fn: Callable[..., tuple[DecodeResult, Any]] | None = None,
+    group_ms: float = 0.0,
+) -> Iterator[Any]:
+    """Decode several videos one after another, streaming them back in small groups.
+
+    The body of the pipeline's decode task (a Ray streaming generator). It yields
+    ``UNIT_STARTED`` when it starts running, then per group
+    the videos' ``(DecodeResult, payload)`` pairs, which the driver forwards to a model actor
+    unopened, then the group's results alone, which the driver reads. A group closes before a
+    video starts once ``group_ms`` have passed since the last one was sent (0: every video is
+    its own group), so slow videos travel alone and only videos that decode in a blink share
+    one pair of objects. Ray ends a failed stream (a crashed worker, a cancelled task) with one
+    error item, so results that arrive vouch for their pairs (``cluster.units``).
+    ``decode_fn`` (default ``decode_item``) is the pipeline's stand-in hook.
+    """
+    decode = decode_fn or decode_item
+    yield UNIT_STARTED  # the deadlines run from here, not from the submission (it may have queued)
+    group: list[tuple[DecodeResult, Any]] = []
+    sent = time.perf_counter()
+    for item in items:
+        if group and (time.perf_counter() - sent) * 1000.0 >= group_ms:
+            yield group
+            yield [result for result, _ in group]
+            group, sent = [], time.perf_counter()
+        try:
+            group.append(decode(item, spec, timed))
+        except Exception as exc:  # a stand-in that raises is still one error row, not a lost unit
+            group.append((DecodeResult(error=f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0]), None))
+    if group:
+        yield group
+        yield [result for result, _ in group]
 
 
 def _failed(error: str, start: float, timer: StageTimer, timed: bool) -> DecodeResult:

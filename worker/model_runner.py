@@ -7,7 +7,8 @@ tests and benchmarks call directly.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+import warnings
+from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -16,8 +17,12 @@ import x3d
 from worker.decode_task import ModelSpec, ms_since, worker_name
 from worker.stages import NULL_TIMER, StageTimer
 from x3d.fusion import fold_batchnorm
-from x3d.predict import check_precision
-from x3d.protocol import fuse_views
+from x3d.predict import check_precision, to_device
+from x3d.protocol import fuse_views, gather_views
+
+#: what a model actor receives per video: uint8 views ``(V, T, h, w, 3)``, or (the decode task's
+#: payload) the distinct resized frames and the clip index into them (``x3d.views.PreparedFrames``)
+Payload = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
 __all__ = ["CPU_VOXELS_PER_FORWARD", "ModelRunner", "cpu_batch_size"]
 
@@ -45,12 +50,14 @@ class ModelRunner:
         batch_size: int | None = None,
         channels_last: bool | None = None,
         fold_bn: bool = True,
+        compile: bool = False,
     ):
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
         check_precision(spec.precision)
         self.protocol = spec.test_protocol()
+        self.plan = self.protocol.view_plan(spec.views)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = x3d.build_model(spec.preset)
         model.load_state_dict(dict(state_dict), strict=True)
@@ -63,6 +70,10 @@ class ModelRunner:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model.to(self.device).eval()
+        self.compiled = compile
+        self._copy_stream = None  # CUDA: the side stream host-to-device copies run on
+        if compile:  # opt-in (the GPU benchmark compares it): the first batches pay the compile
+            self.model = torch.compile(self.model, dynamic=True)
         # None on a CPU: the cache-sized default; on an accelerator, the whole call at once
         self.batch_size = batch_size or (cpu_batch_size(self.protocol) if self.device.type == "cpu" else None)
         self.name = worker_name()
@@ -77,6 +88,8 @@ class ModelRunner:
             "precision": self.spec.precision,
             "fold_bn": self.fold_bn,
             "batch_size": self.batch_size,
+            "channels_last": self.channels_last,
+            "compiled": self.compiled,
         }
 
     def timer(self) -> StageTimer:
@@ -85,16 +98,41 @@ class ModelRunner:
             return StageTimer(sync=lambda: torch.cuda.synchronize(self.device))
         return StageTimer()
 
-    def score(self, views: list[np.ndarray], timer: StageTimer = NULL_TIMER) -> tuple[list[np.ndarray], list[float]]:
+    def views_on_device(self, payload: Payload, timer: StageTimer = NULL_TIMER) -> torch.Tensor:
+        """One video's uint8 views on the model's device.
+
+        Frames cross to the device as they came (pinned and non-blocking on CUDA), and the clip
+        gather and crops run there (``x3d.protocol.gather_views``): the same bytes as
+        ``x3d.prepare_views``, with only the distinct frames copied.
+        """
+        if isinstance(payload, np.ndarray):
+            data = to_device(_host_tensor(payload), self.device)
+            timer.charge("h2d")
+            return data
+        frames, inverse = payload
+        data = to_device(_host_tensor(frames), self.device)
+        timer.charge("h2d")
+        views = gather_views(data, torch.from_numpy(np.asarray(inverse, dtype=np.int64)), self.plan)
+        timer.charge("preprocess")
+        return views
+
+    def score(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> tuple[list[np.ndarray], list[float]]:
         """Fused probabilities per video, and each video's share of the forward time.
 
         ``timer`` (the benchmark's) is charged from its last mark, so make it just before.
         """
-        counts = [v.shape[0] for v in views]
+        if self.device.type == "cuda":
+            return self._score_cuda(payloads, timer)
         start = time.perf_counter()
-        clips = np.concatenate(views)
+        views = [self.views_on_device(p, timer) for p in payloads]
+        counts = [v.shape[0] for v in views]
+        clips = torch.cat(views)
         timer.charge("preprocess")
-        logits = x3d.predict_clips(
+        logits = self._forward(clips, timer)
+        return self._fuse(logits, counts), _shares(ms_since(start), counts)
+
+    def _forward(self, clips: torch.Tensor, timer: StageTimer) -> torch.Tensor:
+        return x3d.predict_clips(
             self.model,
             clips,
             self.protocol,
@@ -103,11 +141,68 @@ class ModelRunner:
             precision=self.spec.precision,
             on_step=timer.charge,
         )
+
+    @staticmethod
+    def _fuse(logits: torch.Tensor, counts: list[int]) -> list[np.ndarray]:
         probs, offset = [], 0
         for count in counts:
             probs.append(fuse_views(logits[offset : offset + count]).numpy().astype(np.float32))
             offset += count
-        timer.charge("forward")
-        elapsed = ms_since(start)
-        total = max(sum(counts), 1)
-        return probs, [elapsed * c / total for c in counts]
+        return probs
+
+    def _score_cuda(self, payloads: Sequence[Payload], timer: StageTimer) -> tuple[list[np.ndarray], list[float]]:
+        """The GPU path: every video's uint8 frames are copied on a side stream from pinned
+        memory at once, and the forwards run on the compute stream chunk by chunk as their
+        videos arrive, so the copies of later videos overlap the forwards of earlier ones."""
+        start = time.perf_counter()
+        device = self.device
+        compute = torch.cuda.current_stream(device)
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(device)
+        arrived = []
+        with torch.cuda.stream(self._copy_stream):
+            for payload in payloads:
+                host = payload if isinstance(payload, np.ndarray) else payload[0]
+                data = _host_tensor(host).pin_memory().to(device, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self._copy_stream)
+                arrived.append((data, event))
+        timer.charge("h2d")
+        chunk = self.batch_size or 1 << 30
+        logits, counts, pending, clips_pending = [], [], [], 0
+        for (data, event), payload in zip(arrived, payloads):
+            compute.wait_event(event)
+            data.record_stream(compute)  # allocated on the copy stream, used on this one
+            if isinstance(payload, np.ndarray):
+                views = data
+            else:
+                views = gather_views(data, torch.from_numpy(np.asarray(payload[1], dtype=np.int64)), self.plan)
+            pending.append(views)
+            counts.append(views.shape[0])
+            clips_pending += views.shape[0]
+            if clips_pending >= chunk:
+                timer.charge("preprocess")
+                logits.append(self._forward(torch.cat(pending), timer))
+                pending, clips_pending = [], 0
+        if pending:
+            timer.charge("preprocess")
+            logits.append(self._forward(torch.cat(pending), timer))
+        return self._fuse(torch.cat(logits), counts), _shares(ms_since(start), counts)
+
+
+def _shares(elapsed_ms: float, counts: list[int]) -> list[float]:
+    """Each video's share of a call's time, by its clips."""
+    total = max(sum(counts), 1)
+    return [elapsed_ms * c / total for c in counts]
+
+
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over a (possibly read-only) array without a copy.
+
+    Arrays resolved from Ray's object store are read-only views of shared memory; they are
+    only ever read here (copied to the device or gathered), so torch's warning about writes
+    to a non-writable array does not apply.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)

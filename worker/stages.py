@@ -19,8 +19,8 @@ STAGES = ("read", "decode", "preprocess", "h2d", "forward", "write")
 STAGE_MEANING = {
     "read": "list/read bytes: a remote video's bytes from S3 (local files are read by the decoder: in decode)",
     "decode": "decord decoding of the sampled frames",
-    "preprocess": "resize and crops (decode task); batching, normalisation, memory layout (actor)",
-    "h2d": "host-to-device copy of the uint8 batch",
+    "preprocess": "resize, cut to the crops' box (decode task); clip gather, crops, batching, normalisation, memory layout (actor)",
+    "h2d": "host-to-device copy of the uint8 frames",
     "forward": "the network, the copy of the logits back to the host and the fusion of views",
     "write": "result rows written as Parquet by the driver through the jobs' one writer",
     "other": "per-batch wall time no stage timer covers (kept small: the tests hold it under 10%)",

@@ -50,3 +50,19 @@ def test_a_gpu_count_on_a_cpu_cluster_is_not_invented(ray_local):
 @pytest.mark.parametrize(("model", "batch"), [("x3d_s", 2), ("x3d_m", 1), ("x3d_tiny", 27)])
 def test_cpu_forward_batch_follows_the_clip_size(model, batch):
     assert cpu_batch_size(x3d.get_preset(model).protocol()) == batch
+
+
+def test_units_and_calls_follow_the_models_speed():
+    """Small units on CPU where a video takes seconds of forward, large ones where the model is
+    fast (a tiny model, a GPU), so the per-task and per-call costs vanish (bench/RESULTS.md)."""
+    from cluster.sizing import GPU_CLIPS_PER_CALL, ClusterShape, size_pipeline
+
+    cpu = ClusterShape(cpus=2, gpus=0, nodes=1, node_cpus=2, cpu_nodes=1)
+    gpu = ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1)
+    tiny = ModelSpec(x3d.get_preset("x3d_tiny"), 1)
+    assert (size_pipeline(cpu, _spec(30)).batch_views, size_pipeline(cpu, _spec(30)).unit_videos) == (30, 4)
+    assert (size_pipeline(cpu, tiny).batch_views, size_pipeline(cpu, tiny).unit_videos) == (30, 60)
+    on_gpu = size_pipeline(gpu, _spec(10))
+    assert on_gpu.batch_views == GPU_CLIPS_PER_CALL and on_gpu.unit_videos == 2 * (GPU_CLIPS_PER_CALL // 10)
+    assert size_pipeline(gpu, _spec(30)).unit_videos == 2 * (GPU_CLIPS_PER_CALL // 30)
+    assert on_gpu.decode_slots == 15 and on_gpu.max_decode_calls >= 1000

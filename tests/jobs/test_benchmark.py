@@ -73,6 +73,10 @@ def test_benchmark_on_real_videos(tmp_path, ray_local):
     expected = math.ceil(trial["videos_done"] / PipelineConfig.max_decode_calls)
     assert expected <= trial["memory"]["decode_processes"] <= expected + 1, (trial["videos_done"], trial["memory"])
     assert on_disk["distinct_videos"] == 4 and on_disk["list_s"] >= 0
+    # what the scaling plan reads besides the rates
+    assert trial["driver_cpu_ms_per_video"] > 0 and trial["unit_videos"] >= 1
+    assert trial["decode_workers_per_1000"] == pytest.approx(1000 * trial["memory"]["decode_processes"] / trial["videos_done"], rel=0.5)
+    assert 0 < trial["payload_mb_per_video"] < 30 * 8 * 64 * 64 * 3 / 1e6  # frames, less than the 10 views they make
 
     machine = on_disk["machine"]
     assert machine["cpu_model"] and machine["cpu_cores"] >= 1 and machine["gpus"] == []
@@ -98,6 +102,8 @@ def test_benchmark_command_synthetic_scaling(tmp_path, ray_local, capsys):
     for trial in report["trials"]:
         assert trial["stages"]["read"]["ms_per_video"] == 0 and trial["stages"]["decode"]["seconds"] == 0
         assert trial["stages"]["forward"]["seconds"] > 0
+        # the synthetic payload is what a 340x256 video ships: 80 frames cut to the 64 px centre crop, and the index
+        assert trial["payload_mb_per_video"] == pytest.approx((10 * 8 * 64 * 64 * 3 + 10 * 8 * 8) / 1e6, abs=1e-3)
         assert len(trial["per_actor"]["actors"]) == trial["num_actors"]
         _check_batches(trial)
     assert "| actors |" in printed and "\n| 1 " in printed and "\n| 2 " in printed

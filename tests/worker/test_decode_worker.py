@@ -28,9 +28,10 @@ import pickle, sys
 import numpy as np
 from worker.decode_task import decode_item
 item, spec, out = pickle.loads(bytes.fromhex(sys.argv[1]))
-result, views = decode_item(item, spec)
+result, (frames, inverse) = decode_item(item, spec)
 assert result.error is None, result.error
-np.save(out, views)
+assert result.num_views == 30
+np.savez(out, frames=frames, inverse=inverse)
 loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
 print("TORCH_MODULES", len(loaded), loaded[:3])
 """
@@ -42,7 +43,7 @@ def test_decode_task_loads_no_torch_and_gives_the_same_views(tmp_path: Path) -> 
     # travels in the spec anyway, as it does to a Ray worker.
     spec = ModelSpec(x3d.get_preset("x3d_tiny"), views=30)
     item = VideoItem(key="clip.mp4", uri=str(video), label=None)
-    out = tmp_path / "views.npy"
+    out = tmp_path / "frames.npz"
     payload = pickle.dumps((item, spec, str(out))).hex()
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, payload], cwd=ROOT, capture_output=True, text=True, timeout=120
@@ -50,11 +51,20 @@ def test_decode_task_loads_no_torch_and_gives_the_same_views(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TORCH_MODULES 0 []" in proc.stdout, proc.stdout
 
-    # The same views as x3d.prepare_views in this process, where torch is loaded.
+    # The task ships each distinct frame once; cut into views (numpy here, torch on the model's
+    # device in the actor) they are x3d.prepare_views's, computed in this process.
     expected = x3d.prepare_views(str(video), spec.preset, 30).views
-    got = np.load(out)
+    shipped = np.load(out)
+    frames, inverse = shipped["frames"], shipped["inverse"]
+    assert frames.dtype == np.uint8 and frames.shape[0] == len(np.unique(inverse)) < inverse.size
+    plan = spec.test_protocol().view_plan(30)
+    got = x3d.views.views_from_frames(frames, inverse, plan)
     assert got.dtype == np.uint8 and got.shape == expected.shape == (30, 8, 64, 64, 3)
     np.testing.assert_array_equal(got, expected)
+    from x3d.protocol import gather_views
+    import torch
+    on_device = gather_views(torch.from_numpy(frames), torch.from_numpy(inverse), plan).numpy()
+    np.testing.assert_array_equal(on_device, expected)
 
 
 def test_import_x3d_is_light_until_a_torch_name_is_used() -> None:
@@ -83,9 +93,11 @@ TIMED_CHILD = r"""
 import sys
 from ray import cloudpickle
 decode, item, spec = cloudpickle.loads(bytes.fromhex(sys.argv[1]))
-result, views = decode(item, spec, True)
+result, (frames, inverse) = decode(item, spec, True)
 assert result.error is None, result.error
-assert views.shape[0] == result.num_views and set(result.stages) >= {"read", "decode", "preprocess"}
+plan = spec.test_protocol().view_plan(spec.views)
+assert inverse.shape == (plan.num_clips, spec.test_protocol().clip_len) and frames.dtype.name == "uint8"
+assert result.num_views == plan.views and set(result.stages) >= {"read", "decode", "preprocess"}
 assert result.stages["decode"] > 0 and result.stages["preprocess"] > 0 and result.rss_mb > 0
 print("TORCH_MODULES", sum(1 for m in sys.modules if m == "torch" or m.startswith("torch.")))
 """

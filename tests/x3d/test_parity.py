@@ -259,6 +259,24 @@ def test_views_of_real_videos_are_bit_identical(model, views, videos):
         assert np.array_equal(ours.transpose(0, 4, 1, 2, 3), expected), name
 
 
+@pytest.mark.parametrize("views", [30, 10])
+def test_views_cut_from_shipped_frames_on_the_model_side_are_bit_identical(views, videos):
+    """What the Ray job does: the decode task ships the distinct resized frames once
+    (``prepare_frames``), the model actor gathers and crops them with torch (``gather_views``);
+    MMAction2's packed uint8 input == that, and it is smaller than the views it stands for."""
+    from x3d.protocol import gather_views
+    from x3d.views import prepare_frames
+
+    pipeline = _mm_pipeline("x3d_s", views)
+    plan = get_preset("x3d_s").protocol().view_plan(views)
+    for name in videos:
+        expected = _mm_pack(pipeline, videos[name])["inputs"].numpy()
+        shipped = prepare_frames(videos[name], "x3d_s", views)
+        ours = gather_views(torch.from_numpy(shipped.frames), torch.from_numpy(shipped.inverse), plan).numpy()
+        assert np.array_equal(ours.transpose(0, 4, 1, 2, 3), expected), name
+        assert shipped.frames.nbytes < ours.nbytes, name
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_center_crop_variant_views_are_bit_identical(model, videos):
     """``mmaction2-center-crop`` (10 views, SlowFast-size centre crop 160 / 224 of the 182 / 256 resize)."""

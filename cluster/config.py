@@ -1,0 +1,76 @@
+"""What the pipeline is given and gives back: its configuration, shards and per-video outcomes.
+
+Apart from ``cluster.pipeline`` so that sizing (``cluster.sizing``) and the jobs can build and
+read these without the driver loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from worker.decode_task import DecodeResult, ModelSpec
+from worker.items import VideoItem
+
+__all__ = ["PipelineConfig", "Shard", "VideoOutcome"]
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    items: Sequence[VideoItem]
+
+
+@dataclass
+class VideoOutcome:
+    """What happened to one video; ``probs`` is None exactly when ``error`` is set."""
+
+    shard: int
+    position: int
+    item: VideoItem
+    probs: np.ndarray | None
+    error: str | None
+    num_views: int = 0
+    decode_ms: float = 0.0
+    infer_ms: float = 0.0
+    worker: str = ""
+    decode: DecodeResult | None = None  # the decode task's result (its stage times when timed)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    spec: ModelSpec
+    num_actors: int = 1
+    actor_gpus: float = 0.0
+    actor_cpus: float = 1.0
+    actor_threads: int | None = None  # torch threads per actor; None = int(actor_cpus)
+    decode_slots: int = 1  # decode tasks running at once
+    decode_cpus: float = 1.0
+    batch_views: int = 30  # clips per actor call (whole videos, so it may run over)
+    batch_size: int | None = None  # clips per forward inside the actor; None = the whole call
+    decode_timeout_s: float = 300.0  # per video
+    # Videos per decode task: enough that the per-task cost vanishes, few enough that the frames
+    # of a unit are not a burst for the object store (cluster.sizing: small on CPU, large on GPU).
+    unit_videos: int = 1
+    # A unit sends what it decoded at least this often (ms): videos that take longer travel
+    # alone, and only those that decode in a blink share one pair of objects (cluster.units).
+    group_ms: float = 20.0
+    # Decode workers are recycled after about this many videos (whole units) to shed decord's
+    # leaks; each start costs ~0.2-0.5 s of CPU, so rarely (bench/RESULTS.md, "Pipeline ceiling").
+    max_decode_calls: int = 1024
+    decode_retries: int = 1  # a video whose decode worker crashed is retried this often, alone, then it is a row
+    actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
+    calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
+    extra_video_budget: int = 4
+    # The benchmark's switch: the decode tasks and model actors time their steps and every
+    # actor call's record goes to ``on_batch``. Off, each step costs a no-op call.
+    timed: bool = False
+    # Stand-ins for measuring the pipeline without real work (the benchmark's synthetic input):
+    # the same call signatures as ``decode_item`` (item, spec, timed) -> (DecodeResult, payload)
+    # and ``ModelActor``; the payload travels by ref from the decode task to the actor, unopened.
+    decode_fn: Callable[..., Any] | None = None
+    actor_body: type | None = None
+    # ModelRunner keyword arguments (channels_last, compile): the GPU benchmark's switches
+    runner_options: dict[str, Any] | None = None

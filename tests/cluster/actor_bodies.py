@@ -1,0 +1,34 @@
+"""Model actor bodies for the actor-lifecycle tests: the real one, slower to start; one that cannot.
+
+``SlowStartModelActor`` is ``cluster.actors.ModelActor`` with a constructor and a first call
+that take a second longer (as loading a large checkpoint from a slow disk, or compiling the
+model on its first batch, do), so a test can SIGKILL it while ``ray::SlowStartModelActor.__init__``
+or its first ``score`` runs. ``BrokenModelActor`` fails in its constructor every
+time (as an actor that is OOM-killed on every node while loading would).
+"""
+
+from __future__ import annotations
+
+import time
+
+from cluster.actors import ModelActor
+
+START_S = 1.5
+
+
+class SlowStartModelActor(ModelActor):
+    def __init__(self, *args, **kwargs):
+        time.sleep(START_S)
+        super().__init__(*args, **kwargs)
+        self.calls = 0
+
+    def score(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(START_S)
+        return super().score(*args, **kwargs)
+
+
+class BrokenModelActor(ModelActor):
+    def __init__(self, *args, **kwargs):
+        raise MemoryError("cannot load the model: out of memory")
