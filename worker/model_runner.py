@@ -129,7 +129,9 @@ class ModelRunner:
         clips = torch.cat(views)
         timer.charge("preprocess")
         logits = self._forward(clips, timer)
-        return self._fuse(logits, counts), _shares(ms_since(start), counts)
+        probs = self._fuse(logits, counts)
+        timer.charge("forward")  # the fusion of views is part of the forward stage
+        return probs, _shares(ms_since(start), counts)
 
     def _forward(self, clips: torch.Tensor, timer: StageTimer) -> torch.Tensor:
         return x3d.predict_clips(
@@ -187,7 +189,9 @@ class ModelRunner:
         if pending:
             timer.charge("preprocess")
             logits.append(self._forward(torch.cat(pending), timer))
-        return self._fuse(torch.cat(logits), counts), _shares(ms_since(start), counts)
+        probs = self._fuse(torch.cat(logits), counts)
+        timer.charge("forward")
+        return probs, _shares(ms_since(start), counts)
 
 
 def _shares(elapsed_ms: float, counts: list[int]) -> list[float]:
