@@ -387,7 +387,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from jobs.errors import JobInterrupted
-    from jobs.interrupts import stop_on_signals
+    from jobs.interrupts import interrupt_behind, stop_on_signals
 
     started = STARTED_AT if argv is None else time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -397,7 +397,13 @@ def main(argv: list[str] | None = None) -> int:
             args = parse_args(argv)
             args.started_at = started
             os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-            return _dispatch(args)
+            try:
+                return _dispatch(args)
+            except SystemError as exc:  # a signal's JobInterrupted, wrapped by Ray's native code
+                stop = interrupt_behind(exc)
+                if stop is None:
+                    raise
+                raise stop from None
         except JobInterrupted as stop:
             name = signal.Signals(stop.signum).name
             if stop.output is None:

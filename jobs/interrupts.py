@@ -19,7 +19,7 @@ from types import FrameType
 
 from jobs.errors import JobInterrupted
 
-__all__ = ["JobInterrupted", "reinstall", "stop_on_signals"]
+__all__ = ["JobInterrupted", "interrupt_behind", "reinstall", "stop_on_signals"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -59,3 +59,20 @@ def stop_on_signals() -> Iterator[None]:
         _State.active = False
         for sig, handler in previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def interrupt_behind(exc: BaseException) -> JobInterrupted | None:
+    """The ``JobInterrupted`` a native call wrapped, if any.
+
+    Ray's Cython code (``ray.wait`` checks for signals while it blocks) runs the handler, and
+    the handler's exception comes back as the cause of a ``SystemError`` ("returned a result
+    with an exception set") instead of as itself.
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, JobInterrupted):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

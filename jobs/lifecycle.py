@@ -19,6 +19,7 @@ import x3d
 from cluster.pipeline import PipelineConfig, Shard, VideoOutcome, run_pipeline
 from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
 from jobs.errors import JobError
+from jobs.interrupts import interrupt_behind
 from jobs.options import ClusterOptions, ModelOptions, RunOptions
 from worker.decode_task import ModelSpec
 from x3d.predict import check_precision
@@ -99,6 +100,12 @@ def run_model_job(
         config = size_for(opts, spec, opts.num_actors)
         on_sized(config)
         state_ref = ray.put(weights.state_dict)  # held for the run: replacement actors re-read it
-        return run_pipeline(shards, config, state_ref, on_video=on_video, on_shard=on_shard)
+        try:
+            return run_pipeline(shards, config, state_ref, on_video=on_video, on_shard=on_shard)
+        except SystemError as exc:  # a signal's JobInterrupted, wrapped by Ray's native ray.wait
+            stop = interrupt_behind(exc)
+            if stop is None:
+                raise
+            raise stop from None
     finally:
         stop_cluster(started)
