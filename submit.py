@@ -267,12 +267,17 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     except (JobError, ClusterError, StorageError) as exc:
         _fail(str(exc))
     if summary["num_ok"] == 0:
-        _fail(
+        return _nothing_scored(
             f"none of the {summary['num_videos']} videos could be scored (the first: {first_error(summary['output'])}); "
-            f"each has an error row in {summary['output']}/predictions",
-            EXIT_NOTHING_SCORED,
+            f"each has an error row in {summary['output']}/predictions"
         )
     return EXIT_OK
+
+
+def _nothing_scored(message: str) -> int:
+    """The job ran but every video failed: one line, and the exit status that says so (3)."""
+    _fail(message, EXIT_NOTHING_SCORED)
+    return EXIT_NOTHING_SCORED
 
 
 def run_label_command(args: argparse.Namespace) -> int:
@@ -311,10 +316,9 @@ def run_label_command(args: argparse.Namespace) -> int:
     except (JobError, ClusterError, StorageError, ValueError) as exc:
         _fail(str(exc))
     if manifest and manifest["failed"] and not manifest["labelled"]:
-        _fail(
+        return _nothing_scored(
             f"none of the {manifest['failed']} videos to label could be labelled; "
-            f"their error rows are in {cfg.output}/labels (run {manifest['run_id']})",
-            EXIT_NOTHING_SCORED,
+            f"their error rows are in {cfg.output}/labels (run {manifest['run_id']})"
         )
     return EXIT_OK
 

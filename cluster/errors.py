@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ray.exceptions import ObjectLostError
 
-__all__ = ["ClusterError", "caused_by", "lost_input", "short_error"]
+__all__ = ["ClusterError", "cause_of", "caused_by", "lost_input", "short_error"]
 
 
 class ClusterError(Exception):
@@ -17,15 +17,21 @@ def short_error(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+def cause_of(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` or the first exception of ``kind`` behind it: Ray's ``cause`` chain (a task's
+    error wraps the worker's) or Python's ``__cause__``; None when there is none."""
     seen: BaseException | None = exc
     for _ in range(16):
         if seen is None:
-            return False
+            return None
         if isinstance(seen, kind):
-            return True
+            return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
-    return False
+    return None
+
+
+def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    return cause_of(exc, kind) is not None
 
 
 def lost_input(exc: BaseException) -> bool:

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+from cluster.errors import cause_of
 from jobs.errors import JobInterrupted
 
 __all__ = ["JobInterrupted", "interrupt_behind", "reinstall", "stop_on_signals"]
@@ -68,11 +69,4 @@ def interrupt_behind(exc: BaseException) -> JobInterrupted | None:
     the handler's exception comes back as the cause of a ``SystemError`` ("returned a result
     with an exception set") instead of as itself.
     """
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None:
-            return None
-        if isinstance(seen, JobInterrupted):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return cause_of(exc, JobInterrupted)  # type: ignore[return-value]
