@@ -53,8 +53,10 @@ class ModelActor:
         probs: list[np.ndarray | None] = [None] * len(pairs)
         infer_ms = [0.0] * len(pairs)
         timer = self.runner.timer() if timed else NULL_TIMER
-        started_at, start = time.time(), time.perf_counter()
         timer.skip()
+        # The batch's clock starts at the timer's own mark: a thread switch (Ray's threads take
+        # the GIL around calls) between two separate readings would show as unexplained time.
+        started_at, start = time.time(), (timer.mark if timed else time.perf_counter())
         if good:
             scored, ms = self.runner.score([pairs[i][1] for i in good], timer)
             for i, p, m in zip(good, scored, ms):

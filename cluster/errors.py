@@ -1,8 +1,9 @@
-"""The cluster layer's one exception type, and how the pipeline reads the Ray errors it meets."""
+"""The cluster layer's one exception type, and how the pipeline reads the Ray errors it meets.
+
+Importing it loads no Ray: the command line imports it before its name checks.
+"""
 
 from __future__ import annotations
-
-from ray.exceptions import ObjectLostError
 
 __all__ = ["ClusterError", "cause_of", "caused_by", "lost_input", "short_error"]
 
@@ -37,4 +38,8 @@ def caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
 def lost_input(exc: BaseException) -> bool:
     """Inputs that died with a node: ObjectLostError and all its kinds (owner died,
     reconstruction failed, fetch timed out)."""
+    # Imported here, not at the top: submit.py imports this module's ClusterError (and the
+    # interrupt handling its cause_of) before any name check, which must answer without Ray.
+    from ray.exceptions import ObjectLostError
+
     return caused_by(exc, ObjectLostError)

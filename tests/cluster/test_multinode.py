@@ -58,10 +58,11 @@ from tests.cluster.evalset import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parents[2]
-# Once its workers are up the job scores these tiny videos at tens per second, so the set is
-# large enough that the node dies with most of the run to go (the test checks that it did).
-COPIES = 10  # 100 videos
-SHARD_SIZE = 4  # 25 shards
+# Once its workers are up the job scores these tiny videos at over a hundred per second, in
+# actor calls of 64 videos, so the set is large enough that the node dies with most of the run
+# to go (the test checks that it did).
+COPIES = 60  # 600 videos
+SHARD_SIZE = 4  # 150 shards
 WORKERS = ("node_a", "node_b")
 START_TIMEOUT_S = 240.0  # a loaded 2-core machine takes tens of seconds per node
 JOB_TIMEOUT_S = 480.0
