@@ -29,7 +29,7 @@ import pytest
 
 import x3d
 from tests import presets
-from tests.cluster.evalset import SHAPES, kill_session, wait_session_gone, write_video_list, write_videos
+from tests.cluster.evalset import SHAPES, run_in_own_session, write_video_list, write_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBMIT = str(ROOT / "submit.py")
@@ -135,22 +135,9 @@ def _run_subprocess(name: str, inp: Inputs) -> Result:
         RAY_TMPDIR=str(ray_tmpdir),
         **{k: _fill(v, inp) for k, v in extra_env.items()},
     )
-    start = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, SUBMIT, *args], cwd=case_dir, env=env, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        stdout, stderr = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            kill_session(proc.pid)
-            proc.communicate()
-    seconds = time.monotonic() - start
-    # Anything still alive in the command's session (a Ray it started) is a failure; clean up.
-    leftover = wait_session_gone(proc.pid, timeout_s=2.0)
-    kill_session(proc.pid)
-    return Result(args, output, proc.returncode, stdout, stderr, seconds, ray_tmpdir, leftover)
+    code, stdout, stderr, seconds, leftover = run_in_own_session([sys.executable, SUBMIT, *args], case_dir, env, 180, 2.0)
+    # anything still alive in the command's session (a Ray it started) is a failure
+    return Result(args, output, code, stdout, stderr, seconds, ray_tmpdir, leftover)
 
 
 @pytest.fixture(scope="module")

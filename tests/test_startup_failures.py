@@ -14,14 +14,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from tests import presets
-from tests.cluster.evalset import SHAPES, kill_session, wait_session_gone, write_video_list, write_videos
+from tests.cluster.evalset import SHAPES, run_in_own_session, write_video_list, write_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_SECONDS = 60.0  # torch's import is most of it; a started local Ray alone takes 10-30 s here
@@ -32,19 +31,8 @@ def _run(args: list[str], case_dir: Path, extra_env: dict[str, str]) -> tuple[su
     ray_tmpdir.mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update({"PYTHONPATH": str(ROOT), "X3D_PRESETS_MODULE": "tests.presets", "RAY_TMPDIR": str(ray_tmpdir), **extra_env})
-    start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "submit.py"), *args], cwd=case_dir, env=env,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            kill_session(proc.pid)
-            proc.communicate()
-    seconds = time.monotonic() - start
-    leftover = wait_session_gone(proc.pid, timeout_s=5.0)
-    kill_session(proc.pid)
-    return subprocess.CompletedProcess(args, proc.returncode, out, err), seconds, leftover, ray_tmpdir
+    code, out, err, seconds, leftover = run_in_own_session([sys.executable, str(ROOT / "submit.py"), *args], case_dir, env, 240, 5.0)
+    return subprocess.CompletedProcess(args, code, out, err), seconds, leftover, ray_tmpdir
 
 
 def _assert_one_line(result: subprocess.CompletedProcess, seconds: float, leftover: list[int], words: list[str]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -183,6 +184,27 @@ def kill_session(sid: int) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def run_in_own_session(cmd: list[str], cwd: Path, env: dict[str, str], timeout_s: float, settle_s: float) -> tuple[int, str, str, float, list[int]]:
+    """Run ``cmd`` in a session of its own and kill whatever it leaves behind.
+
+    Returns (exit status, stdout, stderr, seconds, pids still alive in its session after
+    ``settle_s``): a command that left a Ray running is a failure the caller can see.
+    """
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc.pid)
+            proc.communicate()
+    seconds = time.monotonic() - start
+    leftover = wait_session_gone(proc.pid, timeout_s=settle_s)
+    kill_session(proc.pid)
+    return proc.returncode, out, err, seconds, leftover
 
 
 # ----------------------------------------------------------------------------- larger sets
