@@ -14,6 +14,7 @@ import dataclasses
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 TITLE = b"ray::SlowStartModelActor"
 # the process title to kill on, per phase: in the constructor, idle before its first call, in it
 PHASES = {"creation": TITLE + b".__init__", "before_first_call": TITLE, "first_call": TITLE + b".score"}
+
+
+def _actors_left_from_earlier_runs(grace_s: float = 15.0) -> set[int]:
+    """This test's actor processes still alive from an earlier case. ``ray.kill`` (how the
+    pipeline ends its actors) is asynchronous, so a process may take a moment to exit; one
+    still there after ``grace_s`` was not ended."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = {p for p, t in _titles().items() if t.startswith(TITLE)}
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
 
 
 def _titles() -> dict[int, bytes]:
@@ -76,7 +89,7 @@ def test_actor_lost_at_start_is_replaced(phase: str, evalset: EvalSet, ray_local
     config = dataclasses.replace(pipeline_config_for(spec), actor_body=SlowStartModelActor, decode_fn=slow_first_decode,
                                  unit_videos=len(items))
     rows: dict[int, list] = {}
-    stop, kill = threading.Event(), {"before": {p for p, t in _titles().items() if t.startswith(TITLE)}}
+    stop, kill = threading.Event(), {"before": _actors_left_from_earlier_runs()}
     killer = threading.Thread(target=_kill_first_actor, args=(phase, stop, kill), daemon=True)
     killer.start()
     try:
