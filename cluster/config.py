@@ -57,9 +57,14 @@ class PipelineConfig:
     # A unit sends what it decoded at least this often (ms): videos that take longer travel
     # alone, and only those that decode in a blink share one pair of objects (cluster.units).
     group_ms: float = 20.0
-    # Decode workers are recycled after about this many videos (whole units) to shed decord's
-    # leaks; each start costs ~0.2-0.5 s of CPU, so rarely (bench/RESULTS.md, "Pipeline ceiling").
-    max_decode_calls: int = 1024
+    # A decode worker whose RSS has grown this much since its first video (decord leaks) is
+    # recycled: its unit is cancelled once the group that says so arrives, its worker killed, and
+    # its unvouched videos go to another unit. Measured growth, not a count: a worker start costs
+    # ~0.5-1 s of CPU, which a count paid whether or not anything leaked (bench/RESULTS.md,
+    # "Pipeline ceiling"). 0 turns it off.
+    recycle_rss_mb: float = 1024.0
+    # A backstop besides: Ray ends a worker after about this many videos (whole units), leak or not.
+    max_decode_calls: int = 65536
     decode_retries: int = 1  # a video whose decode worker crashed is retried this often, alone, then it is a row
     actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
     calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued

@@ -2,8 +2,9 @@
 
 Shape: CPU tasks decode *units* of several videos each (``cluster.units``: a streaming task
 that sends each video back as it is done, so a hung video times out alone, a crashed worker
-costs the others only a resubmission, and a worker serves ``max_decode_calls`` videos before
-Ray recycles it to shed decord's leaks). A video's payload is its distinct resized frames,
+costs the others only a resubmission, and a worker whose memory has grown past
+``recycle_rss_mb`` is ended and replaced, shedding decord's leaks without paying a worker start
+where nothing leaks). A video's payload is its distinct resized frames,
 uint8; it stays in the object store and the driver only forwards its ref to a model actor,
 which gathers, crops and normalises the views on its device. An actor call carries as many
 videos as ``batch_views`` clips (large on a GPU), so the driver's work per video is a small
@@ -84,6 +85,7 @@ class _Pipeline:
         self.ready: deque[Group] = deque()  # decoded groups with a video to score
         self.scoring: dict[Any, _Batch] = {}
         self.unit_videos = max(1, config.unit_videos)
+        self.recycled = 0  # decode workers ended for their RSS growth
         # decode_unit lives in a module without torch, so decode workers start without loading
         # it; a Ray task runs in the process that imports its function's module. Ray retries no
         # unit: the driver knows which video was in progress and retries the others itself.
@@ -299,6 +301,20 @@ class _Pipeline:
         for unit, exc in events.failed:
             if self.units.pop(unit.stream, None) is not None:
                 self._on_unit_failed(unit, exc)
+        limit = self.config.recycle_rss_mb
+        if limit > 0:
+            for unit in units:
+                if unit.stream in self.units and unit.rss_growth_mb >= limit:
+                    self._recycle(unit)
+
+    def _recycle(self, unit: Unit) -> None:
+        """End a unit whose worker has grown past ``recycle_rss_mb``: cancelling it kills the
+        worker (Ray starts a fresh one for the next unit) and its videos not yet vouched for go
+        back where they came from. It costs the video in progress, nothing else."""
+        del self.units[unit.stream]
+        ray.cancel(unit.stream, force=True)
+        self.recycled += 1
+        (self.careful if unit.careful else self.pending).extendleft(reversed(unit.rest()))
 
     def _on_unit_failed(self, unit: Unit, exc: BaseException) -> None:
         rest = unit.rest()

@@ -83,7 +83,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
 #: it has CPUs. On a node where the model is the bottleneck, a decode slot idles for seconds
 #: between videos, so every decode started a new worker process: ~1.5-2 s of CPU per video on
 #: a 2-core machine, more than the decode itself (bench/RESULTS.md, "Decode worker churn").
-#: Workers are still recycled after ``max_decode_calls`` videos, and stop with the run. Clusters
+#: Workers are still recycled when their memory grows (``recycle_rss_mb``), and stop with the run. Clusters
 #: started with ``ray start`` get the same setting from the environment variable
 #: ``RAY_idle_worker_killing_time_threshold_ms`` (cluster/ launch files set it).
 IDLE_WORKER_KEEP_MS = 60_000

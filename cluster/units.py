@@ -75,6 +75,7 @@ class Unit:
     vouched: int = 0  # videos whose results have arrived
     received: int = 0  # items read from the stream after the first
     pairs: Any = None  # the latest group's pairs, until its results vouch for them
+    rss_growth_mb: float = 0.0  # its worker's RSS growth, as its latest group reported it
 
     @property
     def careful(self) -> bool:
@@ -141,6 +142,7 @@ def read_units(units: list[Unit]) -> UnitEvents:
                 continue
             start = unit.vouched
             unit.vouched += len(results)
+            unit.rss_growth_mb = max((r.rss_growth_mb for r in results), default=0.0)
             events.decoded.append(Group(unit.entries[start : unit.vouched], results, pairs))
             unit._restart_clock()
     events.finished = [u for u in units if u.vouched >= len(u.entries) and id(u) not in failed]

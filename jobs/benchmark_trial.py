@@ -232,7 +232,7 @@ def summarise_trial(trial: Trial, records: list[dict[str, Any]], pipe_cfg: Any) 
             "actor_peak_rss_mb": round(max((r["actor_rss_mb"] for r in records), default=0.0), 1) or None,
             "decode_peak_rss_mb": round(max((r["decode_rss_mb"] for r in records), default=0.0), 1) or None,
             # decode worker processes this trial used (all its batches, warm-up included): far more
-            # than decode slots x (videos / max_decode_calls) means workers are being restarted
+            # than the decode slots means workers are being restarted (grown past recycle_rss_mb)
             "decode_processes": len({w for r in records for w in r.get("decode_workers", ())}) or None,
             "gpu_peak_mb": round(max(gpu_peaks), 1) if gpu_peaks else None,
             "object_store_peak_mb": round(trial.store_peak / 2**20, 1) if trial.store_peak is not None else None,

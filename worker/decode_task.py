@@ -4,8 +4,8 @@ worker receives.
 ``decode_unit`` is what a decode task executes (``decode_item`` per video) and ``worker.model_runner.ModelRunner`` what a model
 actor does; both are plain Python, so tests and notebooks can call them directly and the Ray
 layer (``cluster/pipeline.py``) only decides where and when they run. Nothing here imports Ray
-or torch: decode workers are recycled every few dozen videos, and each start that loads torch
-costs ~2 s of CPU and ~220 MB (bench/RESULTS.md, "Decode workers without torch").
+or torch: decode workers are recycled when their memory grows (decord leaks), and each start
+that loads torch cost ~2 s of CPU and ~220 MB (bench/RESULTS.md, "Decode workers without torch").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import x3d
 from worker.items import VideoItem
 from worker.rawframes import rawframe_loader
-from worker.stages import NULL_TIMER, StageTimer, maxrss_mb
+from worker.stages import NULL_TIMER, StageTimer, current_rss_mb, maxrss_mb
 from x3d import storage
 
 
@@ -53,6 +53,10 @@ class DecodeResult:
     stages: dict[str, float] | None = None  # seconds per stage, when the task was timed
     rss_mb: float | None = None  # the worker's peak RSS, when the task was timed
     payload_bytes: int = 0  # what the video's payload puts in the object store
+    # How far the worker's RSS has grown since its first video, read when the video's group was
+    # sent (on the group's last result; 0 on the others): the driver recycles a worker past
+    # ``PipelineConfig.recycle_rss_mb`` (``rss_growth_mb``).
+    rss_growth_mb: float = 0.0
 
 
 def _source_for(item: VideoItem) -> x3d.decode.VideoSource:
@@ -109,6 +113,25 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
 #: a decode unit's first item: it is running (queued units have no deadline yet)
 UNIT_STARTED = "started"
 
+_first_video_rss_mb: float | None = None  # this process's RSS once it had decoded a video
+
+
+def rss_growth_mb() -> float:
+    """How far this worker's resident set has grown since it finished its first video.
+
+    decord leaks on some files and FFmpeg's buffers fragment the heap, so a long-lived decode
+    worker may creep up; a fixed recycling count paid a worker start (~0.5-1 s of CPU) every
+    N videos whether or not anything leaked, 5x the no-op pipeline's time (bench/RESULTS.md,
+    "Pipeline ceiling"). Measured growth recycles only the workers that need it. The first
+    video's reading is the baseline, so the decoder's own buffers count as the worker's size,
+    not as growth.
+    """
+    global _first_video_rss_mb
+    now = current_rss_mb()
+    if _first_video_rss_mb is None:
+        _first_video_rss_mb = now
+    return max(0.0, now - _first_video_rss_mb)
+
 
 def decode_unit(
     items: Sequence[VideoItem],
@@ -135,16 +158,21 @@ def decode_unit(
     sent = time.perf_counter()
     for item in items:
         if group and (time.perf_counter() - sent) * 1000.0 >= group_ms:
-            yield group
-            yield [result for result, _ in group]
+            yield from _send(group)
             group, sent = [], time.perf_counter()
         try:
             group.append(decode(item, spec, timed))
         except Exception as exc:  # a stand-in that raises is still one error row, not a lost unit
             group.append((DecodeResult(error=f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0]), None))
     if group:
-        yield group
-        yield [result for result, _ in group]
+        yield from _send(group)
+
+
+def _send(group: list[tuple[DecodeResult, Any]]) -> Iterator[Any]:
+    """A group's two stream items: its pairs, then its results (the last one says the RSS growth)."""
+    group[-1][0].rss_growth_mb = rss_growth_mb()
+    yield group
+    yield [result for result, _ in group]
 
 
 def _failed(error: str, start: float, timer: StageTimer, timed: bool) -> DecodeResult:

@@ -12,7 +12,7 @@ import resource
 import time
 from typing import Callable
 
-__all__ = ["NULL_TIMER", "STAGES", "STAGE_MEANING", "StageTimer", "maxrss_mb"]
+__all__ = ["NULL_TIMER", "STAGES", "STAGE_MEANING", "StageTimer", "current_rss_mb", "maxrss_mb"]
 
 #: every batch's time is split into these, plus "other" (what no step timer covers)
 STAGES = ("read", "decode", "preprocess", "h2d", "forward", "write")
@@ -30,6 +30,19 @@ STAGE_MEANING = {
 def maxrss_mb() -> float:
     """This process's peak resident set so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+_PAGE_MB = resource.getpagesize() / 2**20
+
+
+def current_rss_mb() -> float:
+    """This process's resident set now (Linux ``/proc``; elsewhere the peak, which only grows,
+    so a leak still shows)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_MB
+    except (OSError, IndexError, ValueError):
+        return maxrss_mb()
 
 
 class StageTimer:

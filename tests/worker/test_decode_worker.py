@@ -1,6 +1,6 @@
 """A decode task never loads torch, and its views are the ones the model half expects.
 
-Decode workers are recycled every ``max_decode_calls`` videos to shed decord's leaks; each
+Decode workers are recycled when their memory grows, to shed decord's leaks; each
 start that imported torch cost ~2 s of CPU and ~220 MB (bench/RESULTS.md). So what a decode
 task imports (``worker.decode_task``, ``x3d`` and its protocol) must stay free of torch. Checked in a
 fresh interpreter, the way a Ray worker process starts: it imports the task function's module
