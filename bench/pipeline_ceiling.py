@@ -6,7 +6,7 @@
 
 ``cluster.pipeline.run_pipeline`` runs unchanged; only its two stand-in hooks are set
 (``PipelineConfig.decode_fn`` and ``PipelineConfig.actor_body``): the decode returns at once
-(with no payload, or with a cached uint8 payload of the real size for the model and views), the
+(with no payload, or with a fresh copy of a uint8 payload of the real size for the model and views), the
 actor returns zeros. What is left is what the job pays per video whatever the model: Ray tasks,
 object refs, actor calls and the driver's bookkeeping. Reported per actor count:
 
@@ -44,11 +44,26 @@ _CACHE: dict[str, object] = {}
 
 
 def null_decode(item: VideoItem, spec: ModelSpec, timed: bool = False):
-    """decode_item's signature; returns at once. The payload is chosen by $CEILING_PAYLOAD."""
+    """decode_item's signature; returns at once, or after $CEILING_DECODE_MS of sleep (a decode
+    whose CPU is spent elsewhere: real per-video timing, so real group sizes, on a box with too
+    few cores to decode for real). The payload is chosen by $CEILING_PAYLOAD."""
     kind = os.environ.get("CEILING_PAYLOAD", "none")
+    pause_ms = float(os.environ.get("CEILING_DECODE_MS", "0"))
+    if pause_ms > 0:
+        time.sleep(pause_ms / 1000.0)
     if kind not in _CACHE:
         _CACHE[kind] = _payload(kind, spec)
-    return DecodeResult(error=None, num_views=spec.views), _CACHE[kind]
+    # A fresh copy per video, as a real decode makes: one cached array in every pair of a group
+    # would be pickled once per group (pickle memoises repeated objects), flattering the store.
+    return DecodeResult(error=None, num_views=spec.views), _fresh(_CACHE[kind])
+
+
+def _fresh(payload):
+    if payload is None:
+        return None
+    if isinstance(payload, tuple):
+        return tuple(np.copy(p) for p in payload)
+    return np.copy(payload)
 
 
 def _payload(kind: str, spec: ModelSpec):
@@ -131,6 +146,8 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=10)
     ap.add_argument("--payload", choices=("none", "views", "frames"), default="none")
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--decode-ms", type=float, default=0.0,
+                    help="each null decode sleeps this long (e.g. 75: a 340x256 10 s clip); use with --set decode_slots=N")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                     help="override a PipelineConfig field (int/float), e.g. --set max_decode_calls=1000000")
     args = ap.parse_args()
@@ -139,11 +156,13 @@ def main() -> None:
         name, value = pair.split("=", 1)
         overrides[name] = float(value) if "." in value else int(value)
     os.environ["CEILING_PAYLOAD"] = args.payload  # decode workers inherit it from the raylet
+    os.environ["CEILING_DECODE_MS"] = str(args.decode_ms)
     preset = x3d.get_preset(args.model)
     spec = ModelSpec(preset, args.views, preset.protocol(None).name)
     shipped = payload_bytes(_payload(args.payload, spec))
     today = payload_bytes(_payload("views", spec))
-    print(f"# pipeline ceiling: null decode + null model, {args.videos} videos, {args.model} {args.views} views, payload {args.payload}")
+    print(f"# pipeline ceiling: null decode + null model, {args.videos} videos, {args.model} {args.views} views, payload {args.payload}, "
+          f"decode {args.decode_ms:g} ms")
     print(f"cpu: {cpu_model()}, {os.cpu_count()} cores; local Ray num_cpus={args.cpus}; load {load_average_text()}")
     print(f"overrides: {overrides or 'none'}")
     print(f"object-store bytes per video: {shipped:,} ({100 * shipped / today:.0f}% of today's views, {today:,})")

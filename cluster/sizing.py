@@ -13,7 +13,7 @@ from cluster.errors import ClusterError
 from cluster.pipeline import PipelineConfig
 from worker.decode_task import ModelSpec
 
-__all__ = ["ClusterShape", "GPU_CLIPS_PER_CALL", "size_pipeline", "unit_videos_for"]
+__all__ = ["ClusterShape", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "size_pipeline", "unit_videos_for"]
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,22 @@ def size_pipeline(
         batch_size=batch_size,
         decode_timeout_s=decode_timeout_s,
         unit_videos=unit_videos_for(batch_views, views),
+        group_ms=GPU_GROUP_MS if actor_gpus else PipelineConfig.group_ms,
     )
 
 
 #: Clips per actor call on a GPU: X3D-S at 256 clips is ~330 MB of uint8 input, enough to keep
 #: an H200 busy between calls (not yet measured on one; ``submit.py benchmark`` says).
 GPU_CLIPS_PER_CALL = 256
+
+
+#: How long a decode unit gathers videos into one group on a GPU cluster (ms). Each group is two
+#: stream items for the driver; at 20 ms a real decode (75 ms for a 340x256 clip) sends every
+#: video alone and the driver spent 1.6 ms of CPU per video, at 500 ms 0.65 ms (16 decode slots,
+#: bench/RESULTS.md, "Pipeline ceiling"). The price is memory: a group's frames wait in the
+#: worker (~7 X3D-S videos, ~120 MB), and a crash sends them to a careful unit. CPU jobs keep
+#: 20 ms: their model, not the driver, sets the pace.
+GPU_GROUP_MS = 500.0
 
 
 def unit_videos_for(batch_views: int, views: int) -> int:

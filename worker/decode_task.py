@@ -21,7 +21,7 @@ import numpy as np
 import x3d
 from worker.items import VideoItem
 from worker.rawframes import rawframe_loader
-from worker.stages import NULL_TIMER, StageTimer, current_rss_mb, maxrss_mb
+from worker.stages import NULL_TIMER, StageTimer, maxrss_mb, private_rss_mb
 from x3d import storage
 
 
@@ -117,7 +117,7 @@ _first_video_rss_mb: float | None = None  # this process's RSS once it had decod
 
 
 def rss_growth_mb() -> float:
-    """How far this worker's resident set has grown since it finished its first video.
+    """How far this worker's own resident memory has grown since it finished its first video.
 
     decord leaks on some files and FFmpeg's buffers fragment the heap, so a long-lived decode
     worker may creep up; a fixed recycling count paid a worker start (~0.5-1 s of CPU) every
@@ -127,7 +127,7 @@ def rss_growth_mb() -> float:
     not as growth.
     """
     global _first_video_rss_mb
-    now = current_rss_mb()
+    now = private_rss_mb()
     if _first_video_rss_mb is None:
         _first_video_rss_mb = now
     return max(0.0, now - _first_video_rss_mb)

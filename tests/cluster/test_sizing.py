@@ -55,7 +55,8 @@ def test_cpu_forward_batch_follows_the_clip_size(model, batch):
 def test_units_and_calls_follow_the_models_speed():
     """Small units on CPU where a video takes seconds of forward, large ones where the model is
     fast (a tiny model, a GPU), so the per-task and per-call costs vanish (bench/RESULTS.md)."""
-    from cluster.sizing import GPU_CLIPS_PER_CALL, ClusterShape, size_pipeline
+    from cluster.pipeline import PipelineConfig
+    from cluster.sizing import GPU_CLIPS_PER_CALL, GPU_GROUP_MS, ClusterShape, size_pipeline
 
     cpu = ClusterShape(cpus=2, gpus=0, nodes=1, node_cpus=2, cpu_nodes=1)
     gpu = ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1)
@@ -66,3 +67,5 @@ def test_units_and_calls_follow_the_models_speed():
     assert on_gpu.batch_views == GPU_CLIPS_PER_CALL and on_gpu.unit_videos == 2 * (GPU_CLIPS_PER_CALL // 10)
     assert size_pipeline(gpu, _spec(30)).unit_videos == 2 * (GPU_CLIPS_PER_CALL // 30)
     assert on_gpu.decode_slots == 15 and on_gpu.max_decode_calls >= 1000
+    # groups of many videos on a GPU (the driver's events per video), a video per group on CPU
+    assert on_gpu.group_ms == GPU_GROUP_MS > size_pipeline(cpu, _spec(30)).group_ms == PipelineConfig.group_ms
