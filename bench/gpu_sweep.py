@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
 import statistics
 import sys
 import time
@@ -32,21 +31,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import x3d  # noqa: E402
+from jobs.machine import cpu_model  # noqa: E402  (loads no Ray)
 from worker.decode_task import ModelSpec  # noqa: E402
 from worker.model_runner import ModelRunner  # noqa: E402
 
 LAYOUTS = {"ncdhw": False, "channels_last_3d": True}
-
-
-def _cpu_name() -> str:
-    """The CPU's model name, without ``jobs.machine`` (it loads Ray, which a bare GPU box lacks)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sync(device: torch.device) -> None:
@@ -96,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gpu_sweep.py: no CUDA device here; use --device cpu for a smoke run", file=sys.stderr)
         return 2
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else _cpu_name()
+    device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_model()
     print(f"# model-only clips/s: {device_name}; torch {torch.__version__}; warmup {args.warmup}, "
           f"up to {args.repeats} batches or {args.cell_s:g} s per cell")
     print("| model | precision | layout | compiled | batch | clips/s (median) | min | max | batches | peak GB |")

@@ -57,7 +57,7 @@ class PipelineConfig:
     # A unit sends what it decoded at least this often (ms): videos that take longer travel
     # alone, and only those that decode in a blink share one pair of objects (cluster.units).
     group_ms: float = 20.0
-    # A decode worker whose RSS has grown this much since its first video (decord leaks) is
+    # A decode worker whose private RSS has grown this much since its first group (decord leaks) is
     # recycled: its unit is cancelled once the group that says so arrives, its worker killed, and
     # its unvouched videos go to another unit. Measured growth, not a count: a worker start costs
     # ~0.5-1 s of CPU, which a count paid whether or not anything leaked (bench/RESULTS.md,

@@ -85,7 +85,6 @@ class _Pipeline:
         self.ready: deque[Group] = deque()  # decoded groups with a video to score
         self.scoring: dict[Any, _Batch] = {}
         self.unit_videos = max(1, config.unit_videos)
-        self.recycled = 0  # decode workers ended for their RSS growth
         # decode_unit lives in a module without torch, so decode workers start without loading
         # it; a Ray task runs in the process that imports its function's module. Ray retries no
         # unit: the driver knows which video was in progress and retries the others itself.
@@ -313,7 +312,6 @@ class _Pipeline:
         back where they came from. It costs the video in progress, nothing else."""
         del self.units[unit.stream]
         ray.cancel(unit.stream, force=True)
-        self.recycled += 1
         (self.careful if unit.careful else self.pending).extendleft(reversed(unit.rest()))
 
     def _on_unit_failed(self, unit: Unit, exc: BaseException) -> None:

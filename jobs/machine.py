@@ -1,7 +1,8 @@
 """What a benchmark ran on, recorded beside its numbers: CPU, memory, GPUs, versions, Ray.
 
 One description for the benchmark job and every script in bench/, so tables from different
-tools name the machine the same way.
+tools name the machine the same way. Ray is loaded only by the parts that ask it, so the CPU and
+load readings also serve scripts on a bare GPU box without Ray (``bench/gpu_sweep.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import ray
 import torch
 
 __all__ = ["bf16_cpu_warning", "cpu_has_bf16", "cpu_model", "load_average", "load_average_text", "machine_description", "memory_gb", "object_store_use"]
@@ -78,6 +78,8 @@ def load_average_text() -> str:
 
 
 def machine_description(actors: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    import ray
+
     versions = {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__, "numpy": np.__version__}
     try:
         import decord  # optional here: a description must not fail for want of the decoder
@@ -117,6 +119,7 @@ def object_store_use() -> tuple[float | None, float | None]:
     """(bytes used, bytes available) in the object store, summed over nodes; (None, None) when
     this Ray does not expose it (the raylets' store stats are not public API)."""
     try:
+        import ray
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
         reply = get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address))

@@ -53,7 +53,7 @@ class DecodeResult:
     stages: dict[str, float] | None = None  # seconds per stage, when the task was timed
     rss_mb: float | None = None  # the worker's peak RSS, when the task was timed
     payload_bytes: int = 0  # what the video's payload puts in the object store
-    # How far the worker's RSS has grown since its first video, read when the video's group was
+    # How far the worker's private RSS has grown since its first group, read when the video's group was
     # sent (on the group's last result; 0 on the others): the driver recycles a worker past
     # ``PipelineConfig.recycle_rss_mb`` (``rss_growth_mb``).
     rss_growth_mb: float = 0.0
@@ -113,24 +113,24 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
 #: a decode unit's first item: it is running (queued units have no deadline yet)
 UNIT_STARTED = "started"
 
-_first_video_rss_mb: float | None = None  # this process's RSS once it had decoded a video
+_baseline_rss_mb: float | None = None  # this process's private RSS when it sent its first group
 
 
 def rss_growth_mb() -> float:
-    """How far this worker's own resident memory has grown since it finished its first video.
+    """How far this worker's own resident memory has grown since it sent its first group.
 
     decord leaks on some files and FFmpeg's buffers fragment the heap, so a long-lived decode
     worker may creep up; a fixed recycling count paid a worker start (~0.5-1 s of CPU) every
     N videos whether or not anything leaked, 5x the no-op pipeline's time (bench/RESULTS.md,
-    "Pipeline ceiling"). Measured growth recycles only the workers that need it. The first
-    video's reading is the baseline, so the decoder's own buffers count as the worker's size,
-    not as growth.
+    "Pipeline ceiling"). Measured growth recycles only the workers that need it. The reading
+    when the first group is sent (a video or more decoded) is the baseline, so the decoder's own
+    buffers count as the worker's size, not as growth.
     """
-    global _first_video_rss_mb
+    global _baseline_rss_mb
     now = private_rss_mb()
-    if _first_video_rss_mb is None:
-        _first_video_rss_mb = now
-    return max(0.0, now - _first_video_rss_mb)
+    if _baseline_rss_mb is None:
+        _baseline_rss_mb = now
+    return max(0.0, now - _baseline_rss_mb)
 
 
 def decode_unit(

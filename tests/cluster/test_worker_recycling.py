@@ -2,7 +2,7 @@
 
 A worker start costs ~0.5-1 s of CPU; recycling every N videos paid it whether or not anything
 leaked, 5x the no-op pipeline's time (bench/RESULTS.md, "Pipeline ceiling"). Now a worker whose
-RSS has grown ``recycle_rss_mb`` since its first video has its unit cancelled and is replaced,
+RSS has grown ``recycle_rss_mb`` since its first group has its unit cancelled and is replaced,
 and one that does not grow serves the whole run. Real local Ray, real MP4s, the real model actor:
 a leaking decode (``tests.cluster.leaky_decode``) is recycled every couple of videos and still
 gives every video exactly one row with the undisturbed scores; the real decode keeps one worker.
@@ -53,7 +53,8 @@ def test_a_leaking_decode_worker_is_replaced_and_no_video_is_lost_or_doubled(eva
     assert sorted(seen) == [(0, p) for p in range(12)]  # one outcome per entry, none twice
     _check_scores(evalset, rows)
     workers = {o.decode.worker for o in rows.values()}
-    # the baseline is read after a worker's first video, so it is past 1.5 leaks after its third:
+    # the baseline is read with a worker's first group (one video: a leaky decode outlasts a 20 ms
+    # group), so it is past 1.5 leaks after its third:
     # a worker vouches for at most three videos
     assert len(workers) >= 4, workers
 
