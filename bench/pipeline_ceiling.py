@@ -34,6 +34,7 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 
 import x3d  # noqa: E402
+from cluster.config import ActorReply, ScoredVideo  # noqa: E402
 from cluster.pipeline import PipelineConfig, Shard, run_pipeline  # noqa: E402
 from cluster.runtime import LOCAL_RAY_CONFIG  # noqa: E402
 from jobs.machine import cpu_model, load_average_text  # noqa: E402
@@ -89,9 +90,11 @@ class NullActor:
         return {"worker": f"null:{os.getpid()}", "device": "none", "accelerator": "none"}
 
     def score(self, timed, *groups):
-        videos = sum(len(g) for g in groups)
         # one (videos, classes) array: one buffer to ship, its rows are the per-video scores
-        return np.zeros((videos, self.classes), np.float32), [0.0] * videos, f"null:{os.getpid()}", None
+        pairs = [pair for group in groups for pair in group]
+        probs = np.zeros((len(pairs), self.classes), np.float32)
+        videos = [ScoredVideo(result, p if result.error is None else None) for (result, _), p in zip(pairs, probs)]
+        return ActorReply(videos, f"null:{os.getpid()}")
 
 
 def payload_bytes(payload) -> int:

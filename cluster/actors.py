@@ -16,6 +16,7 @@ import numpy as np
 import ray
 import torch
 
+from cluster.config import ActorReply, ScoredVideo
 from worker.cpus import owned_cpus
 from worker.decode_task import DecodeResult, ModelSpec
 from worker.model_runner import ModelRunner, Payload
@@ -42,11 +43,9 @@ class ModelActor:
         info["node"] = ray.get_runtime_context().get_node_id()
         return info
 
-    def score(
-        self, timed: bool, *groups: list[tuple[DecodeResult, Payload | None]]
-    ) -> tuple[list[np.ndarray | None], list[float], str, dict[str, Any] | None]:
-        """Probabilities (None where the decode failed) and forward time per video of the groups,
-        in order, the actor's name and, when ``timed``, the batch's record for the benchmark
+    def score(self, timed: bool, *groups: list[tuple[DecodeResult, Payload | None]]) -> ActorReply:
+        """Every video of the groups, in order, with its decode's result and, where it decoded,
+        its probabilities and forward time; when ``timed``, the call's record for the benchmark
         (start and end, stages, memory, accelerator use)."""
         pairs = [pair for group in groups for pair in group]
         good = [i for i, (result, _) in enumerate(pairs) if result.error is None]
@@ -61,8 +60,9 @@ class ModelActor:
             scored, ms = self.runner.score([pairs[i][1] for i in good], timer)
             for i, p, m in zip(good, scored, ms):
                 probs[i], infer_ms[i] = p, m
+        videos = [ScoredVideo(result, p, ms) for (result, _), p, ms in zip(pairs, probs, infer_ms)]
         if not timed:
-            return probs, infer_ms, self.runner.name, None
+            return ActorReply(videos, self.runner.name)
         # Handing the scores over is the end of the forward stage (the logits' way back), and the
         # batch ends at that mark, for the same reason it starts at one.
         timer.charge("forward")
@@ -77,7 +77,7 @@ class ModelActor:
             "gpu_util": _gpu_util(self.runner.device) if cuda else None,
             "gpu_peak_mb": torch.cuda.max_memory_allocated(self.runner.device) / 2**20 if cuda else None,
         }
-        return probs, infer_ms, self.runner.name, record
+        return ActorReply(videos, self.runner.name, record)
 
 
 def _gpu_util(device: torch.device) -> float | None:

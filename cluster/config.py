@@ -14,7 +14,7 @@ import numpy as np
 from worker.decode_task import DecodeResult, ModelSpec
 from worker.items import VideoItem
 
-__all__ = ["PipelineConfig", "Shard", "VideoOutcome"]
+__all__ = ["ActorReply", "PipelineConfig", "ScoredVideo", "Shard", "VideoOutcome"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,26 @@ class VideoOutcome:
     decode: DecodeResult | None = None  # the decode task's result (its stage times when timed)
 
 
+@dataclass
+class ScoredVideo:
+    """One video of a model actor's call, as the actor saw it: its decode's result (errors
+    included, so a decode failure travels with its group) and, when it decoded, its scores."""
+
+    decode: DecodeResult
+    probs: np.ndarray | None  # fused probabilities; None exactly when ``decode.error`` is set
+    infer_ms: float = 0.0  # the video's share of the call's forward time
+    features: np.ndarray | None = None  # the video's embedding, when the job asked for one
+
+
+@dataclass
+class ActorReply:
+    """What a model actor's ``score`` returns: every video of the call's groups, in order."""
+
+    videos: list[ScoredVideo]
+    actor: str  # the runner's name (host:pid)
+    record: dict[str, Any] | None = None  # the benchmark's record of the call, when timed
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     spec: ModelSpec
@@ -46,6 +66,9 @@ class PipelineConfig:
     actor_gpus: float = 0.0
     actor_cpus: float = 1.0
     actor_threads: int | None = None  # torch threads per actor; None = int(actor_cpus)
+    # calls an actor runs at once (Ray's max_concurrency): 2 lets a GPU actor prepare its next
+    # call (copies, gather, normalise) while the current one's forward runs
+    actor_concurrency: int = 1
     decode_slots: int = 1  # decode tasks running at once
     decode_cpus: float = 1.0
     batch_views: int = 30  # clips per actor call (whole videos, so it may run over)

@@ -97,6 +97,7 @@ class _Pipeline:
         self.actor_cls = ray.remote(config.actor_body or ModelActor).options(
             num_gpus=config.actor_gpus,
             num_cpus=config.actor_cpus,
+            max_concurrency=config.actor_concurrency,
             # The driver, not Ray, restarts model actors (_replace_actor). A Ray restart would
             # queue the lost actor's calls until it is back, which is never if it needs a GPU
             # that only the lost node had; with no restarts and no retries its calls fail now.
@@ -353,7 +354,7 @@ class _Pipeline:
         batch = self.scoring.pop(ref)
         self.busy[batch.actor] -= 1
         try:
-            probs, infer_ms, worker, record = ray.get(ref)
+            reply = ray.get(ref)
         except RayActorError as exc:
             self.ready.extendleft(reversed(batch.groups))  # redo the batch on the live actors
             self._replace_actor(batch.actor, exc)
@@ -368,12 +369,12 @@ class _Pipeline:
             return
         scored = []
         videos = [(e, r) for g in batch.groups for e, r in zip(g.entries, g.results)]
-        for (entry, result), p, ms in zip(videos, probs, infer_ms):
+        for (entry, result), video in zip(videos, reply.videos):
             if result.error is None:  # the others are error rows already
-                scored.append(VideoOutcome(entry.key[0], entry.key[1], entry.item, p, None, result.num_views,
-                                           result.decode_ms, ms, worker, decode=result))
-        if self.on_batch is not None and record is not None and scored:
-            self.on_batch(record, scored)
+                scored.append(VideoOutcome(entry.key[0], entry.key[1], entry.item, video.probs, None, result.num_views,
+                                           result.decode_ms, video.infer_ms, reply.actor, decode=result))
+        if self.on_batch is not None and reply.record is not None and scored:
+            self.on_batch(reply.record, scored)
         for outcome in scored:
             self._finish((outcome.shard, outcome.position), outcome)
 
