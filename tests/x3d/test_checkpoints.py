@@ -1,6 +1,6 @@
 """Checkpoint layouts, strict loading, and sources (local, file://, HTTP, S3) on real files.
 
-Foreign layouts are built here from ../shared/reference/x3d-keymap.tsv (MMAction2 key -> PySlowFast
+Foreign layouts are built here from tests/data/x3d-keymap.tsv (MMAction2 key -> PySlowFast
 key -> PyTorchVideo key, with shapes), independently of the rules in x3d/checkpoints.py.
 """
 
@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from tests.x3d.keymap import KeyRow, load_keymap
 from x3d.checkpoints import (
     CheckpointError,
     detect_layout,
@@ -33,7 +34,6 @@ from x3d.checkpoints import (
 from x3d.model import X3D, build_model
 from x3d.presets import Architecture
 
-KEYMAP = Path(__file__).parents[2] / ".." / "shared" / "reference" / "x3d-keymap.tsv"
 NBT = ".num_batches_tracked"
 
 
@@ -41,21 +41,9 @@ NBT = ".num_batches_tracked"
 
 
 @pytest.fixture(scope="module")
-def keymap() -> dict[str, tuple[str, list[int], str | None, list[int] | None]]:
-    """MMAction2 key -> (PySlowFast key, its shape, PyTorchVideo key or None, its shape)."""
-    if not KEYMAP.is_file():
-        pytest.skip(f"{KEYMAP} not present")
-
-    def shape(text: str) -> list[int] | None:
-        text = text.strip()
-        return None if text in ("-", "") else [int(x) for x in text.strip("[]").split(",") if x.strip()]
-
-    table = {}
-    for line in KEYMAP.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        mm, _, sf, sf_shape, ptv, ptv_shape = line.split("\t")
-        table[mm] = (sf, shape(sf_shape), None if ptv.startswith("(") else ptv, shape(ptv_shape))
+def keymap() -> dict[str, KeyRow]:
+    """MMAction2 key -> its PySlowFast and PyTorchVideo keys and shapes."""
+    table = load_keymap()
     assert len(table) == 568
     return table
 
@@ -82,14 +70,18 @@ def mm_file(tmp_path_factory, reference) -> Path:
 
 def to_pyslowfast(reference, keymap, nbt=True):
     return {
-        keymap[k][0]: v.reshape(keymap[k][1])
+        keymap[k].pyslowfast: v.reshape(keymap[k].pyslowfast_shape)
         for k, v in reference.items()
         if nbt or not k.endswith(NBT)
     }
 
 
 def to_pytorchvideo(reference, keymap):
-    return {keymap[k][2]: v.reshape(keymap[k][3]) for k, v in reference.items() if keymap[k][2] is not None}
+    return {
+        keymap[k].pytorchvideo: v.reshape(keymap[k].pytorchvideo_shape)
+        for k, v in reference.items()
+        if keymap[k].pytorchvideo is not None
+    }
 
 
 def assert_loaded(model, reference, nbt=True):

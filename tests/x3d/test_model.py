@@ -7,21 +7,18 @@ recognizer from its packaged config (tests/x3d/mmaction_oracle.py) and compare w
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from tests.x3d import mmaction_oracle as oracle
+from tests.x3d.keymap import load_keymap
 from x3d import build_model, get_preset, load_model, normalize
 from x3d.checkpoints import save_mmaction2_checkpoint
 
 MODELS = ["x3d_s", "x3d_m"]
 PARAMETERS = 3_794_322  # MMAction2 metafile, both models
-KEYMAP = Path(__file__).parents[2] / ".." / "shared" / "reference" / "x3d-keymap.tsv"
-
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -61,15 +58,8 @@ def test_parameter_count_is_published(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_state_dict_equals_reference_keymap(name):
-    """568 entries, names and shapes as in the fact sheet's key map (MMAction2 column)."""
-    if not KEYMAP.is_file():
-        pytest.skip(f"{KEYMAP} not present")
-    expected = {}
-    for line in KEYMAP.read_text().splitlines():
-        if not line.strip() or line.startswith("#"):
-            continue
-        key, shape = line.split("\t")[:2]
-        expected[key] = tuple(int(x) for x in shape.strip("[]").split(",") if x.strip())
+    """568 entries, names and shapes as in tests/data/x3d-keymap.tsv (its MMAction2 columns)."""
+    expected = {key: row.shape for key, row in load_keymap().items()}
     state = build_model(name).state_dict()
     assert len(state) == len(expected) == 568
     assert list(state) == list(expected)  # same order too: the key map follows the module tree
