@@ -16,7 +16,7 @@ import torch
 import x3d
 from worker.decode_task import ModelSpec, ms_since, worker_name
 from worker.stages import NULL_TIMER, StageTimer
-from x3d.fusion import fold_batchnorm
+from x3d.bn_fold import fold_batchnorm
 from x3d.predict import check_precision, to_device
 from x3d.protocol import fuse_views, gather_views
 

@@ -25,13 +25,13 @@ from . import tiny  # registers the bundled self-check preset, x3d_tiny
 _TORCH_NAMES = {
     "X3D": "model",
     "build_model": "model",
-    "fold_batchnorm": "fusion",
+    "fold_batchnorm": "bn_fold",
     "predict_clips": "predict",
     "predict_video": "predict",
     "CheckpointError": "checkpoints",
     "load_model": "checkpoints",
 }
-_TORCH_MODULES = ("model", "fusion", "predict", "checkpoints")
+_TORCH_MODULES = ("model", "bn_fold", "predict", "checkpoints")
 
 
 def __getattr__(name: str) -> Any:

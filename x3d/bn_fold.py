@@ -1,10 +1,11 @@
-"""Inference-only rewrites of an X3D that keep its outputs to float tolerance.
+"""BatchNorm folding: an inference-only rewrite of an X3D that keeps its outputs to float tolerance.
 
 X3D is memory-bound on CPUs: each eval-mode BatchNorm3d is one more full read and write of an
 activation tensor that the convolution before it has just written. ``fold_batchnorm`` moves
 every BatchNorm's affine transform into the weights and bias of the convolution that feeds it,
 so the forward does the same arithmetic in fewer passes over memory. The checkpoint, its key
 names and the training graph are untouched: the rewrite works on a copy, after loading.
+(The fusion of per-view scores into a video's is another thing: ``x3d.protocol.fuse_views``.)
 """
 
 from __future__ import annotations

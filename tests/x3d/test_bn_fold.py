@@ -8,7 +8,7 @@ import torch
 
 from tests.x3d import mmaction_oracle as oracle
 from x3d import build_model, get_preset, normalize
-from x3d.fusion import count_batchnorms, fold_batchnorm
+from x3d.bn_fold import count_batchnorms, fold_batchnorm
 
 
 @pytest.fixture(scope="module")
