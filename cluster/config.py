@@ -1,7 +1,10 @@
-"""What the pipeline is given and gives back: its configuration, shards and per-video outcomes.
+"""The plain data that crosses the pipeline: its configuration, its shards, what a model
+actor's call returns (an ``ActorReply``: a ``ScoredVideo`` per video) and each video's outcome.
 
-Apart from ``cluster.pipeline`` so that sizing (``cluster.sizing``) and the jobs can build and
-read these without the driver loop.
+A module of its own because both ends of an actor call need these types: ``cluster.actors``
+builds the replies and ``cluster.pipeline``, which imports the actors, reads them, so they can
+live in neither without an import cycle. No Ray here. The jobs and ``cluster.sizing`` take them
+through ``cluster.pipeline``, which re-exports the ones they use.
 """
 
 from __future__ import annotations

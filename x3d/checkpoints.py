@@ -2,11 +2,11 @@
 
 Sources (``resolve_checkpoint``): a local path, ``file://``, ``http(s)://`` and ``s3://``.
 Downloads follow torch.hub's cache conventions: they land in ``$X3D_CACHE`` if set, else
-torch.hub's own ``<hub dir>/checkpoints`` (``$TORCH_HOME``, default ``~/.cache/torch``), under
+torch.hub's own ``<hub dir>/checkpoints`` (``$TORCH_HOME/hub``, default ``~/.cache/torch/hub``), under
 the URL's file name, and are checked against the sha256 prefix in OpenMMLab-style file names
 (``name-<8 hex>.pth``), as ``torch.hub.load_state_dict_from_url(check_hash=True)`` does.
-HTTP goes through ``torch.hub.download_url_to_file``, S3 through ``x3d.storage`` (the project's
-one S3 client); both land in the cache atomically. Renaming the keys of each published layout is
+HTTP goes through ``torch.hub.download_url_to_file``, S3 through ``x3d.storage`` (where every
+S3 access is made); both land in the cache atomically. Renaming the keys of each published layout is
 ``x3d.checkpoint_filters``' job.
 
 Every failure raises ``CheckpointError`` with a one-line message meant for the user.
@@ -220,9 +220,10 @@ def resolve_checkpoint(
 ) -> Path:
     """A local file for ``source``: a path, ``file://``, ``http(s)://`` or ``s3://bucket/key``.
 
-    Remote files are cached under ``cache_dir`` (default ``$X3D_CACHE`` or ``~/.cache/x3d``) by
-    file name and checked against ``sha256_prefix`` (default: the ``-<hex>`` suffix of the file
-    name, as OpenMMLab names its files). A cached file that verifies is reused without network.
+    Remote files are cached under ``cache_dir`` (default ``$X3D_CACHE``, else torch.hub's
+    ``<hub dir>/checkpoints``) by file name and checked against ``sha256_prefix`` (default: the
+    ``-<hex>`` suffix of the file name, as OpenMMLab names its files). A cached file that
+    verifies is reused without network.
     """
     return _resolve(source, cache_dir, sha256_prefix).path
 

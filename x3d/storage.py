@@ -619,7 +619,7 @@ def write_bytes(uri: str, data: BytesLike) -> None:
             raise _local_error(uri, err) from None
 
 
-#: ``.<name>.<12 hex>.tmp``: where ``_write_local`` builds a file before renaming it into place
+#: ``.<name>.<12 hex>.tmp``: where ``atomic_local_file`` builds a file before renaming it into place
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{12}\.tmp")
 
 
@@ -688,7 +688,7 @@ def atomic_local_file(path: str | os.PathLike) -> Iterator[str]:
 def remove_stale_temp_files(folder_uri: str, older_than_s: float = 600.0) -> int:
     """Delete the temp files that writes killed mid-way left in a local folder; returns how many.
 
-    ``_write_local`` writes ``_temp_name(name)`` and renames it; a process killed before
+    ``atomic_local_file`` writes ``_temp_name(name)`` and renames it; a process killed before
     the rename (a driver's node lost, ``kill -9``) leaves it behind, hidden from every listing
     but taking space, and a resumed run writes that file again under a new temp name. Only temp
     files untouched for ``older_than_s`` go, so a write still running in another process (two

@@ -1,8 +1,9 @@
 """The CPU half of scoring a video: decode the sampled frames and cut them into uint8 test views.
 
 Kept apart from ``predict`` because it needs no torch: a process that only decodes (the Ray
-job's decode workers, recycled every few dozen videos to shed decord's leaks) then starts
-without loading torch, which costs ~2 s of CPU and ~220 MB of memory per worker start.
+job's decode workers, each replaced when its memory has grown ``recycle_rss_mb`` to shed
+decord's leaks: ``cluster.config``) then starts without loading torch, which costs ~2 s of CPU
+and ~220 MB of memory per worker start.
 """
 
 from __future__ import annotations
