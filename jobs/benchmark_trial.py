@@ -238,7 +238,7 @@ def summarise_trial(trial: Trial, records: list[dict[str, Any]], pipe_cfg: Any) 
             "object_store_peak_mb": round(trial.store_peak / 2**20, 1) if trial.store_peak is not None else None,
             "object_store_capacity_mb": round(trial.store_capacity / 2**20, 1) if trial.store_capacity else None,
         },
-        # what the scaling plan needs besides the rates (README, "Scaling plan")
+        # what the scaling plan needs besides the rates (docs/scaling.md)
         "driver_cpu_ms_per_video": round(1e3 * trial.driver_cpu_s / trial.done, 3) if trial.done else None,
         "payload_mb_per_video": round(trial.payload_bytes / trial.done / 1e6, 3) if trial.done else None,
         "decode_workers_per_1000": round(1000 * len(trial.decode_workers) / trial.done, 2) if trial.done else None,
