@@ -12,7 +12,8 @@ One small pure filter per layout (``from_mmaction2``, ``from_pyslowfast``, ``fro
 in the manner of timm's ``checkpoint_filter_fn``: tensors in, renamed tensors out, no files, no
 network. The renaming tables are rules (regexes), not lists, so they work for any depth. Keys
 that no rule knows pass through unchanged, so the strict loader reports them instead of silently
-dropping weights. See ../shared/reference/x3d-protocol.md section 2. Fetching, verifying and
+dropping weights. Every tensor's name in each layout, from the three projects' X3D module trees,
+is in tests/data/x3d-keymap.tsv, which the tests hold these rules to. Fetching, verifying and
 caching files is ``x3d.checkpoints``' job.
 """
 

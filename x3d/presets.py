@@ -5,7 +5,8 @@ hyper-parameters, the exact test protocol its published numbers were measured wi
 names, where its weights live, and the numbers themselves. The evaluation summary's "published"
 column reads from here and nowhere else, so a number can never drift away from its protocol.
 
-Facts (sizes, offsets, URLs, accuracies) come from ../shared/reference/x3d-protocol.md.
+Facts (sizes, offsets, URLs, accuracies) come from the published configs and model cards: MMAction2
+1.2.0's and 0.x's X3D configs and metafiles, and PySlowFast's model zoo (each result names its card).
 """
 
 from __future__ import annotations

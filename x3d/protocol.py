@@ -3,7 +3,9 @@
 Each step is one function with no state: which frames to read (``clip_indices``), the short-side
 resize (``resize_frames``, bit-compatible with OpenCV's fixed-point INTER_LINEAR on uint8), the
 crops (``crop_offsets`` / ``make_views``), normalisation and the fusion of per-view scores. The
-rules and their sources are in ../shared/reference/x3d-protocol.md, section 3.
+rules are MMAction2's test pipeline (1.2.0's, and 0.x's where it differs: ``SampleFrames``,
+``Resize``, ``ThreeCrop`` / ``CenterCrop``, the data preprocessor, ``average_clips='prob'``);
+tests/x3d/test_parity.py runs MMAction2 itself against each step.
 
 torch is imported only inside the functions that run on tensors (``resize_frames_exact``,
 ``gather_views``, ``normalize``, ``fuse_views``): sampling, the OpenCV resize and the crops are what a decode
