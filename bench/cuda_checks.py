@@ -219,7 +219,7 @@ def runner_checks(args, report: Report) -> None:
 
     report.check("two calls at once", concurrent)
 
-    if args.cap_model:
+    if args.cap_model not in ("", "none"):
         def over_cap():
             big = x3d.get_preset(args.cap_model)
             cap = x3d.predict.max_clips_per_forward(big)
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--views", type=int, default=3, choices=[1, 3, 10, 30])
     ap.add_argument("--fp32-tol", type=float, default=1e-4)
-    ap.add_argument("--cap-model", default="x3d_m", help="the model whose over-cap call is checked ('' to skip)")
+    ap.add_argument("--cap-model", default="x3d_m", help="the model whose over-cap call is checked ('none' to skip)")
     ap.add_argument("--uncapped", action="store_true", help="also try one forward over the cap and report what happens")
     ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--json", help="append one JSON line per check and parity row")
