@@ -37,7 +37,7 @@ if [ -n "$DRY" ]; then  # tiny sizes on the CPU: every command line below runs, 
   T=(setup=30 sweep=60 compiled=10 checks=90 job-fp32=90 job-bf16=90 share=15)
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 else
-  DEVICE=cuda; SWEEP_MODELS=x3d_s,x3d_m; SWEEP_BATCHES=64,256; CELL_S=1.5; REPEATS=8; WARMUP=2
+  DEVICE=cuda; SWEEP_MODELS=x3d_s,x3d_m; SWEEP_BATCHES=64,256; CELL_S=1.0; REPEATS=6; WARMUP=2
   # no compiled check here: the compiled sweep cell shows whether compile works (a second compile
   # of X3D-S would not fit this stage's time)
   CHECKS="--device cuda --models x3d_s,x3d_m --views 3 --cap-model x3d_m --uncapped --no-compile"
