@@ -84,7 +84,7 @@ stage() {
   echo "=== $name: $result in ${took}s" >> "$LOG"
   if [ "$result" != ok ] && [ -z "$DRY" ] && [[ $name == job-* ]]; then
     # a job cut short may leave its Ray (and its actor's GPU memory) behind; this machine is ours alone
-    timeout 30 python3 -m ray.scripts.scripts stop --force >> "$LOG" 2>&1 || true
+    timeout 15 python3 -m ray.scripts.scripts stop --force >> "$LOG" 2>&1 || true
   fi
   write_summary
 }
