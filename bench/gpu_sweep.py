@@ -15,13 +15,20 @@ efficiency). Random weights: speed does not depend on them.
 
 Per cell: warm-up batches (compiles happen there), then timed batches until ``--cell-s``
 seconds or ``--repeats`` batches; clips/s is the median over batches, with min and max, and the
-device's peak memory. A cell that runs out of device memory is reported as such, not fatal.
+device's peak memory. A batch above the preset's 32-bit index cap (``x3d.predict.max_clips_per_forward``)
+runs as several forwards, as in the job (the ``forwards`` column). A cell that fails (out of
+memory, a kernel that refuses its input, a compile error) is a row with its error, and the sweep
+goes on; the exit status is 1 when any cell failed. ``--json FILE`` appends one JSON line per cell.
+
+Layouts: ``ncdhw`` is a contiguous (N, C, T, H, W) input to a contiguous model; ``channels_last_3d``
+both in channels_last_3d. Precisions: ``fp32`` (TF32 off), ``tf32``, ``bf16`` (autocast).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import statistics
 import sys
 import time
@@ -64,7 +71,14 @@ def run_cell(preset: x3d.Preset, precision: str, layout: str, compiled: bool, ba
         _sync(runner.device)
         rates.append(batch / (time.perf_counter() - t0))
     peak = torch.cuda.max_memory_allocated(runner.device) / 2**30 if runner.device.type == "cuda" else None
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "batches": len(rates), "peak_gb": peak}
+    forwards = -(-batch // runner.batch_size)
+    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "batches": len(rates), "peak_gb": peak,
+            "forwards": forwards}
+
+
+def _error_line(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:200].replace("|", "/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--cell-s", type=float, default=5.0)
+    ap.add_argument("--json", help="append one JSON line per cell to this file")
     args = ap.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_sweep.py: no CUDA device here; use --device cpu for a smoke run", file=sys.stderr)
@@ -88,25 +103,36 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else cpu_model()
     print(f"# model-only clips/s: {device_name}; torch {torch.__version__}; warmup {args.warmup}, "
           f"up to {args.repeats} batches or {args.cell_s:g} s per cell")
-    print("| model | precision | layout | compiled | batch | clips/s (median) | min | max | batches | peak GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | precision | layout | compiled | batch | forwards | clips/s (median) | min | max | batches | peak GB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     eager_batches = [int(b) for b in args.batches.split(",")]
     compiled_batches = [int(b) for b in args.compile_batches.split(",")]
     cells = [(m, p, lay, c, b) for m, p, lay, c in itertools.product(args.models.split(","), args.precisions.split(","),
                                                                    args.layouts.split(","), compiles)
              for b in (compiled_batches if c else eager_batches)]
+    failed = 0
     for model, precision, layout, compiled, batch in cells:
         head = f"| {model} | {precision} | {layout} | {'yes' if compiled else 'no'} | {batch} |"
+        cell = {"model": model, "precision": precision, "layout": layout, "compiled": compiled, "batch": batch}
         try:
             r = run_cell(x3d.get_preset(model), precision, layout, compiled, batch, args.device,
                          args.warmup, args.repeats, args.cell_s)
-        except torch.cuda.OutOfMemoryError:
-            print(f"{head} out of device memory | | | | |", flush=True)
-            torch.cuda.empty_cache()
-            continue
-        peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
-        print(f"{head} {r['median']:.0f} | {r['min']:.0f} | {r['max']:.0f} | {r['batches']} | {peak} |", flush=True)
-    return 0
+        except Exception as exc:  # one cell's failure is a result (OOM, a refused kernel, a compile error), not the sweep's end
+            cell["error"] = _error_line(exc)
+            failed += 1
+            print(f"{head} | FAILED: {cell['error']} | | | | |", flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        else:
+            cell.update(r)
+            peak = f"{r['peak_gb']:.1f}" if r["peak_gb"] is not None else "-"
+            print(f"{head} {r['forwards']} | {r['median']:.0f} | {r['min']:.0f} | {r['max']:.0f} | {r['batches']} | {peak} |", flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(cell) + "\n")
+    if failed:
+        print(f"gpu_sweep.py: {failed} of {len(cells)} cell(s) failed", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -10,10 +10,11 @@ import math
 from dataclasses import dataclass
 
 from cluster.errors import ClusterError
-from cluster.pipeline import PipelineConfig
+from cluster.config import PipelineConfig
 from worker.decode_task import ModelSpec
 
-__all__ = ["ClusterShape", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "size_pipeline", "unit_videos_for"]
+__all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "size_pipeline",
+           "unit_videos_for"]
 
 
 @dataclass(frozen=True)
@@ -31,18 +32,27 @@ def size_pipeline(
     num_actors: int | None = None,
     batch_size: int | None = None,
     decode_timeout_s: float = 300.0,
+    actors_per_gpu: int = 1,
 ) -> PipelineConfig:
-    """Size the pipeline to a cluster: one actor per GPU and the remaining CPUs decoding;
-    without GPUs, one CPU actor (or ``num_actors``) whose threads take its node's cores, each
-    with a half-CPU decode slot beside it. Raises ``ClusterError`` when it cannot fit."""
+    """Size the pipeline to a cluster: ``actors_per_gpu`` actors per GPU (each holding that
+    fraction of one, ``GPU_ACTOR_CPUS`` CPUs and two calls at once) and the remaining CPUs
+    decoding; without GPUs, one CPU actor (or ``num_actors``) whose threads take its node's
+    cores, each with a half-CPU decode slot beside it. Raises ``ClusterError`` when it cannot fit."""
+    if actors_per_gpu < 1:
+        raise ClusterError(f"--actors-per-gpu must be at least 1, got {actors_per_gpu}")
     gpus = int(shape.gpus)
     actor_threads = None
     decode_cpus = 1.0
+    concurrency = 1
     if gpus >= 1:
-        actors = num_actors or gpus
-        if actors > gpus:
-            raise ClusterError(f"--num-actors {actors} needs {actors} GPUs but the cluster has {gpus}")
-        actor_gpus, actor_cpus = 1.0, 1.0
+        slots = gpus * actors_per_gpu
+        actors = num_actors or slots
+        if actors > slots:
+            raise ClusterError(f"--num-actors {actors} needs {math.ceil(actors / actors_per_gpu)} GPUs at {actors_per_gpu} "
+                               f"actor(s) per GPU but the cluster has {gpus}")
+        actor_gpus, actor_cpus = 1.0 / actors_per_gpu, GPU_ACTOR_CPUS
+        actor_threads = int(GPU_ACTOR_CPUS)
+        concurrency = GPU_ACTOR_CONCURRENCY
         decode_slots = max(1, int(shape.cpus - actors * actor_cpus))
     else:
         # On CPU the forward dwarfs the decode (X3D-S, 30 views, 2 cores: ~2.8 s of model and
@@ -68,6 +78,7 @@ def size_pipeline(
         actor_gpus=actor_gpus,
         actor_cpus=actor_cpus,
         actor_threads=actor_threads,
+        actor_concurrency=concurrency,
         decode_slots=decode_slots,
         decode_cpus=decode_cpus,
         batch_views=batch_views,
@@ -76,6 +87,16 @@ def size_pipeline(
         unit_videos=unit_videos_for(batch_views, views),
         group_ms=GPU_GROUP_MS if actor_gpus else PipelineConfig.group_ms,
     )
+
+
+#: CPUs (and torch threads) of a GPU model actor: one thread prepares the next call (pinning a
+#: call's frames is a host copy of ~15 MB per video) while another launches the current one's
+#: forwards and waits for its results.
+GPU_ACTOR_CPUS = 2.0
+
+#: Calls a GPU model actor runs at once (Ray's max_concurrency): the one whose forwards run and
+#: the next, being prepared (``worker.model_runner.ModelRunner``: only the compute step is locked).
+GPU_ACTOR_CONCURRENCY = 2
 
 
 #: Clips per actor call on a GPU: X3D-S at 256 clips is ~330 MB of uint8 input, enough to keep

@@ -6,8 +6,10 @@ tests and benchmarks call directly.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
@@ -17,14 +19,14 @@ import x3d
 from worker.decode_task import ModelSpec, ms_since, worker_name
 from worker.stages import NULL_TIMER, StageTimer
 from x3d.bn_fold import fold_batchnorm
-from x3d.predict import check_precision, to_device
-from x3d.protocol import fuse_views, gather_views
+from x3d.predict import autocast_for, check_precision, max_clips_per_forward, set_tf32_for, to_device, to_layout
+from x3d.protocol import fuse_views, gather_views, normalize
 
 #: what a model actor receives per video: uint8 views ``(V, T, h, w, 3)``, or (the decode task's
 #: payload) the distinct resized frames and the clip index into them (``x3d.views.PreparedFrames``)
 Payload = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
-__all__ = ["CPU_VOXELS_PER_FORWARD", "ModelRunner", "cpu_batch_size"]
+__all__ = ["CPU_VOXELS_PER_FORWARD", "ModelRunner", "Prepared", "cpu_batch_size"]
 
 
 #: On CPUs X3D is fastest when a forward is a couple of X3D-S clips, not all 30 views: its
@@ -38,8 +40,25 @@ def cpu_batch_size(protocol: x3d.TestProtocol) -> int:
     return max(1, CPU_VOXELS_PER_FORWARD // (protocol.clip_len * protocol.crop_size**2))
 
 
+@dataclass
+class Prepared:
+    """A call's clips on the device, normalised and in the model's layout, and where they end:
+    ``ready`` (CUDA) is recorded on the copy stream once they are there."""
+
+    clips: torch.Tensor
+    counts: list[int]  # clips per video, in order
+    ready: Any = None
+
+
 class ModelRunner:
-    """Holds one X3D on one device and scores batches that mix views of several videos."""
+    """Holds one X3D on one device and scores batches that mix views of several videos.
+
+    A call is two steps: ``prepare`` (copy to the device, gather the clips, normalise) and
+    ``compute`` (the forwards, fusion and the one wait for the results). Only ``compute`` holds
+    the runner's lock, so with two calls in flight (a Ray actor with ``max_concurrency`` 2) the
+    next call is prepared while this one's forwards run; on CUDA ``prepare`` runs on a side
+    stream, and ``compute`` waits for its event on the device, not on the host.
+    """
 
     def __init__(
         self,
@@ -51,14 +70,21 @@ class ModelRunner:
         channels_last: bool | None = None,
         fold_bn: bool = True,
         compile: bool = False,
+        cudnn_benchmark: bool = True,
     ):
         if threads:
             torch.set_num_threads(threads)
         self.spec = spec
         check_precision(spec.precision)
+        # fp32 means fp32 on a GPU too: cuDNN's default TF32 moved fused probabilities by up to
+        # 6.8e-3 on the test model; only the "tf32" precision allows it. Process-wide switches.
+        set_tf32_for(spec.precision)
         self.protocol = spec.test_protocol()
         self.plan = self.protocol.view_plan(spec.views)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        cuda = self.device.type == "cuda"
+        if cuda:  # every forward but a call's last has the same shape: tune each shape once
+            torch.backends.cudnn.benchmark = cudnn_benchmark
         model = x3d.build_model(spec.preset)
         model.load_state_dict(dict(state_dict), strict=True)
         # BatchNorm folded into the convs: the same scores to ~1e-7 in fewer passes over
@@ -66,16 +92,23 @@ class ModelRunner:
         self.fold_bn = fold_bn
         if fold_bn:
             model = fold_batchnorm(model)
-        self.channels_last = self.device.type == "cpu" if channels_last is None else channels_last
+        # CPUs run channels_last_3d (measured faster); on a GPU NCDHW is the default until the
+        # device sweep (bench/gpu_sweep.py) measures both. Either way the conv input is made to
+        # match (x3d.predict.to_layout): normalisation alone leaves channels_last_3d strides.
+        self.channels_last = not cuda if channels_last is None else channels_last
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last_3d)
         self.model = model.to(self.device).eval()
         self.compiled = compile
-        self._copy_stream = None  # CUDA: the side stream host-to-device copies run on
         if compile:  # opt-in (the GPU benchmark compares it): the first batches pay the compile
             self.model = torch.compile(self.model, dynamic=True)
-        # None on a CPU: the cache-sized default; on an accelerator, the whole call at once
-        self.batch_size = batch_size or (cpu_batch_size(self.protocol) if self.device.type == "cpu" else None)
+        # Clips per forward: on a CPU the cache-sized default; on an accelerator the whole call,
+        # both capped where an activation would pass 32-bit indexing (X3D-M: 151 clips).
+        self.max_clips = max_clips_per_forward(spec.preset, self.protocol)
+        default = cpu_batch_size(self.protocol) if not cuda else self.max_clips
+        self.batch_size = min(batch_size or default, self.max_clips)
+        self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
+        self._compute_lock = threading.Lock()
         self.name = worker_name()
 
     def describe(self) -> dict[str, Any]:
@@ -88,14 +121,21 @@ class ModelRunner:
             "precision": self.spec.precision,
             "fold_bn": self.fold_bn,
             "batch_size": self.batch_size,
+            "max_clips_per_forward": self.max_clips,
             "channels_last": self.channels_last,
             "compiled": self.compiled,
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark) if self.device.type == "cuda" else None,
         }
 
     def timer(self) -> StageTimer:
-        """A stage timer that waits for the device before each reading (the benchmark's)."""
+        """A stage timer that waits for the device before each reading (the benchmark's).
+
+        On CUDA it waits for the calling thread's current stream only: the copy stream while a
+        call is prepared, the compute stream while it runs, so timing one call does not wait
+        for the other call in flight.
+        """
         if self.device.type == "cuda":
-            return StageTimer(sync=lambda: torch.cuda.synchronize(self.device))
+            return StageTimer(sync=lambda: torch.cuda.current_stream(self.device).synchronize())
         return StageTimer()
 
     def views_on_device(self, payload: Payload, timer: StageTimer = NULL_TIMER) -> torch.Tensor:
@@ -111,29 +151,78 @@ class ModelRunner:
             return data
         frames, inverse = payload
         data = to_device(_host_tensor(frames), self.device)
+        index = to_device(_host_tensor(np.asarray(inverse, dtype=np.int64)), self.device)
         timer.charge("h2d")
-        views = gather_views(data, torch.from_numpy(np.asarray(inverse, dtype=np.int64)), self.plan)
+        views = gather_views(data, index, self.plan)
         timer.charge("preprocess")
         return views
 
     def score(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> tuple[list[np.ndarray], list[float]]:
-        """Fused probabilities per video, and each video's share of the forward time.
+        """Fused probabilities per video, and each video's share of the call's time.
 
         ``timer`` (the benchmark's) is charged from its last mark, so make it just before.
+        Safe to call from two threads at once: the second call's preparation overlaps the
+        first call's forwards.
         """
-        if self.device.type == "cuda":
-            return self._score_cuda(payloads, timer)
         start = time.perf_counter()
-        views = [self.views_on_device(p, timer) for p in payloads]
-        counts = [v.shape[0] for v in views]
-        clips = torch.cat(views)
-        timer.charge("preprocess")
-        logits = self._forward(clips, timer)
-        probs = self._fuse(logits, counts)
+        prepared = self.prepare(payloads, timer)
+        probs = self.compute(prepared, timer)
+        return probs, _shares(ms_since(start), prepared.counts)
+
+    @torch.inference_mode()
+    def prepare(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> Prepared:
+        """The call's clips on the device, normalised, in the model's layout; no lock held.
+        On CUDA everything runs on the copy stream and nothing waits for the device."""
+        if self._copy_stream is None:
+            views = [self.views_on_device(p, timer) for p in payloads]
+            if self.device.type == "cpu":  # the CPU path normalises per forward, in predict_clips
+                clips = torch.cat(views)
+                timer.charge("preprocess")
+                return Prepared(clips, [v.shape[0] for v in views])
+            clips = to_layout(normalize(torch.cat(views), self.protocol), self.channels_last)
+            timer.charge("preprocess")
+            return Prepared(clips, [v.shape[0] for v in views])
+        with torch.cuda.stream(self._copy_stream):
+            # every copy first, then every gather: a timed call waits for the stream twice, not per video
+            arrived = [self.views_on_device(p) if isinstance(p, np.ndarray) else
+                       (to_device(_host_tensor(p[0]), self.device),
+                        to_device(_host_tensor(np.asarray(p[1], dtype=np.int64)), self.device)) for p in payloads]
+            timer.charge("h2d")
+            views = [a if isinstance(a, torch.Tensor) else gather_views(a[0], a[1], self.plan) for a in arrived]
+            clips = to_layout(normalize(torch.cat(views), self.protocol), self.channels_last)
+            timer.charge("preprocess")
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        return Prepared(clips, [v.shape[0] for v in views], ready)
+
+    def compute(self, prepared: Prepared, timer: StageTimer = NULL_TIMER) -> list[np.ndarray]:
+        """Fused probabilities per video of a prepared call: its forwards, ``batch_size`` clips
+        at a time, under the runner's lock; the logits' copy back is the one wait."""
+        with self._compute_lock:
+            return self._compute(prepared, timer)
+
+    @torch.inference_mode()
+    def _compute(self, prepared: Prepared, timer: StageTimer) -> list[np.ndarray]:
+        if self.device.type == "cpu":  # uint8 clips: predict_clips normalises per forward
+            logits = self._forward(prepared.clips, timer)
+        else:
+            clips = prepared.clips
+            if prepared.ready is not None:
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(prepared.ready)
+                clips.record_stream(stream)  # made on the copy stream, read on this one
+            out = []
+            with autocast_for(self.device, self.spec.precision):
+                for begin in range(0, clips.shape[0], self.batch_size):
+                    out.append(self.model(clips[begin : begin + self.batch_size]).float())
+            logits = torch.cat(out).cpu() if out else torch.empty(0, 0)
+        probs = self._fuse(logits, prepared.counts)
         timer.charge("forward")  # the fusion of views is part of the forward stage
-        return probs, _shares(ms_since(start), counts)
+        return probs
 
     def _forward(self, clips: torch.Tensor, timer: StageTimer) -> torch.Tensor:
+        """Logits on the host of uint8 clips on the device: ``x3d.predict_clips`` (normalise,
+        layout, forward), ``batch_size`` clips per forward."""
         return x3d.predict_clips(
             self.model,
             clips,
@@ -151,47 +240,6 @@ class ModelRunner:
             probs.append(fuse_views(logits[offset : offset + count]).numpy().astype(np.float32))
             offset += count
         return probs
-
-    def _score_cuda(self, payloads: Sequence[Payload], timer: StageTimer) -> tuple[list[np.ndarray], list[float]]:
-        """The GPU path: every video's uint8 frames are copied on a side stream from pinned
-        memory at once, and the forwards run on the compute stream chunk by chunk as their
-        videos arrive, so the copies of later videos overlap the forwards of earlier ones."""
-        start = time.perf_counter()
-        device = self.device
-        compute = torch.cuda.current_stream(device)
-        if self._copy_stream is None:
-            self._copy_stream = torch.cuda.Stream(device)
-        arrived = []
-        with torch.cuda.stream(self._copy_stream):
-            for payload in payloads:
-                host = payload if isinstance(payload, np.ndarray) else payload[0]
-                data = _host_tensor(host).pin_memory().to(device, non_blocking=True)
-                event = torch.cuda.Event()
-                event.record(self._copy_stream)
-                arrived.append((data, event))
-        timer.charge("h2d")
-        chunk = self.batch_size or 1 << 30
-        logits, counts, pending, clips_pending = [], [], [], 0
-        for (data, event), payload in zip(arrived, payloads):
-            compute.wait_event(event)
-            data.record_stream(compute)  # allocated on the copy stream, used on this one
-            if isinstance(payload, np.ndarray):
-                views = data
-            else:
-                views = gather_views(data, torch.from_numpy(np.asarray(payload[1], dtype=np.int64)), self.plan)
-            pending.append(views)
-            counts.append(views.shape[0])
-            clips_pending += views.shape[0]
-            if clips_pending >= chunk:
-                timer.charge("preprocess")
-                logits.append(self._forward(torch.cat(pending), timer))
-                pending, clips_pending = [], 0
-        if pending:
-            timer.charge("preprocess")
-            logits.append(self._forward(torch.cat(pending), timer))
-        probs = self._fuse(torch.cat(logits), counts)
-        timer.charge("forward")
-        return probs, _shares(ms_since(start), counts)
 
 
 def _shares(elapsed_ms: float, counts: list[int]) -> list[float]:

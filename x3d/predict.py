@@ -21,11 +21,18 @@ from .presets import Preset, TestProtocol, get_preset
 from .protocol import fuse_views, normalize, resolve_protocol
 from .views import PreparedVideo, prepare_views  # the CPU half, torch-free; re-exported here
 
-__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "predict_video", "autocast_for", "check_precision", "preset_of", "to_device"]
+__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "predict_video", "autocast_for", "check_precision",
+           "max_clips_per_forward", "preset_of", "set_tf32_for", "to_device", "to_layout"]
 
-#: forward-pass precisions: ``fp32`` is the reference (and the default); ``bf16`` runs the
-#: forward under ``torch.autocast(dtype=torch.bfloat16)`` and still returns float32 logits.
-PRECISIONS = ("fp32", "bf16")
+#: forward-pass precisions: ``fp32`` is the reference (and the default; on CUDA with TF32 off,
+#: which cuDNN's convolutions otherwise use); ``bf16`` runs the forward under
+#: ``torch.autocast(dtype=torch.bfloat16)`` and still returns float32 logits; ``tf32`` is fp32
+#: with CUDA's TF32 convolutions and matmuls allowed (on a CPU it is fp32).
+PRECISIONS = ("fp32", "bf16", "tf32")
+
+#: A tensor past this many elements leaves 32-bit indexing: PyTorch then drops cuDNN for a
+#: native depthwise 3D kernel that refuses such inputs (X3D-M above ~151 clips per forward).
+MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -39,10 +46,66 @@ def check_precision(precision: str) -> str:
 
 
 def autocast_for(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
-    """The context a forward pass runs in: nothing for fp32, bf16 autocast on ``device``'s type."""
-    if check_precision(precision) == "fp32":
+    """The context a forward pass runs in: nothing for fp32 and tf32, bf16 autocast on ``device``'s type."""
+    if check_precision(precision) != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def set_tf32_for(precision: str) -> None:
+    """CUDA's TF32 switches for a precision: allowed only for ``tf32``.
+
+    cuDNN convolutions use TF32 by default, which moves fused probabilities by ~1e-3 against the
+    fp32 reference, so fp32 (and bf16, whose float32 parts are then float32) turn it off. The
+    switches are process-wide: a process runs one model actor (the sweep sets them per cell).
+    The legacy flags, because reading them after the new ``fp32_precision`` API has set only
+    some raises in torch >= 2.9.
+    """
+    allow = check_precision(precision) == "tf32"
+    torch.backends.cudnn.allow_tf32 = allow
+    torch.backends.cuda.matmul.allow_tf32 = allow
+
+
+_LARGEST: dict[tuple[str, int, int], int] = {}  # repr(preset), clip length, crop -> elements
+
+
+def _largest_activation(preset: Preset, clip_len: int, crop_size: int) -> int:
+    """Elements of the largest tensor a forward of one clip makes (any module's input or
+    output), by running the preset's model on the meta device: shapes only, no memory.
+    Cached by the preset's whole description (presets hold dicts, so they do not hash)."""
+    key = (repr(preset), clip_len, crop_size)
+    if key not in _LARGEST:
+        _LARGEST[key] = _trace_largest(preset, clip_len, crop_size)
+    return _LARGEST[key]
+
+
+def _trace_largest(preset: Preset, clip_len: int, crop_size: int) -> int:
+    from .model import build_model
+
+    with torch.device("meta"):
+        model = build_model(preset).eval()
+    largest = [crop_size * crop_size * clip_len * 3]
+
+    def hook(module, inputs, output):
+        tensors = [t for t in (*inputs, output) if isinstance(t, torch.Tensor)]
+        largest[0] = max(largest[0], *(t.numel() for t in tensors))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.empty(1, 3, clip_len, crop_size, crop_size, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return largest[0]
+
+
+def max_clips_per_forward(preset: str | Preset, protocol: TestProtocol | None = None) -> int:
+    """Most clips one forward may hold and keep every activation under 32-bit indexing
+    (X3D-S at 13x182x182: 369; X3D-M at 16x256x256: 151)."""
+    chosen = get_preset(preset)
+    proto = protocol or chosen.protocol()
+    return max(1, MAX_TENSOR_ELEMENTS // _largest_activation(chosen, proto.clip_len, proto.crop_size))
 
 
 def to_device(chunk: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -53,6 +116,12 @@ def to_device(chunk: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and chunk.device.type == "cpu":
         return chunk.pin_memory().to(device, non_blocking=True)
     return chunk.to(device, non_blocking=True)
+
+
+def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``(N, C, T, H, W)`` in the memory layout asked. ``normalize`` permutes a channels-last
+    uint8 tensor, so its output already has channels_last_3d strides; NCDHW needs the copy."""
+    return x.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 
 
 @torch.inference_mode()
@@ -71,7 +140,8 @@ def predict_clips(
     (``protocol.fuse_views``). Normalisation runs on the model's device so only uint8 crosses
     the host-device link (pinned and non-blocking when that device is CUDA). ``precision``
     ``"bf16"`` runs the forward under bf16 autocast; normalisation and the returned logits stay
-    float32. ``on_step(name)`` is called as each step ends ("h2d", "preprocess", "forward"),
+    float32. The model sees the clips in ``channels_last`` (channels_last_3d strides) or NCDHW
+    (contiguous) as asked, whatever strides normalisation left them in. ``on_step(name)`` is called as each step ends ("h2d", "preprocess", "forward"),
     for callers that time them.
     """
     check_precision(precision)
@@ -85,9 +155,7 @@ def predict_clips(
     for start in range(0, data.shape[0], step):
         chunk = to_device(data[start : start + step], device)
         mark("h2d")
-        x = normalize(chunk, protocol)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = to_layout(normalize(chunk, protocol), channels_last)
         mark("preprocess")
         with autocast_for(device, precision):
             logits = model(x)

@@ -66,6 +66,33 @@ def test_units_and_calls_follow_the_models_speed():
     on_gpu = size_pipeline(gpu, _spec(10))
     assert on_gpu.batch_views == GPU_CLIPS_PER_CALL and on_gpu.unit_videos == 2 * (GPU_CLIPS_PER_CALL // 10)
     assert size_pipeline(gpu, _spec(30)).unit_videos == 2 * (GPU_CLIPS_PER_CALL // 30)
-    assert on_gpu.decode_slots == 15 and on_gpu.max_decode_calls >= 1000
+    assert on_gpu.decode_slots == 14 and on_gpu.max_decode_calls >= 1000  # 2 CPUs to the actor
     # groups of many videos on a GPU (the driver's events per video), a video per group on CPU
     assert on_gpu.group_ms == GPU_GROUP_MS > size_pipeline(cpu, _spec(30)).group_ms == PipelineConfig.group_ms
+
+
+def test_actors_per_gpu_share_each_gpu_and_prepare_while_computing():
+    """Sizing is pure: no Ray. Each GPU actor holds 1/actors_per_gpu of a GPU, two CPUs and
+    threads for its copies, and two calls at once (one computing, one being prepared)."""
+    from cluster.sizing import GPU_ACTOR_CPUS, ClusterShape, size_pipeline
+
+    gpus = ClusterShape(cpus=32, gpus=2, nodes=1, node_cpus=32, cpu_nodes=1)
+    one = size_pipeline(gpus, _spec(10))
+    assert (one.num_actors, one.actor_gpus, one.actor_cpus, one.actor_threads, one.actor_concurrency) == (2, 1.0, 2.0, 2, 2)
+    three = size_pipeline(gpus, _spec(10), actors_per_gpu=3)
+    assert three.num_actors == 6 and abs(three.actor_gpus * 3 - 1.0) < 1e-9
+    assert three.decode_slots == 32 - 6 * GPU_ACTOR_CPUS
+    assert size_pipeline(gpus, _spec(10), num_actors=5, actors_per_gpu=3).num_actors == 5
+    with pytest.raises(ClusterError, match="2 GPUs at 3 actor"):
+        size_pipeline(ClusterShape(cpus=32, gpus=1, nodes=1, node_cpus=32, cpu_nodes=1), _spec(10), num_actors=4, actors_per_gpu=3)
+    cpu = size_pipeline(ClusterShape(cpus=2, gpus=0, nodes=1, node_cpus=2, cpu_nodes=1), _spec(30), actors_per_gpu=3)
+    assert (cpu.actor_gpus, cpu.actor_concurrency) == (0.0, 1)
+
+
+def test_sizing_imports_no_ray():
+    import subprocess
+    import sys
+
+    code = "import sys, cluster.sizing; assert 'ray' not in sys.modules, 'cluster.sizing imported ray'"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-1500:]

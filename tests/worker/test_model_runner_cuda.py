@@ -1,5 +1,6 @@
-"""The GPU path of the model half (``ModelRunner._score_cuda``): frames copied on a side stream
-from pinned memory, gathered and cropped on the device, forwards chunked as videos arrive.
+"""The GPU path of the model half (``ModelRunner.prepare`` / ``compute`` on CUDA): frames copied on a
+side stream from pinned memory, gathered, cropped and normalised on the device, forwards chunked.
+(The GPU image has no pytest or PyAV: ``bench/cuda_checks.py`` runs these checks there.)
 
 Needs a CUDA device; skipped without one. The oracle is the CPU path on the same payloads
 (itself bit-identical to ``x3d.prepare_views``'s views: test_model_runner_frames.py): float
