@@ -42,13 +42,6 @@ EXIT_OK = 0
 EXIT_NOTHING_SCORED = 3  # the job ran, but every video failed
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as shells report it
 
-K400_HINT = (
-    "Kinetics-400 is not on this machine: put it in MMAction2's layout (see MMAction2's "
-    "tools/data/kinetics/README.md), point --data-root/--ann-file at it, or run "
-    "`python submit.py --dataset sample`, which works now"
-)
-
-
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
     print(f"{prog_name()}: error: {message}", file=sys.stderr)
     raise SystemExit(status)
@@ -84,10 +77,34 @@ def _check_model_names(model: str, protocol: str | None, views: int) -> None:
         _fail(str(exc))
 
 
+def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset=None) -> None:
+    """The request's other mistakes, still before torch and Ray (``jobs.preflight``): the output,
+    label's input, the dataset's files, and --num-actors against the local machine."""
+    from cluster.errors import ClusterError
+    from jobs import preflight
+    from jobs.datasets import DatasetError
+    from jobs.errors import JobError
+    from worker.decode_task import ModelSpec
+    import x3d
+
+    try:
+        preflight.check_output(output)
+        if getattr(args, "input", None):
+            preflight.check_label_input(args.input)
+        if dataset is not None:
+            preflight.check_dataset_files(dataset)
+        if isinstance(getattr(args, "num_actors", None), int):
+            spec = ModelSpec(x3d.get_preset(model), args.views, args.protocol, precision=args.precision)
+            preflight.check_local_fit(spec, args.num_actors, args.address, args.num_cpus)
+    except (JobError, DatasetError, ClusterError) as exc:
+        _fail(str(exc))
+
+
 def run_evaluate_command(args: argparse.Namespace) -> int:
     spec = _dataset_from_args(args)
     model = args.model or spec.model or "x3d_s"
     _check_model_names(model, args.protocol, args.views)
+    _preflight(args, model, args.output, dataset=spec)
 
     from cluster.errors import ClusterError
     from jobs.datasets import DatasetError
@@ -98,12 +115,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     cfg = job_config(EvaluateConfig, args, dataset=spec, model=model)
     try:
         summary = run_evaluate(cfg)
-    except DatasetError as exc:
-        message = str(exc)
-        if spec.name == "k400_val":
-            message = f"{message}. {K400_HINT}"
-        _fail(message)
-    except (JobError, ClusterError, StorageError) as exc:
+    except (DatasetError, JobError, ClusterError, StorageError) as exc:
         _fail(str(exc))
     if summary["num_ok"] == 0:
         return _nothing_scored(
@@ -122,16 +134,17 @@ def _nothing_scored(message: str) -> int:
 def run_label_command(args: argparse.Namespace) -> int:
     model = args.model or "x3d_s"
     _check_model_names(model, args.protocol, args.views)
-
-    from cluster.errors import ClusterError
-    from jobs.errors import JobError
-    from jobs.label import LabelConfig, compact_labels, plan_label, rebuild_label_index, run_label
-    from x3d.storage import StorageError
-
     if not args.input and not (args.compact or args.rebuild_index):
         _fail("label needs --input (or --compact / --rebuild-index to only tidy --output)")
     if args.target_file_mb <= 0:
         _fail(f"--target-file-mb must be positive, got {args.target_file_mb}")
+    _preflight(args, model, args.output)
+
+    from cluster.errors import ClusterError
+    from jobs.errors import JobError
+    from jobs.label import LabelConfig, compact_labels, first_failure, plan_label, rebuild_label_index, run_label
+    from x3d.storage import StorageError
+
     cfg = job_config(LabelConfig, args, model=model)
     try:
         if args.rebuild_index:
@@ -156,7 +169,8 @@ def run_label_command(args: argparse.Namespace) -> int:
         _fail(str(exc))
     if manifest and manifest["failed"] and not manifest["labelled"]:
         return _nothing_scored(
-            f"none of the {manifest['failed']} videos to label could be labelled; "
+            f"none of the {manifest['failed']} videos to label could be labelled "
+            f"(the first: {first_failure(cfg.output, manifest['run_id'])}); "
             f"their error rows are in {cfg.output}/labels (run {manifest['run_id']})"
         )
     return EXIT_OK
@@ -179,6 +193,7 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _fail(str(exc))
     dataset = _dataset_from_args(args) if data_flags else None
+    _preflight(args, args.model or (dataset.model if dataset else None) or "x3d_s", args.output, dataset=dataset)
     cfg = job_config(
         BenchmarkConfig, args, dataset=dataset, num_actors=counts, model=args.model or (dataset.model if dataset else None) or "x3d_s"
     )
@@ -203,6 +218,14 @@ def _import_extensions() -> None:
             _fail(f"X3D_PRESETS_MODULE: cannot import {name} ({type(exc).__name__}: {first})")
 
 
+def _command_line(args: list[str]) -> str:
+    """``args`` as a command to paste: the installed ``x3d-ray`` as typed, else this Python and submit.py."""
+    if prog_name() == "x3d-ray":
+        return shlex.join([sys.argv[0], *args])
+    python = "python" if shutil.which("python") and os.path.realpath(shutil.which("python")) == os.path.realpath(sys.executable) else sys.executable
+    return shlex.join([python, sys.argv[0] or "submit.py", *args])
+
+
 def resume_command(argv: list[str], output: str) -> str:
     """The command that continues an interrupted run: the same flags, ``--resume``, and the
     output folder (which may have been a timestamped default)."""
@@ -211,8 +234,7 @@ def resume_command(argv: list[str], output: str) -> str:
         args += ["--output", output]
     if "--resume" not in args:
         args.append("--resume")
-    python = "python" if shutil.which("python") and os.path.realpath(shutil.which("python")) == os.path.realpath(sys.executable) else sys.executable
-    return shlex.join([python, sys.argv[0] or "submit.py", *args])
+    return _command_line(args)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -248,11 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         except JobInterrupted as stop:
             name = signal.Signals(stop.signum).name
             if stop.output is None:
-                line = f"interrupted ({name}) before any result was written; run the same command again"
+                line = f"interrupted ({name}) during start-up: nothing is saved; run it again with: {_command_line(argv)}"
             else:
                 line = f"interrupted ({name}): {stop.finished}; resume with: {resume_command(argv, stop.output)}"
             newline = "\n" if sys.stderr.isatty() else ""  # past a progress line drawn in place
-            print(f"{newline}submit.py: {line}", file=sys.stderr, flush=True)
+            print(f"{newline}{prog_name()}: {line}", file=sys.stderr, flush=True)
             return 128 + stop.signum
 
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from cluster.errors import ClusterError
-from cluster.pipeline import PipelineConfig
+from cluster.config import PipelineConfig  # not cluster.pipeline: sizing is read before Ray is imported (jobs.preflight)
 from worker.decode_task import ModelSpec
 
 __all__ = ["ClusterShape", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "size_pipeline", "unit_videos_for"]
