@@ -25,7 +25,7 @@ from worker.decode_task import ModelSpec
 from x3d import storage
 
 __all__ = ["LIST_SUFFIXES", "check_dataset_files", "check_label_input", "check_local_fit", "check_output", "is_list_file",
-           "local_gpus", "local_shape"]
+           "local_gpus", "local_shape", "starts_local_ray"]
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")
 K400_PUBLISHED = "kinetics400-val"  # the registry's tag of the datasets that are Kinetics-400's val videos
@@ -113,13 +113,20 @@ def local_shape(num_cpus: int | None = None) -> ClusterShape | None:
     return ClusterShape(cpus=cpus, gpus=float(gpus), nodes=1, node_cpus=cpus, cpu_nodes=1)
 
 
-def check_local_fit(spec: ModelSpec, num_actors: int | None, address: str | None, num_cpus: int | None) -> None:
-    """``--num-actors`` the local Ray could not hold, refused by the rule that sizes the run
-    (``cluster.sizing``). Only for a local run: a cluster's shape is known once it is joined."""
-    if num_actors is None or address or os.environ.get("RAY_ADDRESS"):
-        return
+def starts_local_ray(address: str | None) -> bool:
+    """Whether the run will start a Ray of its own on this machine: no ``--address``, no
+    ``RAY_ADDRESS``, and no Ray already running in this process (tests, notebooks: the job joins it)."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return False
     ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():  # a caller's Ray (tests, notebooks): the job joins it
+    return not (ray is not None and ray.is_initialized())
+
+
+def check_local_fit(spec: ModelSpec, num_actors: int | None, num_cpus: int | None) -> None:
+    """``--num-actors`` a local Ray on this machine could not hold, refused by the rule that
+    sizes the run (``cluster.sizing``). For a run that ``starts_local_ray``: a cluster's shape is
+    known only once it is joined."""
+    if num_actors is None:
         return
     shape = local_shape(num_cpus)
     if shape is None:
