@@ -17,7 +17,10 @@ Exit status (the README's table):
     130  interrupted by SIGINT (Ctrl-C); 143: stopped by SIGTERM. Either stops the run cleanly:
          one line with what is saved and the command that resumes it
 
-Name checks (dataset, model, protocol, views) answer before torch or Ray is imported.
+Flags are declared in ``jobs.cli`` (each subcommand's own, with its own defaults; docs/cli.md is
+generated from them). Every mistake in a request (a name, a missing input or dataset file, an
+output that is a file, more actors than this machine holds) is answered before torch or Ray is
+imported: the name checks here, the rest in ``jobs.preflight``.
 """
 
 from __future__ import annotations
