@@ -196,8 +196,6 @@ FLAGS: tuple[Flag, ...] = (
          shown="runs/benchmark-<model>-<views>v-<UTC time>"),
 )
 
-GROUP_TITLES = {"data": "data", "model": "model", "cluster": "cluster", "run": "run",
-                "evaluate": "evaluate", "label": "label", "benchmark": "benchmark"}
 DESCRIPTIONS = {
     "evaluate": "evaluate a checkpoint on a labelled dataset [default command]",
     "label": "label new or changed videos under a prefix or in a list (incremental)",
@@ -226,7 +224,7 @@ def _add_flags(parser: argparse.ArgumentParser, command: str, names: dict[str, s
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in flags_of(command):
         if flag.group not in groups:
-            groups[flag.group] = parser.add_argument_group(GROUP_TITLES[flag.group])
+            groups[flag.group] = parser.add_argument_group(flag.group)
         options = dict(flag.options)
         if options.get("choices") == PROTOCOL_CHOICES:
             options["choices"] = names["protocols"].split(",")
@@ -292,7 +290,7 @@ def cli_markdown() -> str:
                   "The *default* column is the value the parser gives when the flag is absent (`None`: the job decides, "
                   "as the help's `[...]` says).", ""]
         for group in dict.fromkeys(f.group for f in flags_of(command)):
-            lines += [f"### {GROUP_TITLES[group]}", "", "| flag | default | help |", "|---|---|---|"]
+            lines += [f"### {group}", "", "| flag | default | help |", "|---|---|---|"]
             for flag in (f for f in flags_of(command) if f.group == group):
                 spelled = ", ".join(f"`{n}`" for n in flag.names)
                 if flag.options.get("action") is argparse.BooleanOptionalAction:
