@@ -61,7 +61,7 @@ def test_evaluate_with_failures_shows_them(ray_local, tmp_path: Path, checkpoint
     table = [line for line in out.splitlines() if line.startswith("| this run")]
     assert len(table) == 2, out
     assert table[0].startswith("| this run, 2 scored videos") and _pct(summary["top1_acc"]) in table[0], out
-    assert table[1].startswith("| this run, 2 failed as misses"), out
+    assert table[1].startswith("| this run, all 4 (failed = miss)"), out
     assert _pct(summary["top1_acc_with_failures"]) in table[1] and _pct(summary["top5_acc_with_failures"]) in table[1], out
     last = out.strip().splitlines()[-1]
     assert last.startswith("scored 2 of 4 videos, 2 failed; this run: 4 videos in "), last
