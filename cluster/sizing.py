@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from cluster.errors import ClusterError
-from cluster.config import PipelineConfig
+from cluster.config import PipelineConfig  # not cluster.pipeline: sizing is read before Ray is imported (jobs.preflight)
 from worker.decode_task import ModelSpec
 
 __all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "size_pipeline",

@@ -23,12 +23,13 @@ from cluster.pipeline import Shard
 from jobs import results
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
 from jobs.errors import JobError, JobInterrupted
+from jobs.interrupts import pause_point
 from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_job
 from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.progress import Progress, quiet_stream
-from jobs.summary import build_summary, collect_versions, summary_markdown, summary_table, times_text
+from jobs.summary import FAILURES_SHOWN, build_summary, collect_versions, failure_lines, summary_markdown, summary_table, times_text
 from worker.decode_task import ModelSpec
 from worker.items import VideoItem
 from x3d import storage
@@ -67,6 +68,7 @@ class PreparedJob:
     manifest: dict[str, Any] = field(default_factory=dict)
     generate_s: float = 0.0  # making the sample videos (a generated dataset's first run)
     versions: dict[str, str] = field(default_factory=dict)  # collected at start-up (jobs.summary.collect_versions)
+    subset: bool = False  # --limit left videos out: the dataset's published figures do not compare
 
     @property
     def protocol(self) -> str:
@@ -105,6 +107,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
     generate_s = time.monotonic() - generating
     check_dataset(cfg.dataset)
     items = list(iter_items(cfg.dataset))
+    subset = cfg.limit is not None and cfg.limit < len(items)
     if cfg.limit is not None:
         items = items[: cfg.limit]
     if not items:
@@ -131,7 +134,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "save_probs": cfg.save_probs,
     }
     _check_resume(output, manifest, cfg.resume)
-    return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s, versions=collect_versions())
+    return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s, versions=collect_versions(), subset=subset)
 
 
 def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
@@ -194,6 +197,13 @@ def first_error(output: str) -> str | None:
     return next((e for e in errors if e is not None), None)
 
 
+def _failures(output: str) -> tuple[list[tuple[str, str]], int]:
+    """(the first ``FAILURES_SHOWN`` failed videos with their errors, how many failed) in ``output``."""
+    table = results.read_predictions(output).select(["video", "error"]).to_pydict()
+    failed = [(v, e) for v, e in zip(table["video"], table["error"]) if e is not None]
+    return failed[:FAILURES_SHOWN], len(failed)
+
+
 def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     """Run the whole job and return the summary (also written next to the predictions).
 
@@ -237,6 +247,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         results.write_shard(job.output, index, rows)
         saved["shards"] += 1
         saved["videos"] += len(rows)
+        pause_point("scoring")  # test hook (jobs.interrupts): a stop with shards saved and work left
 
     workers: list[dict[str, Any]] = []
     if todo:
@@ -256,8 +267,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
     scoring_start = clock["scoring"] if clock["scoring"] is not None else scored
     times = RunTimes(started=started, startup_s=scoring_start - started - job.generate_s, scoring_s=scored - scoring_start)
 
-    try:
+    try:  # from here on every video is saved: a stop only leaves the summary to write
+        pause_point("scored")
         summary = summarise(job, times, workers, videos_done=done_here["videos"], clips_done=done_here["clips"])
+        failures, failed = _failures(job.output) if summary["num_failed"] else ([], 0)
     except JobInterrupted as stop:
         stop.output, stop.finished = job.output, f"every video is saved in {job.output}; the summary is not written"
         raise
@@ -269,7 +282,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         ) from None
     if not cfg.quiet:
         print(summary_table(summary))
-        print(f"{summary['num_videos']} videos ({summary['num_failed']} failed); {times_text(summary)}; results in {job.output}")
+        print(f"scored {summary['num_ok']} of {summary['num_videos']} videos, {summary['num_failed']} failed; "
+              f"{times_text(summary)}; results in {job.output}")
+        where = f"{storage.join(job.output, 'predictions')} (figures with failures: {storage.join(job.output, 'summary.md')})"
+        for line in failure_lines(failures, failed, where):
+            print(line, file=sys.stderr, flush=True)
     return summary
 
 
@@ -296,12 +313,13 @@ def summarise(job: PreparedJob, times: RunTimes, workers: list[dict[str, Any]], 
         versions=job.versions,
         videos_done=videos_done,
         clips_done=clips_done,
-        published_on=cfg.dataset.published,
+        published_on=None if job.subset else cfg.dataset.published,  # a --limit subset is not what they measured
         startup_s=times.startup_s,
         generate_s=job.generate_s,
         scoring_s=times.scoring_s,
     )
     summary = _with_precision(summary, cfg.precision)
+    pause_point("summary")
     results.write_json(storage.join(job.output, "summary.json"), summary)
     markdown = summary_markdown(summary)
     if cfg.precision != "fp32":

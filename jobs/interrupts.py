@@ -12,15 +12,17 @@ keeps the output valid is not itself interrupted.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from types import FrameType
 
 from cluster.errors import cause_of
 from jobs.errors import JobInterrupted
 
-__all__ = ["JobInterrupted", "interrupt_behind", "reinstall", "stop_on_signals"]
+__all__ = ["JobInterrupted", "interrupt_behind", "pause_point", "reinstall", "stop_on_signals"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -70,3 +72,22 @@ def interrupt_behind(exc: BaseException) -> JobInterrupted | None:
     with an exception set") instead of as itself.
     """
     return cause_of(exc, JobInterrupted)  # type: ignore[return-value]
+
+
+_paused: set[str] = set()
+
+
+def pause_point(phase: str) -> None:
+    """Test hook: ``X3D_TEST_PAUSE_AT=<phase>`` stops here once, appends the phase's name to
+    the file ``X3D_TEST_PAUSE_FILE`` (the test's cue to send a signal) and waits up to two
+    minutes for it. Phases: ``startup`` (the cluster is up, nothing written), ``scoring`` (a
+    shard is saved, work is left), ``scored`` (every video saved, the summary not begun),
+    ``summary`` (the summary is being written). A no-op unless the variable names the phase."""
+    if os.environ.get("X3D_TEST_PAUSE_AT") != phase or phase in _paused:
+        return
+    _paused.add(phase)
+    with open(os.environ["X3D_TEST_PAUSE_FILE"], "a") as cue:
+        cue.write(f"{phase}\n")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # the signal's handler raises JobInterrupted out of this sleep

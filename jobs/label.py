@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import sys
 import time
@@ -28,24 +27,27 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 import x3d
 from cluster.pipeline import Shard
 from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
 from jobs.errors import JobError, JobInterrupted
+from jobs.interrupts import pause_point
 from jobs.lifecycle import check_model, load_weights, run_model_job
 from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.parquet_writer import write_parquet
+from jobs.preflight import check_label_input, check_output, is_list_file
 from jobs.progress import Progress, quiet_stream as _quiet_stream
 from jobs.schemas import LABEL_SCHEMA
-from jobs.summary import times_text
+from jobs.summary import FAILURES_SHOWN, failure_lines, times_text
 from worker.items import VideoItem
 from x3d import storage
 
-__all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "plan_label", "read_labels", "rebuild_label_index", "run_label", "version_of"]
+__all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "first_failure", "plan_label", "read_labels", "rebuild_label_index", "run_label", "version_of"]
 
 
 @dataclass(kw_only=True)
@@ -85,7 +87,7 @@ def parse_since(text: str | None) -> float | None:
 
 def list_input(source: str) -> Iterator[storage.ObjectInfo]:
     """Stream the videos of a folder / prefix, or of a list file (one path or URI per line)."""
-    if _is_list_file(source):
+    if is_list_file(source):
         base = source.rsplit("/", 1)[0] if "/" in source else "."
         text = storage.read_bytes(source).decode("utf-8-sig")
         for line in text.splitlines():
@@ -101,25 +103,11 @@ def list_input(source: str) -> Iterator[storage.ObjectInfo]:
     yield from storage.list_files(source, VIDEO_EXTENSIONS)
 
 
-def _is_list_file(source: str) -> bool:
-    return source.lower().endswith((".txt", ".csv", ".lst", ".list"))
-
-
 def check_input(cfg: LabelConfig) -> None:
-    """``--input`` and ``--output`` checked before any work: a local folder or list file that is
-    not there is a typo (in a nightly cron job it would label nothing, night after night, with
-    exit 0), not an empty input. An S3 prefix with nothing under it is an empty input."""
-    results.check_output_folder(cfg.output)
-    storage.check_writable(cfg.output)  # before the weights and Ray: a missing bucket is one line now
-    if storage.is_remote(cfg.input):
-        return
-    path = storage.local_path(cfg.input)
-    if _is_list_file(cfg.input):
-        if not os.path.isfile(path):
-            raise JobError(f"--input {cfg.input}: no such list file")
-    elif not os.path.isdir(path):
-        what = "is a file, not a folder or a list file (.txt, .csv, .lst, .list)" if os.path.exists(path) else "no such folder"
-        raise JobError(f"--input {cfg.input}: {what}")
+    """``--input`` and ``--output`` checked before any work (``jobs.preflight``, which the command
+    line runs before torch and Ray are even imported)."""
+    check_output(cfg.output)
+    check_label_input(cfg.input)
 
 
 def read_labels(output: str, latest_only: bool = True, filter=None, columns: list[str] | None = None) -> pa.Table:
@@ -239,6 +227,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0, "labelled": 0, "failed": 0}
     shard_todos: dict[int, list[_Todo]] = {}
+    failures: list[tuple[str, str]] = []  # the first few (video, error) of this run, for stderr
     written: list[label_state.Segment] = []  # this run's rows as index entries, saved at the end
 
     def shards() -> Iterator[Shard]:
@@ -261,6 +250,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         rows = [_label_row(o, t, cfg, classes, sha, run_id) for o, t in zip(outcomes, todos)]
         counts["labelled"] += sum(1 for r in rows if r["error"] is None)
         counts["failed"] += sum(1 for r in rows if r["error"] is not None)
+        failures.extend((r["video"], r["error"]) for r in rows if r["error"] is not None and len(failures) < FAILURES_SHOWN)
         _write_rows(label_store.part_uri(cfg.output, run_id, index), rows)
         written.append(_entries(history, rows))
         label_store.crash_point("label:after-shard")
@@ -293,9 +283,15 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         stop.finished = f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
         raise
     progress.close()
-    # every row of the run is on disk: only now record them in the index (see jobs.label_state)
-    history.index.add(label_state.Segment.merge(written), [run_id])
-    return _finish_run(cfg, preset, sha, run_id, counts, started, clock["scoring"])
+    try:
+        pause_point("scored")
+        # every row of the run is on disk: only now record them in the index (see jobs.label_state)
+        history.index.add(label_state.Segment.merge(written), [run_id])
+        return _finish_run(cfg, preset, sha, run_id, counts, started, clock["scoring"], failures)
+    except JobInterrupted as stop:  # the rows are saved; a later run folds them into the index
+        stop.output = cfg.output
+        stop.finished = f"all {counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
+        raise
 
 
 def _entries(history: _History, rows: list[dict[str, Any]]) -> label_state.Segment:
@@ -307,7 +303,7 @@ def _entries(history: _History, rows: list[dict[str, Any]]) -> label_state.Segme
 
 
 def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, counts: dict[str, int], started: float,
-                scoring_start: float) -> dict[str, Any]:
+                scoring_start: float, failures: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
     """Write the run's manifest (keys: ``jobs.schemas.LABEL_MANIFEST_KEYS``) and say what was done."""
     now = time.monotonic()
     wall, scoring = now - started, now - scoring_start
@@ -343,7 +339,18 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
             f"label: {counts['listed']} listed, {counts['skipped']} already labelled, "
             f"{counts['labelled']} labelled, {counts['failed']} failed; {times_text(manifest)} -> {cfg.output}"
         )
+        where = f"{label_store.labels_dir(cfg.output)} (run {run_id})"
+        for line in failure_lines(failures, counts["failed"], where, job="label"):
+            print(line, file=sys.stderr, flush=True)
     return manifest
+
+
+def first_failure(output: str, run_id: str) -> str | None:
+    """The error of one failed video of run ``run_id`` (for the line that says nothing could be
+    labelled), None if none failed."""
+    failed = (ds.field("run_id") == run_id) & ~ds.field("error").is_null()
+    errors = read_labels(output, latest_only=False, filter=failed, columns=["error"]).column("error").to_pylist()
+    return errors[0] if errors else None
 
 
 def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], sha: str, run_id: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import x3d
 from cluster.pipeline import PipelineConfig, Shard, VideoOutcome, run_pipeline
 from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
 from jobs.errors import JobError
-from jobs.interrupts import interrupt_behind
+from jobs.interrupts import interrupt_behind, pause_point, reinstall
 from jobs.options import ClusterOptions, ModelOptions, RunOptions
 from worker.decode_task import ModelSpec
 from x3d.predict import check_precision
@@ -97,6 +97,7 @@ def run_model_job(
     descriptions."""
     started = start_cluster(opts.address, opts.local_cpus)
     try:
+        pause_point("startup")  # test hook (jobs.interrupts): a stop once the cluster is up, nothing written
         config = size_for(opts, spec, opts.num_actors)
         on_sized(config)
         state_ref = ray.put(weights.state_dict)  # held for the run: replacement actors re-read it
@@ -109,3 +110,6 @@ def run_model_job(
             raise stop from None
     finally:
         stop_cluster(started)
+        # Ray's core worker leaves SIGTERM at its default when it shuts down: a SIGTERM between
+        # the last video and the summary then killed the driver silently (exit 143, no line).
+        reinstall()

@@ -7,7 +7,7 @@ resumed run reports exactly what an uninterrupted one would.
 from __future__ import annotations
 
 import platform
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import numpy.ma  # noqa: F401 - np.union1d imports it on first use; the summary step must import nothing
@@ -16,7 +16,7 @@ import pyarrow as pa
 import x3d
 from jobs.metrics import mean_class_accuracy, top_k_accuracy
 
-__all__ = ["accuracy_from_table", "build_summary", "collect_versions", "summary_markdown", "summary_table", "times_text"]
+__all__ = ["FAILURES_SHOWN", "accuracy_from_table", "failure_lines", "build_summary", "collect_versions", "summary_markdown", "summary_table", "times_text"]
 
 
 def accuracy_from_table(table: pa.Table) -> dict[str, Any]:
@@ -152,6 +152,10 @@ def _pct(value: float | None) -> str:
 def summary_table(summary: dict[str, Any]) -> str:
     """The accuracy table printed at the end of a run: ours beside the published numbers."""
     rows = [("this run", summary["protocol"], _pct(summary["top1_acc"]), _pct(summary["top5_acc"]), _pct(summary["mean_class_acc"]))]
+    if summary.get("num_failed"):  # the scored videos alone flatter a run that lost some: both are shown
+        rows[0] = (f"this run, {summary['num_ok']} scored videos", *rows[0][1:])
+        rows.append((f"this run, all {summary['num_videos']} (failed = miss)", summary["protocol"], _pct(summary["top1_acc_with_failures"]),
+                     _pct(summary["top5_acc_with_failures"]), _pct(summary["mean_class_acc_with_failures"])))
     for p in summary["published"]:
         rows.append((p["source"], p["protocol"], _pct(p["top1_acc"]), _pct(p["top5_acc"]), "n/a"))
     header = ("", "protocol", "top-1 %", "top-5 %", "mean class %")
@@ -166,12 +170,31 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 def times_text(times: dict[str, Any]) -> str:
     """How long a command took and where the time went, said the same way by evaluate and label:
-    ``scored 120 videos in 30.1 s (start-up 8.0 s, sample generation 2.0 s, scoring 20.1 s)``."""
+    ``this run: 120 videos in 30.1 s (start-up 8.0 s, sample generation 2.0 s, scoring 20.1 s)``
+    (the videos this invocation processed, failed ones included; a resumed run's earlier ones not)."""
     parts = [f"start-up {times['startup_s']:.1f} s"]
     if times.get("generate_s"):
         parts.append(f"sample generation {times['generate_s']:.1f} s")
     parts.append(f"scoring {times['scoring_s']:.1f} s")
-    return f"this run scored {times['videos_this_run']} videos in {times['wall_s']:.1f} s ({', '.join(parts)})"
+    return f"this run: {times['videos_this_run']} videos in {times['wall_s']:.1f} s ({', '.join(parts)})"
+
+
+#: failed videos named on stderr at the end of a run; the rest are in the error rows
+FAILURES_SHOWN = 5
+
+
+def failure_lines(failures: Sequence[tuple[str, str]], total: int, where: str, job: str = "evaluate") -> list[str]:
+    """What stderr says about the failed videos: up to ``FAILURES_SHOWN`` of ``failures`` (video,
+    error) with their errors, and where all ``total`` of them are recorded."""
+    if not total:
+        return []
+    lines = [f"{job}: {total} video{'s' if total > 1 else ''} failed:"]
+    for video, error in failures[:FAILURES_SHOWN]:
+        lines.append(f"  {error if video in error else f'{video}: {error}'}")
+    rest = total - min(total, len(failures), FAILURES_SHOWN)
+    more = f"{rest} more not listed here; " if rest else ""
+    lines.append(f"{job}: {more}every failed video has an error row in {where}")
+    return lines
 
 
 def _or_na(value: Any) -> str:

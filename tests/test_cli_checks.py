@@ -165,9 +165,9 @@ def test_separator_flag_reads_paths_with_spaces(tmp_path: Path):
 
 
 def _subparsers():
-    import submit
+    from jobs.cli import build_parser
 
-    parser = submit.build_parser()
+    parser = build_parser()
     (sub,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     return parser, sub.choices
 
@@ -210,15 +210,16 @@ def test_readme_links_the_flag_reference_and_exit_codes_and_names_the_entry_poin
 
 def test_usage_and_errors_name_the_command_typed(monkeypatch, capsys):
     import submit
+    from jobs.cli import build_parser
 
     monkeypatch.setattr(sys, "argv", ["/usr/local/bin/x3d-ray"])
-    parser = submit.build_parser()
+    parser = build_parser()
     assert parser.prog == "x3d-ray"
     with pytest.raises(SystemExit):
         submit.main(["--dataset", "no_such_set"])
     assert capsys.readouterr().err.startswith("x3d-ray: error: unknown dataset 'no_such_set'")
     monkeypatch.setattr(sys, "argv", [str(ROOT / "submit.py")])
-    assert submit.build_parser().prog == "submit.py"
+    assert build_parser().prog == "submit.py"
 
 
 # --------------------------------------------------------------------------- 21: packaging and set-up

@@ -1,0 +1,304 @@
+"""The command line's flags, declared once: each subcommand's parser and ``docs/cli.md`` are made
+from the table below.
+
+Each ``Flag`` names the subcommands that take it and its default *per subcommand* (``--views``:
+evaluate 30, label 10, benchmark 30). Every subparser gets its own argparse actions, built from
+the table for that subcommand alone: argparse's ``parents=`` shares one action object between
+the parsers that inherit it, so a ``set_defaults`` on one subcommand (benchmark's 30 views)
+used to become every subcommand's default (label ran 30 views while its help said 10).
+
+To add a flag: one ``Flag(...)`` entry in ``FLAGS`` with the subcommands that take it; its value
+reaches the job config's field of the same name (``job_config``; ``FIELD_FOR_DEST`` where the
+names differ). Then regenerate the reference page:
+
+    python -m jobs.cli > docs/cli.md
+
+(tests/test_cli_doc.py holds the page equal to this output). Importing this module costs no
+torch and no Ray: ``--help`` and every flag mistake answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["COMMANDS", "EXIT_USAGE", "FLAGS", "Flag", "build_parser", "cli_markdown", "job_config", "parse_args", "prog_name"]
+
+COMMANDS = ("evaluate", "label", "benchmark")
+DEFAULT_COMMAND = "evaluate"  # `submit.py --dataset sample` is `submit.py evaluate --dataset sample`
+EXIT_USAGE = 2  # a mistake in the request (submit.py's table of exit statuses)
+PRECISIONS = ("fp32", "bf16")  # x3d.predict.PRECISIONS; not imported, it would load torch
+ANN_FORMATS = ("auto", "video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix")  # "auto" + jobs.datasets.FORMATS
+#: --separator names for separators that are awkward to type in a shell
+SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+ALL = COMMANDS
+PROTOCOL_CHOICES = "<the presets' protocols>"  # --protocol's choices, filled in when the parser is built
+SCORING = ("evaluate", "label")  # the jobs that write results shard by shard (jobs.options.RunOptions)
+DATA = ("evaluate", "benchmark")  # the jobs that read a dataset
+
+
+def prog_name() -> str:
+    """``x3d-ray`` when run through the installed entry point, else ``submit.py``: usage lines
+    and error messages name the command the user typed."""
+    return "x3d-ray" if os.path.basename(sys.argv[0] or "") == "x3d-ray" else "submit.py"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is a single line that says what to fix."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _separator(text: str) -> str:
+    """``--separator``: the character itself, or a name (``tab``) for one a shell makes awkward."""
+    value = SEPARATOR_NAMES.get(text.lower(), text)
+    if not value:
+        raise argparse.ArgumentTypeError("expected a character such as tab or ',' (omit the flag for any whitespace)")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag: its names, option group, help, the subcommands that take it and its default.
+
+    ``default`` and ``shown`` are a value, or a dict from subcommand to value. ``shown`` is what
+    the help's ``[...]`` says when the parsed default (often None) stands for something the job
+    decides ("the dataset's, else x3d_s"); without it the default itself is shown.
+    ``help`` may name ``{presets}``, ``{protocols}`` or ``{datasets}``.
+    """
+
+    names: tuple[str, ...]
+    group: str
+    help: str
+    commands: tuple[str, ...] = ALL
+    default: Any = None
+    shown: Any = None
+    options: dict[str, Any] = field(default_factory=dict)  # add_argument's other keywords: type, choices, action...
+
+    def _per(self, value: Any, command: str) -> Any:
+        return value.get(command) if isinstance(value, dict) else value
+
+    def default_for(self, command: str) -> Any:
+        return self._per(self.default, command)
+
+    def bracket_for(self, command: str) -> str | None:
+        """The ``[...]`` of the help text: what happens when the flag is not given."""
+        shown = self._per(self.shown, command)
+        if shown is not None:
+            return str(shown)
+        default = self.default_for(command)
+        if self.options.get("action") is argparse.BooleanOptionalAction:
+            return "on" if default else "off"
+        if default is None or isinstance(default, bool):
+            return None
+        return f"{default:g}" if isinstance(default, float) else str(default)
+
+    def help_for(self, command: str, names: dict[str, str]) -> str:
+        text = self.help.format(**names)
+        bracket = self.bracket_for(command)
+        return f"{text} [{bracket}]" if bracket else text
+
+
+FLAGS: tuple[Flag, ...] = (
+    # ---- data: what to read (evaluate, benchmark)
+    Flag(("--dataset",), "data", "a registered dataset: {datasets} (jobs/datasets.toml), or one of --datasets FILE", DATA),
+    Flag(("--datasets",), "data", "a TOML file adding or overriding dataset entries", DATA, options={"metavar": "FILE"}),
+    Flag(("--data-root",), "data", "folder or s3:// prefix that annotation paths are relative to", DATA),
+    Flag(("--ann-file", "--video-list"), "data", "annotation / video list file (local or s3://)", DATA, options={"dest": "ann_file"}),
+    Flag(("--ann-format",), "data", "how the annotation file is laid out", DATA, shown="auto: from its first line",
+         options={"choices": ANN_FORMATS}),
+    Flag(("--separator",), "data", "field separator of the annotation file, for paths with spaces: tab, comma or the character",
+         DATA, shown="any whitespace", options={"type": _separator, "metavar": "SEP"}),
+    # ---- model: which model scores, and how (every job; jobs.options.ModelOptions)
+    Flag(("--model",), "model", "model preset: {presets}",
+         shown={"evaluate": "the dataset's, else x3d_s", "label": "x3d_s", "benchmark": "the dataset's, else x3d_s"}),
+    Flag(("--checkpoint",), "model", "checkpoint path, https:// URL or s3:// URI",
+         shown={"evaluate": "the preset's published weights", "label": "the preset's published weights",
+                "benchmark": "random weights: speed does not depend on them"}),
+    Flag(("--views",), "model", "test views per video", default={"evaluate": 30, "label": 10, "benchmark": 30},
+         options={"type": int, "choices": [1, 3, 10, 30]}),
+    Flag(("--protocol",), "model", "test protocol of the preset", shown="the preset's first, mmaction2",
+         options={"choices": PROTOCOL_CHOICES}),
+    Flag(("--precision",), "model", "forward pass: fp32 (the reference) or bf16 autocast", default="fp32",
+         options={"choices": PRECISIONS}),
+    Flag(("--memory-format",), "model", "model memory layout", default="auto", shown="auto: channels_last_3d on CPU, NCDHW on GPU",
+         options={"choices": ("auto", "channels_last_3d", "ncdhw")}),
+    Flag(("--compile",), "model", "torch.compile the model in each actor (GPU: measure it with benchmark)", default=False,
+         options={"action": "store_true"}),
+    # ---- cluster: where it runs (every job; jobs.options.ClusterOptions)
+    Flag(("--address",), "cluster", "Ray cluster address", shown="RAY_ADDRESS, else a local Ray started for the run"),
+    Flag(("--num-cpus",), "cluster", "CPUs of the local Ray started when no --address is given", shown="this machine's",
+         options={"type": _positive_int}),
+    Flag(("--batch-size",), "cluster", "clips per forward pass", shown="sized for the device", options={"type": _positive_int}),
+    Flag(("--decode-timeout",), "cluster", "seconds before a hung decode becomes an error row", default=300.0,
+         options={"type": float}),
+    Flag(("--quiet",), "cluster", "no progress output", default=False, options={"action": "store_true"}),
+    # ---- run: jobs that write results shard by shard (jobs.options.RunOptions)
+    Flag(("--num-actors",), "run", "model actors", SCORING, shown="one per GPU; one on a CPU-only cluster",
+         options={"type": _positive_int}),
+    Flag(("--shard-size",), "run", "videos per Parquet file", SCORING, default=256, options={"type": _positive_int}),
+    # ---- evaluate
+    Flag(("--label-map",), "evaluate", "class names, one per line", ("evaluate",), shown="the dataset's, else the model's"),
+    Flag(("--output",), "evaluate", "output folder or s3://bucket/prefix", ("evaluate",),
+         shown="runs/<dataset>-<model>-<views>v-<UTC time>"),
+    Flag(("--limit",), "evaluate", "only the first N videos", ("evaluate",), options={"type": _positive_int}),
+    Flag(("--resume",), "evaluate", "continue an interrupted run (same --output)", ("evaluate",), default=False,
+         options={"action": "store_true"}),
+    Flag(("--save-probs",), "evaluate", "keep the full score vector per video", ("evaluate",), default=True,
+         options={"action": argparse.BooleanOptionalAction}),
+    # ---- label
+    Flag(("--input",), "label", "folder, s3://bucket/prefix/ (listed recursively) or a list file", ("label",),
+         shown="required, except with --compact / --rebuild-index alone"),
+    Flag(("--output",), "label", "output folder or s3://bucket/prefix; reruns skip what it holds", ("label",),
+         shown="required", options={"required": True}),
+    Flag(("--top-k",), "label", "labels kept per video", ("label",), default=5, options={"type": _positive_int}),
+    Flag(("--min-score",), "label", "drop labels scoring below this", ("label",), default=0.0, options={"type": float}),
+    Flag(("--since",), "label", "only videos modified since an ISO date or a look-back like 36h / 7d", ("label",)),
+    Flag(("--max-attempts",), "label", "give up on a failing video after N runs", ("label",), default=3,
+         options={"type": _positive_int}),
+    Flag(("--plan",), "label", "dry run: count what would be processed and estimate the time", ("label",), default=False,
+         options={"action": "store_true"}),
+    Flag(("--resume",), "label", "continue a crashed run (every run resumes anyway)", ("label",), default=False,
+         options={"action": "store_true"}),
+    Flag(("--compact",), "label", "merge small label files into big ones (after the run, if --input is given)", ("label",),
+         default=False, options={"action": "store_true"}),
+    Flag(("--target-file-mb",), "label", "--compact: size of the merged files in MB", ("label",), default=128.0,
+         options={"type": float}),
+    Flag(("--rebuild-index",), "label", "rebuild the label index from the label files (before the run, if --input is given)",
+         ("label",), default=False, options={"action": "store_true"}),
+    # ---- benchmark
+    Flag(("--synthetic",), "benchmark", "random uint8 frames of a 340x256 video in place of decoding: no reading or decoding",
+         ("benchmark",), default=False, shown="on when no dataset is given", options={"action": "store_true"}),
+    Flag(("--limit",), "benchmark", "cycle through only the first N videos", ("benchmark",), shown="as many as the run reaches",
+         options={"type": _positive_int}),
+    Flag(("--num-actors",), "benchmark", "actor counts to measure, e.g. 1,2,4", ("benchmark",),
+         shown="1,2,4,... up to the GPUs; 1 on CPU"),
+    Flag(("--duration",), "benchmark", "seconds per timed window", ("benchmark",), default=20.0, options={"type": float}),
+    Flag(("--repeats",), "benchmark", "timed windows per actor count: median and min/max", ("benchmark",), default=3,
+         options={"type": _positive_int}),
+    Flag(("--warmup",), "benchmark", "untimed seconds first (and one batch per actor)", ("benchmark",), default=5.0,
+         options={"type": float}),
+    Flag(("--output",), "benchmark", "output folder or s3://bucket/prefix", ("benchmark",),
+         shown="runs/benchmark-<model>-<views>v-<UTC time>"),
+)
+
+DESCRIPTIONS = {
+    "evaluate": "evaluate a checkpoint on a labelled dataset [default command]",
+    "label": "label new or changed videos under a prefix or in a list (incremental)",
+    "benchmark": "throughput per model-actor count and where the time goes",
+}
+EPILOG = ("exit status: 0 done, 2 a mistake in the request (nothing written), "
+          "3 every video failed, 130/143 interrupted (SIGINT/SIGTERM)")
+
+
+def flags_of(command: str) -> list[Flag]:
+    return [f for f in FLAGS if command in f.commands]
+
+
+def _names() -> dict[str, str]:
+    """Preset, protocol and shipped dataset names for the help, read without torch or Ray
+    (x3d's presets need only numpy and OpenCV; the registry is a TOML file)."""
+    import x3d
+    from jobs.datasets import load_registry
+
+    protocols = sorted({name for preset in x3d.PRESETS.values() for name in preset.protocols})
+    return {"presets": ", ".join(sorted(x3d.PRESETS)), "protocols": ",".join(protocols), "datasets": ", ".join(sorted(load_registry()))}
+
+
+def _add_flags(parser: argparse.ArgumentParser, command: str, names: dict[str, str]) -> None:
+    """This subcommand's flags, each a fresh argparse action (none shared with another subcommand)."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag in flags_of(command):
+        if flag.group not in groups:
+            groups[flag.group] = parser.add_argument_group(flag.group)
+        options = dict(flag.options)
+        if options.get("choices") == PROTOCOL_CHOICES:
+            options["choices"] = names["protocols"].split(",")
+        groups[flag.group].add_argument(*flag.names, default=flag.default_for(command), help=flag.help_for(command, names), **options)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    names = _names()
+    parser = OneLineParser(prog=prog or prog_name(), description="X3D action recognition on Ray.", epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
+    for command in COMMANDS:
+        _add_flags(sub.add_parser(command, help=DESCRIPTIONS[command], description=DESCRIPTIONS[command]), command, names)
+    return parser
+
+
+def with_command(argv: list[str]) -> list[str]:
+    """``argv`` with the subcommand spelled out (evaluate when none is given)."""
+    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+        return [DEFAULT_COMMAND, *argv]
+    return list(argv)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    return build_parser().parse_args(with_command(argv))
+
+
+#: job config field -> the flag's dest, where the two names differ
+FIELD_FOR_DEST = {"local_cpus": "num_cpus", "decode_timeout_s": "decode_timeout", "duration_s": "duration", "warmup_s": "warmup"}
+
+
+def job_config(cls, args: argparse.Namespace, **values):
+    """A job config from the parsed flags: every field that has a flag of the same name (or the
+    one in ``FIELD_FOR_DEST``), then ``values``."""
+    taken = {}
+    for f in fields(cls):
+        dest = FIELD_FOR_DEST.get(f.name, f.name)
+        if f.name not in values and hasattr(args, dest):
+            taken[f.name] = getattr(args, dest)
+    return cls(**taken, **values)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def cli_markdown() -> str:
+    """docs/cli.md: every subcommand's flags with their parsed default and help, from ``FLAGS``."""
+    names = _names()
+    lines = [
+        "# Command line",
+        "",
+        "Generated from the parsers (`jobs/cli.py`) by `python -m jobs.cli > docs/cli.md`; "
+        "`tests/test_cli_doc.py` holds this page equal to that output and each subcommand's parsed defaults to the table.",
+        "",
+        "`x3d-ray` is the installed command; `python submit.py` is the same from a checkout. Without a subcommand it runs "
+        f"`{DEFAULT_COMMAND}`: `x3d-ray --dataset sample` is `x3d-ray {DEFAULT_COMMAND} --dataset sample`.",
+        "",
+        f"{EPILOG}.",
+        "",
+    ]
+    for command in COMMANDS:
+        lines += [f"## `{command}`", "", DESCRIPTIONS[command] + ".", "",
+                  "The *default* column is the value the parser gives when the flag is absent (`None`: the job decides, "
+                  "as the help's `[...]` says).", ""]
+        for group in dict.fromkeys(f.group for f in flags_of(command)):
+            lines += [f"### {group}", "", "| flag | default | help |", "|---|---|---|"]
+            for flag in (f for f in flags_of(command) if f.group == group):
+                spelled = ", ".join(f"`{n}`" for n in flag.names)
+                if flag.options.get("action") is argparse.BooleanOptionalAction:
+                    spelled += ", " + ", ".join(f"`--no-{n[2:]}`" for n in flag.names)
+                lines.append(f"| {spelled} | `{flag.default_for(command)!r}` | {_cell(flag.help_for(command, names))} |")
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(cli_markdown())
