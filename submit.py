@@ -98,7 +98,7 @@ def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset
             preflight.check_dataset_files(dataset)
         if isinstance(getattr(args, "num_actors", None), int) and preflight.starts_local_ray(args.address):
             spec = ModelSpec(x3d.get_preset(model), args.views, args.protocol, precision=args.precision)
-            preflight.check_local_fit(spec, args.num_actors, args.num_cpus)
+            preflight.check_local_fit(spec, args.num_actors, args.num_cpus, args.actors_per_gpu)
     except (JobError, DatasetError, ClusterError) as exc:
         _fail(str(exc))
 

@@ -47,7 +47,9 @@ else
   T=(setup=40 sweep=140 compiled=70 checks=90 job-fp32=80 job-bf16=80 share=10)
   export PYTHONPATH=/tmp/site:$PWD  # Ray and the carried wheels, unpacked by the setup stage
 fi
-export PYTHONUNBUFFERED=1 OUT WORK DRY DEVICE SWEEP_MODELS SWEEP_BATCHES CELL_S REPEATS WARMUP CHECKS JOB JOB_LAYOUT
+# DEVICE_CHECK_ACTORS_PER_GPU=2: the job stages run 2 actors sharing the GPU (the sweep is per model, unchanged)
+JOB_ACTORS=${DEVICE_CHECK_ACTORS_PER_GPU:-1}
+export PYTHONUNBUFFERED=1 JOB_ACTORS OUT WORK DRY DEVICE SWEEP_MODELS SWEEP_BATCHES CELL_S REPEATS WARMUP CHECKS JOB JOB_LAYOUT
 declare -A LIMIT
 for kv in "${T[@]}"; do LIMIT[${kv%%=*}]=${kv#*=}; done
 
@@ -123,7 +125,7 @@ checks() {
 job() {  # job PRECISION: the report is kept even when the command fails after writing it
   local rc=0
   # shellcheck disable=SC2086  # JOB is a list of flags
-  python3 submit.py benchmark --synthetic $JOB --num-actors 1 --precision "$1" --memory-format "$JOB_LAYOUT" \
+  python3 submit.py benchmark --synthetic $JOB --num-actors "$JOB_ACTORS" --actors-per-gpu "$JOB_ACTORS" --precision "$1" --memory-format "$JOB_LAYOUT" \
     --output "$WORK/job-$1" || rc=$?
   if [ -f "$WORK/job-$1/benchmark.json" ]; then cp "$WORK/job-$1/benchmark.json" "$OUT/job-$1.json"; fi
   return $rc

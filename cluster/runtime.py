@@ -152,9 +152,10 @@ def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
 
 
 def pipeline_config_for(spec: ModelSpec, num_actors: int | None = None, batch_size: int | None = None,
-                        decode_timeout_s: float = 300.0) -> PipelineConfig:
+                        decode_timeout_s: float = 300.0, actors_per_gpu: int = 1) -> PipelineConfig:
     """The pipeline sized to the cluster this process is connected to (``cluster.sizing``)."""
-    return size_pipeline(cluster_shape(), spec, num_actors=num_actors, batch_size=batch_size, decode_timeout_s=decode_timeout_s)
+    return size_pipeline(cluster_shape(), spec, num_actors=num_actors, batch_size=batch_size, decode_timeout_s=decode_timeout_s,
+                         actors_per_gpu=actors_per_gpu)
 
 
 def cluster_shape() -> ClusterShape:

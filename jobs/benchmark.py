@@ -77,7 +77,7 @@ class BenchmarkConfig(ModelOptions, ClusterOptions):
     # checkpoint None: random weights (speed does not depend on them)
     dataset: DatasetSpec | None = None  # None: synthetic in-memory clips
     limit: int | None = None  # distinct videos to cycle through
-    num_actors: Sequence[int] | None = None  # None: 1, 2, 4, ... up to the GPUs (1 on CPU)
+    num_actors: Sequence[int] | None = None  # None: 1, 2, 4, ... up to the GPUs x actors_per_gpu (1 on CPU)
     duration_s: float = 20.0
     warmup_s: float = 5.0
     repeats: int = 3
@@ -134,7 +134,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     trials: list[dict[str, Any]] = []
     all_actors: list[dict[str, Any]] = []
     try:
-        counts = list(cfg.num_actors) if cfg.num_actors else _default_counts(int(cluster_shape().gpus))
+        counts = list(cfg.num_actors) if cfg.num_actors else _default_counts(int(cluster_shape().gpus) * cfg.actors_per_gpu)
         configs = {}
         for n in counts:  # every count is checked before the first one runs
             pipe_cfg = dataclasses.replace(size_for(cfg, spec, n), timed=True)

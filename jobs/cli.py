@@ -30,7 +30,7 @@ __all__ = ["COMMANDS", "EXIT_USAGE", "FLAGS", "Flag", "build_parser", "cli_markd
 COMMANDS = ("evaluate", "label", "benchmark")
 DEFAULT_COMMAND = "evaluate"  # `submit.py --dataset sample` is `submit.py evaluate --dataset sample`
 EXIT_USAGE = 2  # a mistake in the request (submit.py's table of exit statuses)
-PRECISIONS = ("fp32", "bf16")  # x3d.predict.PRECISIONS; not imported, it would load torch
+PRECISIONS = ("fp32", "bf16", "tf32")  # x3d.predict.PRECISIONS; not imported, it would load torch
 ANN_FORMATS = ("auto", "video_list", "rawframe_list", "slowfast_csv", "path_list", "prefix")  # "auto" + jobs.datasets.FORMATS
 #: --separator names for separators that are awkward to type in a shell
 SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
@@ -133,7 +133,7 @@ FLAGS: tuple[Flag, ...] = (
          options={"type": int, "choices": [1, 3, 10, 30]}),
     Flag(("--protocol",), "model", "test protocol of the preset", shown="the preset's first, mmaction2",
          options={"choices": PROTOCOL_CHOICES}),
-    Flag(("--precision",), "model", "forward pass: fp32 (the reference) or bf16 autocast", default="fp32",
+    Flag(("--precision",), "model", "forward pass: fp32 (the reference; TF32 off on GPUs), bf16 autocast, or tf32 (fp32 with TF32 convolutions and matmuls on GPUs; fp32 on CPUs)", default="fp32",
          options={"choices": PRECISIONS}),
     Flag(("--memory-format",), "model", "model memory layout", default="auto", shown="auto: channels_last_3d on CPU, NCDHW on GPU",
          options={"choices": ("auto", "channels_last_3d", "ncdhw")}),
@@ -143,6 +143,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--address",), "cluster", "Ray cluster address", shown="RAY_ADDRESS, else a local Ray started for the run"),
     Flag(("--num-cpus",), "cluster", "CPUs of the local Ray started when no --address is given", shown="this machine's",
          options={"type": _positive_int}),
+    Flag(("--actors-per-gpu",), "cluster", "model actors sharing each GPU (each holds 1/N of it); measure it with benchmark",
+         default=1, options={"type": _positive_int}),
     Flag(("--batch-size",), "cluster", "clips per forward pass", shown="sized for the device", options={"type": _positive_int}),
     Flag(("--decode-timeout",), "cluster", "seconds before a hung decode becomes an error row", default=300.0,
          options={"type": float}),

@@ -67,7 +67,8 @@ def load_weights(opts: ModelOptions, random_ok: bool = False) -> LoadedWeights:
 
 def size_for(opts: ClusterOptions, spec: ModelSpec, num_actors: int | None) -> PipelineConfig:
     """The pipeline sized to the connected cluster, with the job's batch size and deadline."""
-    config = pipeline_config_for(spec, num_actors=num_actors, batch_size=opts.batch_size, decode_timeout_s=opts.decode_timeout_s)
+    config = pipeline_config_for(spec, num_actors=num_actors, batch_size=opts.batch_size, decode_timeout_s=opts.decode_timeout_s,
+                                 actors_per_gpu=opts.actors_per_gpu)
     options = runner_options(opts)
     return dataclasses.replace(config, runner_options=options) if options else config
 

@@ -34,6 +34,7 @@ class ClusterOptions:
     address: str | None = None  # Ray address; None: $RAY_ADDRESS, else a local Ray for the run
     local_cpus: int | None = None  # size of the local Ray started when no address is given
     batch_size: int | None = None  # clips per forward; None: sized for the device
+    actors_per_gpu: int = 1  # model actors sharing each GPU (cluster.sizing)
     decode_timeout_s: float = 300.0
     quiet: bool = False
 

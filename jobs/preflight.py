@@ -122,7 +122,7 @@ def starts_local_ray(address: str | None) -> bool:
     return not (ray is not None and ray.is_initialized())
 
 
-def check_local_fit(spec: ModelSpec, num_actors: int | None, num_cpus: int | None) -> None:
+def check_local_fit(spec: ModelSpec, num_actors: int | None, num_cpus: int | None, actors_per_gpu: int = 1) -> None:
     """``--num-actors`` a local Ray on this machine could not hold, refused by the rule that
     sizes the run (``cluster.sizing``). For a run that ``starts_local_ray``: a cluster's shape is
     known only once it is joined."""
@@ -132,6 +132,6 @@ def check_local_fit(spec: ModelSpec, num_actors: int | None, num_cpus: int | Non
     if shape is None:
         return
     try:
-        size_pipeline(shape, spec, num_actors=num_actors)
+        size_pipeline(shape, spec, num_actors=num_actors, actors_per_gpu=actors_per_gpu)
     except ClusterError as exc:
         raise ClusterError(f"{exc} (this machine, as a local Ray; pass --address to run on a cluster)") from None
