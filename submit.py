@@ -150,6 +150,14 @@ def _run_flags() -> argparse.ArgumentParser:
     return p
 
 
+def _add_feature_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of jobs.features.FeatureOptions (evaluate and label)."""
+    p.add_argument("--save-features", action="store_true", help="store each video's feature vector beside its scores [off]")
+    p.add_argument("--features", choices=("backbone", "pre_logits"), default="backbone",
+                   help="which vector: backbone (pooled, MMAction2's FeatureHead; 432 for X3D-S/M) or pre_logits (2048) [backbone]")
+    p.add_argument("--features-dtype", choices=("float16", "float32"), default="float16", help="stored as [float16]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     presets, protocols, datasets = _names()
     parser = OneLineParser(prog=prog_name(), description="X3D action recognition on Ray.",
@@ -164,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=_positive_int, help="only the first N videos")
     ev.add_argument("--resume", action="store_true", help="continue an interrupted run (same --output)")
     ev.add_argument("--save-probs", action=argparse.BooleanOptionalAction, default=True, help="keep the full score vector per video [on]")
+    _add_feature_flags(ev)
     ev.set_defaults(views=30)
 
     lb = sub.add_parser("label", parents=[*common, _run_flags()],
@@ -179,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--compact", action="store_true", help="merge small label files into big ones (after the run, if --input is given)")
     lb.add_argument("--target-file-mb", type=float, default=128.0, help="--compact: size of the merged files in MB [128]")
     lb.add_argument("--rebuild-index", action="store_true", help="rebuild the label index from the label files (before the run, if --input is given)")
+    _add_feature_flags(lb)
+    lb.add_argument("--backfill-features", action="store_true",
+                    help="with --save-features: versions labelled without features count as not done")
     lb.set_defaults(views=10)
 
     bm = sub.add_parser("benchmark", parents=[_dataset_flags(datasets), *common],
@@ -305,8 +317,10 @@ def run_label_command(args: argparse.Namespace) -> int:
             eta = "unknown (no earlier run to take a rate from)" if plan["estimated_s"] is None else f"{plan['estimated_s']:.0f} s"
             print(
                 f"plan: {plan['listed']} listed, {plan['older']} older than --since, {plan['skipped']} already labelled, "
-                f"{plan['new']} new or changed, {plan['retries']} failed before and retried; "
-                f"{plan['to_process']} to process, estimated {eta}"
+                f"{plan['new']} new or changed, {plan['retries']} failed before and retried"
+                + (f", {plan['backfilled']} labelled before without features" if cfg.backfill_features else "")
+                + f"; {plan['to_process']} to process, estimated {eta}"
+                + (f"; features add {plan['features_bytes'] / 1e6:.1f} MB" if cfg.save_features else "")
             )
             return EXIT_OK
         else:

@@ -6,6 +6,7 @@ tests and benchmarks call directly.
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from typing import Any, Mapping, Sequence, Union
@@ -16,6 +17,7 @@ import torch
 import x3d
 from worker.decode_task import ModelSpec, ms_since, worker_name
 from worker.stages import NULL_TIMER, StageTimer
+from x3d.features import check_features, fuse_features, predict_clips_with_features
 from x3d.fusion import fold_batchnorm
 from x3d.predict import check_precision, to_device
 from x3d.protocol import fuse_views, gather_views
@@ -51,6 +53,7 @@ class ModelRunner:
         channels_last: bool | None = None,
         fold_bn: bool = True,
         compile: bool = False,
+        features: str | None = None,
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -77,6 +80,10 @@ class ModelRunner:
         # None on a CPU: the cache-sized default; on an accelerator, the whole call at once
         self.batch_size = batch_size or (cpu_batch_size(self.protocol) if self.device.type == "cpu" else None)
         self.name = worker_name()
+        # "backbone" / "pre_logits": the forwards also give each clip's features, which
+        # ``score_with_features`` hands back; None: ``score`` runs exactly as without them
+        self.features = check_features(features) if features else None
+        self._local = threading.local()  # each concurrent call's features (actor_concurrency > 1)
 
     def describe(self) -> dict[str, Any]:
         accel = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
@@ -133,7 +140,45 @@ class ModelRunner:
         timer.charge("forward")  # the fusion of views is part of the forward stage
         return probs, _shares(ms_since(start), counts)
 
+    def score_with_features(
+        self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+        """``score``, and each video's feature vector (float32, its views' mean); needs ``features``."""
+        if self.features is None:
+            raise ValueError("this runner was built without features=")
+        self._local.features = []
+        try:
+            probs, infer_ms = self.score(payloads, timer)
+            per_clip = torch.cat(self._local.features) if self._local.features else torch.empty(0, 0)
+        finally:
+            self._local.features = None
+        vectors, offset = [], 0
+        for payload in payloads:
+            count = self._views_of(payload)
+            vectors.append(fuse_features(per_clip[offset : offset + count]).numpy().astype(np.float32))
+            offset += count
+        return probs, vectors, infer_ms
+
+    def _views_of(self, payload: Payload) -> int:
+        if isinstance(payload, np.ndarray):
+            return payload.shape[0]
+        return np.asarray(payload[1]).shape[0] * self.plan.num_crops
+
     def _forward(self, clips: torch.Tensor, timer: StageTimer) -> torch.Tensor:
+        collected = getattr(self._local, "features", None)
+        if collected is not None:  # inside score_with_features: keep the features, return the logits
+            logits, features = predict_clips_with_features(
+                self.model,
+                clips,
+                self.protocol,
+                self.features,
+                self.batch_size,
+                channels_last=self.channels_last,
+                precision=self.spec.precision,
+                on_step=timer.charge,
+            )
+            collected.append(features)
+            return logits
         return x3d.predict_clips(
             self.model,
             clips,
