@@ -154,7 +154,7 @@ class _History:
             labelled = ok
             ok, _ = self.index.lookup(label_state.keys_of(self.scope.with_features(), uris, versions))
         for done, tried, before in zip(ok.tolist(), attempts.tolist(), labelled.tolist()):
-            yield (not done and (before or tried < max_attempts)), tried, before
+            yield (not done and (before or tried < max_attempts)), tried, before and not done
 
 
 def _history(output: str, model: str, sha256: str, views: int, quiet: bool = False, save: bool = True, backfill: bool = False) -> _History:

@@ -246,7 +246,8 @@ def _latest_rows(table: pa.Table) -> pa.Array:
     """Row numbers of the highest attempt of each (video, version), in table order."""
     keys = table.select(["video", "version", "attempt"]).append_column("_row", pa.array(np.arange(table.num_rows)))
     best = keys.group_by(["video", "version"]).aggregate([("attempt", "max")])
-    joined = keys.join(best, keys=["video", "version", "attempt"], right_keys=["video", "version", "attempt_max"])
+    # inner: Arrow's default join is a left outer one, which keeps every attempt
+    joined = keys.join(best, keys=["video", "version", "attempt"], right_keys=["video", "version", "attempt_max"], join_type="inner")
     first = joined.group_by(["video", "version"]).aggregate([("_row", "min")])  # a duplicate row counts once
     return pa.array(np.sort(first.column("_row_min").to_numpy()))
 
