@@ -10,6 +10,9 @@ layout, compaction, reading; columns: ``jobs.schemas.LABEL_SCHEMA``); each run a
 ``<output>/manifests/``. Read the labels with ``read_labels`` (one row per video version: the
 latest attempt) or with any Parquet reader.
 
+With ``--save-features`` the rows also carry each video's feature vector (``jobs.features``);
+``--backfill-features`` counts versions labelled without one as not done.
+
 The input listing streams: work starts on the first shard while the listing is still going.
 """
 

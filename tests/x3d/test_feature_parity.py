@@ -36,13 +36,14 @@ from x3d import get_preset, prepare_views
 from x3d.checkpoints import load_model
 from x3d.features import extract_features, predict_clips_with_features
 
-pytestmark = [pytest.mark.parity, pytest.mark.slow]
+FULL = os.environ.get("X3D_PARITY_FULL", "") not in ("", "0")
+pytestmark = [pytest.mark.parity, pytest.mark.slow, pytest.mark.timeout(3600 if FULL else 300)]
 
 MODELS = ["x3d_s", "x3d_m"]
 REAL_CASES = {"x3d_s": [("land_160x90_30fps_150f", 3), ("port_96x128_25fps_20f", 3)],
               "x3d_m": [("land_144x112_24fps_75f", 3), ("square_96_24fps_60f", 3)]}
 LIGHT_CASES = {"x3d_s": [("land_160x90_30fps_150f", 30)], "x3d_m": [("port_120x160_30fps_45f", 30)]}
-if os.environ.get("X3D_PARITY_FULL", "") not in ("", "0"):  # the real network at 10 and 30 views too (minutes)
+if FULL:  # the real network at 10 and 30 views too (minutes)
     REAL_CASES = {model: cases + [(cases[0][0], 10), (cases[1][0], 30)] for model, cases in REAL_CASES.items()}
 MAX_ABS = 1e-4  # float32 through 26 blocks, two implementations: observed ~1e-6
 MIN_COSINE = 0.999999
