@@ -8,7 +8,7 @@ it does not change with features.
 
 Bytes: label shards (``jobs.label._write_rows``, the job's writer: zstd Parquet) of ``--rows``
 rows, written once without and once with ``features``; the vectors are real outputs of the model
-(each view's vector of the timed videos stands in for one video, so they differ as videos'
+(each view's vector of ``--pool`` videos stands in for one video, so they differ as videos'
 vectors do; one row per distinct vector, as repeated vectors would compress and real ones do not). The difference per row is the storage a night's videos add; ``--plan`` counts the
 raw ``dim x dtype`` bytes.
 
@@ -71,7 +71,7 @@ def _shard_bytes(rows: int, vectors: np.ndarray, layout: FeatureLayout | None) -
         return path.stat().st_size
 
 
-def measure(model: str, views: int, videos: int, repeats: int, threads: int, rows: int) -> list[str]:
+def measure(model: str, views: int, videos: int, repeats: int, threads: int, rows: int, pool: int) -> list[str]:
     preset = x3d.get_preset(model)
     torch.manual_seed(0)
     if model == "x3d_tiny":
@@ -95,9 +95,10 @@ def measure(model: str, views: int, videos: int, repeats: int, threads: int, row
             else:
                 featured.score_with_features(payloads)
             rates[mode].append(videos / (time.perf_counter() - start))
-    # per-view vectors: real outputs of the model, one per stored "video"
+    # per-view vectors of ``pool`` more videos: real outputs of the model, one per stored "video"
     proto = preset.protocol()
-    _, per_view = x3d.features.predict_clips_with_features(featured.model, np.concatenate(payloads), proto, "backbone",
+    clips = np.concatenate(_payloads(preset, views, pool, seed=2))
+    _, per_view = x3d.features.predict_clips_with_features(featured.model, clips, proto, "backbone",
                                                             featured.batch_size, channels_last=featured.channels_last)
     vectors = per_view.numpy()
     dim = vectors.shape[1]
@@ -119,7 +120,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="x3d_tiny,x3d_s")
     parser.add_argument("--views", type=int, default=10)
-    parser.add_argument("--videos", type=int, default=None, help="videos per timed call [tiny: 32, others: 2]")
+    parser.add_argument("--videos", type=int, default=None, help="videos per timed call [tiny: 16, others: 2]")
+    parser.add_argument("--pool", type=int, default=None, help="videos whose per-view vectors fill the label shard [tiny: 64, others: 16]")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rows", type=int, default=4096, help="rows of the label shard whose bytes are measured (at most one per distinct vector)")
@@ -129,8 +131,9 @@ def main() -> None:
           "| videos/s off | videos/s on | on/off | range off / on |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
-        videos = args.videos or (64 if model == "x3d_tiny" else 4)
-        for line in measure(model, args.views, videos, args.repeats, args.threads, args.rows):
+        videos = args.videos or (16 if model == "x3d_tiny" else 2)
+        pool = args.pool or (64 if model == "x3d_tiny" else 16)
+        for line in measure(model, args.views, videos, args.repeats, args.threads, args.rows, pool):
             print(line, flush=True)
     print(f"load average {load_average_text()} (end)")
 
