@@ -11,6 +11,7 @@ them, and the backfill.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -253,3 +254,31 @@ def test_features_turned_on_label_only_new_versions_until_a_backfill(tmp_path, r
     assert sorted(r["attempt"] for r in latest) == [1, 2, 2, 2]  # the backfilled versions' second rows
     again = run_label(label_config(str(videos), out, checkpoint, save_features=True, backfill_features=True))
     assert (again["skipped"], again["labelled"]) == (4, 0)
+
+
+@pytest.mark.slow
+def test_evaluate_run_saves_pre_logits_and_resume_holds_the_layout(tmp_path, ray_local, checkpoint):
+    from jobs.datasets import resolve_dataset
+    from jobs.evaluate import EvaluateConfig, run_evaluate
+
+    paths = write_label_videos(tmp_path / "videos", 3, start_seed=40)
+    ann = tmp_path / "val.txt"
+    ann.write_text("".join(f"{p.name} {i}\n" for i, p in enumerate(paths)))
+    out = str(tmp_path / "run")
+
+    def config(**kw) -> EvaluateConfig:
+        spec = resolve_dataset(None, data_root=str(tmp_path / "videos"), ann_file=str(ann))
+        return EvaluateConfig(dataset=spec, model="x3d_label_test", checkpoint=checkpoint, views=1, output=out, quiet=True,
+                              shard_size=2, save_features=True, features="pre_logits", features_dtype="float32", **kw)
+
+    summary = run_evaluate(config())
+    assert summary["num_ok"] == 3
+    table = results.read_predictions(out)
+    hidden = LABEL_TEST.arch.head_hidden
+    assert table.schema.field("features").type == pa.list_(pa.float32(), hidden)
+    model = x3d.load_model("x3d_label_test", checkpoint=checkpoint)
+    for video, vector in zip(table.column("video").to_pylist(), table.column("features").to_pylist()):
+        expected = x3d.extract_features(model, str(tmp_path / "videos" / video), views=1, kind="pre_logits")
+        np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)  # float32, BatchNorm folded in the actor
+    with pytest.raises(JobError, match="differs from the one in .* in features"):
+        run_evaluate(replace(config(resume=True), features_dtype="float16"))
