@@ -55,7 +55,6 @@ __all__ = [
 
 #: the Hive partition column: the UTC date of the run that wrote the row
 PARTITION = pa.schema([pa.field("date", pa.string())])
-DATASET_SCHEMA = LABEL_SCHEMA.append(PARTITION.field("date"))
 DEFAULT_TARGET_MB = 128
 ROW_GROUP_ROWS = 128 * 1024
 
