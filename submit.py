@@ -160,8 +160,10 @@ def run_label_command(args: argparse.Namespace) -> int:
             eta = "unknown (no earlier run to take a rate from)" if plan["estimated_s"] is None else f"{plan['estimated_s']:.0f} s"
             print(
                 f"plan: {plan['listed']} listed, {plan['older']} older than --since, {plan['skipped']} already labelled, "
-                f"{plan['new']} new or changed, {plan['retries']} failed before and retried; "
-                f"{plan['to_process']} to process, estimated {eta}"
+                f"{plan['new']} new or changed, {plan['retries']} failed before and retried"
+                + (f", {plan['backfilled']} labelled before without features" if args.backfill_features else "")
+                + f"; {plan['to_process']} to process, estimated {eta}"
+                + (f"; features add {plan['features_bytes'] / 1e6:.1f} MB" if args.save_features else "")
             )
             return EXIT_OK
         else:

@@ -3,7 +3,8 @@
 ``__init__`` loads the model once, on whatever device Ray granted the actor (a GPU when it was
 given ``num_gpus``); ``score`` takes a batch of videos as the decode units streamed them, by
 reference (groups of ``(DecodeResult, payload)`` pairs, ``cluster.units``), scores those that
-decoded and returns their fused probabilities; the driver never opens a payload. The pipeline (``cluster.pipeline``) declares the resources,
+decoded and returns their fused probabilities (and, when the job asked for them, their feature
+vectors, from the same forward); the driver never opens a payload. The pipeline (``cluster.pipeline``) declares the resources,
 starts, watches and replaces these actors.
 """
 
@@ -56,11 +57,17 @@ class ModelActor:
         # The batch's clock starts at the timer's own mark: a thread switch (Ray's threads take
         # the GIL around calls) between two separate readings would show as unexplained time.
         started_at, start = time.time(), (timer.mark if timed else time.perf_counter())
-        if good:
+        features: list[np.ndarray | None] = [None] * len(pairs)
+        if good and self.runner.features:  # the job asked for embeddings: same forward, kept
+            scored, vectors, ms = self.runner.score_with_features([pairs[i][1] for i in good], timer)
+            for i, v in zip(good, vectors):
+                features[i] = v
+        elif good:
             scored, ms = self.runner.score([pairs[i][1] for i in good], timer)
+        if good:
             for i, p, m in zip(good, scored, ms):
                 probs[i], infer_ms[i] = p, m
-        videos = [ScoredVideo(result, p, ms) for (result, _), p, ms in zip(pairs, probs, infer_ms)]
+        videos = [ScoredVideo(result, p, ms, f) for (result, _), p, ms, f in zip(pairs, probs, infer_ms, features)]
         if not timed:
             return ActorReply(videos, self.runner.name)
         # Handing the scores over is the end of the forward stage (the logits' way back), and the

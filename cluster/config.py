@@ -40,6 +40,7 @@ class VideoOutcome:
     infer_ms: float = 0.0
     worker: str = ""
     decode: DecodeResult | None = None  # the decode task's result (its stage times when timed)
+    features: np.ndarray | None = None  # the video's embedding, when the job asked for one
 
 
 @dataclass

@@ -372,7 +372,8 @@ class _Pipeline:
         for (entry, result), video in zip(videos, reply.videos):
             if result.error is None:  # the others are error rows already
                 scored.append(VideoOutcome(entry.key[0], entry.key[1], entry.item, video.probs, None, result.num_views,
-                                           result.decode_ms, video.infer_ms, reply.actor, decode=result))
+                                           result.decode_ms, video.infer_ms, reply.actor, decode=result,
+                                           features=video.features))
         if self.on_batch is not None and reply.record is not None and scored:
             self.on_batch(reply.record, scored)
         for outcome in scored:

@@ -162,6 +162,16 @@ FLAGS: tuple[Flag, ...] = (
          options={"action": "store_true"}),
     Flag(("--save-probs",), "evaluate", "keep the full score vector per video", ("evaluate",), default=True,
          options={"action": argparse.BooleanOptionalAction}),
+    # ---- features: embeddings from the forward that scores (evaluate and label; jobs.features.FeatureOptions)
+    Flag(("--save-features",), "features", "store each video's feature vector beside its scores", SCORING, default=False,
+         options={"action": "store_true"}),
+    Flag(("--features",), "features",
+         "which vector: backbone (pooled over space and time, MMAction2's FeatureHead; 432 for X3D-S/M) or pre_logits (the head's 2048)",
+         SCORING, default="backbone", options={"choices": ("backbone", "pre_logits")}),
+    Flag(("--features-dtype",), "features", "how the vectors are stored", SCORING, default="float16",
+         options={"choices": ("float16", "float32")}),
+    Flag(("--backfill-features",), "features", "with --save-features: relabel versions labelled before without features",
+         ("label",), default=False, options={"action": "store_true"}),
     # ---- label
     Flag(("--input",), "label", "folder, s3://bucket/prefix/ (listed recursively) or a list file", ("label",),
          shown="required, except with --compact / --rebuild-index alone"),

@@ -23,6 +23,7 @@ from cluster.pipeline import Shard
 from jobs import results
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
 from jobs.errors import JobError, JobInterrupted
+from jobs.features import FeatureLayout, FeatureOptions, feature_layout, vector_values
 from jobs.interrupts import pause_point
 from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_job
 from jobs.machine import bf16_cpu_warning
@@ -40,7 +41,7 @@ TOP_K = 5
 
 
 @dataclass(kw_only=True)
-class EvaluateConfig(RunOptions):
+class EvaluateConfig(RunOptions, FeatureOptions):
     dataset: DatasetSpec
     output: str | None = None
     limit: int | None = None
@@ -69,6 +70,7 @@ class PreparedJob:
     generate_s: float = 0.0  # making the sample videos (a generated dataset's first run)
     versions: dict[str, str] = field(default_factory=dict)  # collected at start-up (jobs.summary.collect_versions)
     subset: bool = False  # --limit left videos out: the dataset's published figures do not compare
+    features: FeatureLayout | None = None  # with --save-features: what the features column holds
 
     @property
     def protocol(self) -> str:
@@ -99,6 +101,9 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
     preset, protocol = spec.preset, spec.protocol
     if cfg.shard_size < 1:
         raise JobError("--shard-size must be at least 1")
+    if cfg.backfill_features:
+        raise JobError("--backfill-features is a label option (an evaluate run scores every video)")
+    layout = feature_layout(cfg, preset)
     output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
     results.check_output_folder(output)
     storage.check_writable(output)  # a missing bucket is one line now, not after Ray started
@@ -132,9 +137,11 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "num_videos": len(items),
         "videos_sha256": _fingerprint(items),
         "save_probs": cfg.save_probs,
+        "features": layout.as_dict() if layout else None,
     }
     _check_resume(output, manifest, cfg.resume)
-    return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s, versions=collect_versions(), subset=subset)
+    return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s, versions=collect_versions(), subset=subset,
+                       features=layout)
 
 
 def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
@@ -156,8 +163,9 @@ def shard_items(items: Sequence[VideoItem], shard_size: int) -> list[tuple[int, 
     return [(i // shard_size, items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
 
 
-def outcome_row(outcome, classes: Sequence[str], save_probs: bool) -> dict[str, Any]:
-    """One Parquet row (see jobs/results.py for the schema) from a pipeline outcome."""
+def outcome_row(outcome, classes: Sequence[str], save_probs: bool, features: FeatureLayout | None = None) -> dict[str, Any]:
+    """One Parquet row (see jobs/results.py for the schema) from a pipeline outcome; with
+    ``features`` (``--save-features``) its ``features`` column too."""
     row: dict[str, Any] = {
         "video": outcome.item.key,
         "label": outcome.item.label,
@@ -182,6 +190,8 @@ def outcome_row(outcome, classes: Sequence[str], save_probs: bool) -> dict[str, 
             topk_scores=[float(probs[c]) for c in top],
             probs=probs.tolist() if save_probs else None,
         )
+    if features is not None:
+        row["features"] = vector_values(outcome.features, features)
     return row
 
 
@@ -243,8 +253,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
         progress.update(1, int(outcome.error is not None))
 
     def on_shard(index: int, outcomes: list) -> None:
-        rows = [outcome_row(o, job.classes, cfg.save_probs) for o in outcomes]
-        results.write_shard(job.output, index, rows)
+        rows = [outcome_row(o, job.classes, cfg.save_probs, job.features) for o in outcomes]
+        results.write_shard(job.output, index, rows, job.features.schema(results.PREDICTION_SCHEMA) if job.features else results.PREDICTION_SCHEMA)
         saved["shards"] += 1
         saved["videos"] += len(rows)
         pause_point("scoring")  # test hook (jobs.interrupts): a stop with shards saved and work left

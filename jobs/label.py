@@ -10,6 +10,9 @@ layout, compaction, reading; columns: ``jobs.schemas.LABEL_SCHEMA``); each run a
 ``<output>/manifests/``. Read the labels with ``read_labels`` (one row per video version: the
 latest attempt) or with any Parquet reader.
 
+With ``--save-features`` the rows also carry each video's feature vector (``jobs.features``);
+``--backfill-features`` counts versions labelled without one as not done.
+
 The input listing streams: work starts on the first shard while the listing is still going.
 """
 
@@ -34,6 +37,7 @@ from cluster.pipeline import Shard
 from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
 from jobs.errors import JobError, JobInterrupted
+from jobs.features import FeatureLayout, FeatureOptions, claim_layout, feature_layout, vector_values
 from jobs.interrupts import pause_point
 from jobs.lifecycle import check_model, load_weights, run_model_job
 from jobs.machine import bf16_cpu_warning
@@ -51,7 +55,7 @@ __all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "first_failure", "pl
 
 
 @dataclass(kw_only=True)
-class LabelConfig(RunOptions):
+class LabelConfig(RunOptions, FeatureOptions):
     input: str
     output: str
     views: int = 10
@@ -121,21 +125,32 @@ def read_labels(output: str, latest_only: bool = True, filter=None, columns: lis
 
 @dataclass
 class _History:
-    """What earlier runs did for this model/checkpoint/views, as the label index holds it."""
+    """What earlier runs did for this model/checkpoint/views, as the label index holds it.
+
+    ``backfill`` (``--backfill-features``): a version counts as done only if a row of it stored
+    features. One labelled before without them is processed whatever its attempts (it decoded
+    then, so it is not a broken file); one never labelled keeps the ``--max-attempts`` rule."""
 
     index: label_state.LabelIndex
     scope: label_state.Scope
+    backfill: bool = False
 
-    def needs_work(self, infos: Sequence[storage.ObjectInfo], versions: Sequence[str], max_attempts: int) -> Iterator[tuple[bool, int]]:
-        """Per listed version: (whether to process it, attempts so far), a chunk at a time."""
-        ok, attempts = self.index.lookup(label_state.keys_of(self.scope, (i.uri for i in infos), versions))
-        for done, tried in zip(ok.tolist(), attempts.tolist()):
-            yield (not done and tried < max_attempts), tried
+    def needs_work(self, infos: Sequence[storage.ObjectInfo], versions: Sequence[str], max_attempts: int) -> Iterator[tuple[bool, int, bool]]:
+        """Per listed version: (whether to process it, attempts so far, whether it is a backfill
+        of one labelled without features), a chunk at a time."""
+        uris = [i.uri for i in infos]
+        ok, attempts = self.index.lookup(label_state.keys_of(self.scope, uris, versions))
+        labelled = np.zeros(len(ok), bool)
+        if self.backfill:
+            labelled = ok
+            ok, _ = self.index.lookup(label_state.keys_of(self.scope.with_features(), uris, versions))
+        for done, tried, before in zip(ok.tolist(), attempts.tolist(), labelled.tolist()):
+            yield (not done and (before or tried < max_attempts)), tried, before and not done
 
 
-def _history(output: str, model: str, sha256: str, views: int, quiet: bool = False, save: bool = True) -> _History:
+def _history(output: str, model: str, sha256: str, views: int, quiet: bool = False, save: bool = True, backfill: bool = False) -> _History:
     log = (lambda _m: None) if quiet else print
-    return _History(label_state.load_index(output, log=log, save=save), label_state.Scope(model, sha256, views))
+    return _History(label_state.load_index(output, log=log, save=save), label_state.Scope(model, sha256, views), backfill)
 
 
 @dataclass
@@ -162,11 +177,11 @@ def _select(cfg: LabelConfig, history: _History, counts: dict[str, int]) -> Iter
                 continue
             chunk.append(info)
         versions = [version_of(info) for info in chunk]
-        for info, version, (todo, attempts) in zip(chunk, versions, history.needs_work(chunk, versions, cfg.max_attempts)):
+        for info, version, (todo, attempts, backfill) in zip(chunk, versions, history.needs_work(chunk, versions, cfg.max_attempts)):
             if not todo:
                 counts["skipped"] += 1
                 continue
-            counts["retries" if attempts else "new"] += 1
+            counts["backfilled" if backfill else "retries" if attempts else "new"] += 1
             yield _Todo(info, version, attempts + 1)
         if pulled < _CHUNK:
             return
@@ -184,18 +199,30 @@ def _last_rate(output: str) -> tuple[float | None, float]:
 def plan_label(cfg: LabelConfig) -> dict[str, Any]:
     """``--plan``: what a run would do, without starting Ray. The estimate is the last run's
     start-up plus the videos at its scoring rate."""
-    check_model(cfg)
+    spec = check_model(cfg)
     check_input(cfg)
+    layout = _check_features(cfg, spec.preset, write=False)
     sha = load_weights(cfg).sha256
-    history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, save=False)  # a dry run writes nothing
-    counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0}
+    history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, save=False, backfill=cfg.backfill_features)  # a dry run writes nothing
+    counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0, "backfilled": 0}
     for _ in _select(cfg, history, counts):
         pass
     rate, startup_s = _last_rate(cfg.output)
-    todo = counts["new"] + counts["retries"]
+    todo = counts["new"] + counts["retries"] + counts["backfilled"]
     counts["to_process"] = todo
     counts["estimated_s"] = (round(startup_s + todo / rate, 1) if todo else 0.0) if rate else None
+    # the extra storage: one vector per video processed (half or single floats barely compress)
+    counts["features_bytes"] = todo * layout.bytes_per_video if layout else 0
     return counts
+
+
+def _check_features(cfg: LabelConfig, preset: x3d.Preset, write: bool = True) -> FeatureLayout | None:
+    """The run's feature layout, which must be the output's (recorded by its first run with
+    features, ``write``); a mismatch is a JobError before any work."""
+    layout = feature_layout(cfg, preset)
+    if layout is not None:
+        claim_layout(cfg.output, layout, write=write)
+    return layout
 
 
 def rebuild_label_index(output: str, quiet: bool = False) -> label_state.LabelIndex:
@@ -222,10 +249,11 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     if not 1 <= cfg.top_k <= preset.arch.num_classes:
         raise JobError(f"--top-k must be between 1 and {preset.arch.num_classes}")
     classes = preset.classes
-    history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet)
+    layout = _check_features(cfg, preset)
+    history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, backfill=cfg.backfill_features)
     storage.remove_stale_temp_files(storage.join(cfg.output, "labels"))  # left by a killed earlier run
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0, "labelled": 0, "failed": 0}
+    counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0, "backfilled": 0, "labelled": 0, "failed": 0}
     shard_todos: dict[int, list[_Todo]] = {}
     failures: list[tuple[str, str]] = []  # the first few (video, error) of this run, for stderr
     written: list[label_state.Segment] = []  # this run's rows as index entries, saved at the end
@@ -247,11 +275,11 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
 
     def on_shard(index: int, outcomes: Sequence) -> None:
         todos = shard_todos.pop(index)
-        rows = [_label_row(o, t, cfg, classes, sha, run_id) for o, t in zip(outcomes, todos)]
+        rows = [_label_row(o, t, cfg, classes, sha, run_id, layout) for o, t in zip(outcomes, todos)]
         counts["labelled"] += sum(1 for r in rows if r["error"] is None)
         counts["failed"] += sum(1 for r in rows if r["error"] is not None)
         failures.extend((r["video"], r["error"]) for r in rows if r["error"] is not None and len(failures) < FAILURES_SHOWN)
-        _write_rows(label_store.part_uri(cfg.output, run_id, index), rows)
+        _write_rows(label_store.part_uri(cfg.output, run_id, index), rows, layout)
         written.append(_entries(history, rows))
         label_store.crash_point("label:after-shard")
 
@@ -266,7 +294,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     work = shards()
     first = next(work, None)
     if first is None:  # nothing new since the last run: no cluster needed
-        return _finish_run(cfg, preset, sha, run_id, counts, started, time.monotonic())
+        return _finish_run(cfg, preset, sha, run_id, counts, started, time.monotonic(), layout)
     progress = Progress(None, stream=_quiet_stream() if cfg.quiet else None)
     try:
         run_model_job(
@@ -287,7 +315,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         pause_point("scored")
         # every row of the run is on disk: only now record them in the index (see jobs.label_state)
         history.index.add(label_state.Segment.merge(written), [run_id])
-        return _finish_run(cfg, preset, sha, run_id, counts, started, clock["scoring"], failures)
+        return _finish_run(cfg, preset, sha, run_id, counts, started, clock["scoring"], failures, layout)
     except JobInterrupted as stop:  # the rows are saved; a later run folds them into the index
         stop.output = cfg.output
         stop.finished = f"all {counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
@@ -295,15 +323,21 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
 
 
 def _entries(history: _History, rows: list[dict[str, Any]]) -> label_state.Segment:
-    """A shard's rows as index entries: 11 bytes a row, not the rows themselves."""
+    """A shard's rows as index entries: 11 bytes a row, not the rows themselves; a row that
+    stored features is also an entry of the features scope (``label_state.Scope``)."""
     keys = label_state.keys_of(history.scope, (r["video"] for r in rows), (r["version"] for r in rows))
     ok = np.array([r["error"] is None for r in rows], bool)
     attempts = np.array([r["attempt"] for r in rows], np.int16)
+    featured = [i for i, r in enumerate(rows) if r.get("features") is not None]
+    if featured:
+        more = label_state.keys_of(history.scope.with_features(), (rows[i]["video"] for i in featured), (rows[i]["version"] for i in featured))
+        keys, ok, attempts = np.concatenate([keys, more]), np.concatenate([ok, ok[featured]]), np.concatenate([attempts, attempts[featured]])
     return label_state.Segment.of(keys, ok, attempts)
 
 
 def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, counts: dict[str, int], started: float,
-                scoring_start: float, failures: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+                scoring_start: float, failures: Sequence[tuple[str, str]] = (),
+                layout: FeatureLayout | None = None) -> dict[str, Any]:
     """Write the run's manifest (keys: ``jobs.schemas.LABEL_MANIFEST_KEYS``) and say what was done."""
     now = time.monotonic()
     wall, scoring = now - started, now - scoring_start
@@ -320,6 +354,8 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
         "min_score": cfg.min_score,
         "since": cfg.since,
         "max_attempts": cfg.max_attempts,
+        "features": layout.as_dict() if layout else None,
+        "backfill_features": cfg.backfill_features,
         **counts,
         "videos_this_run": done,
         "wall_s": round(wall, 3),
@@ -353,7 +389,8 @@ def first_failure(output: str, run_id: str) -> str | None:
     return errors[0] if errors else None
 
 
-def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], sha: str, run_id: str) -> dict[str, Any]:
+def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], sha: str, run_id: str,
+               layout: FeatureLayout | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {
         "video": todo.info.uri,
         "version": todo.version,
@@ -377,8 +414,10 @@ def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], s
         probs = np.asarray(outcome.probs, dtype=np.float32)
         top = [int(c) for c in topk_from_scores(probs, cfg.top_k)[0] if probs[c] >= cfg.min_score]
         row.update(labels=[classes[c] for c in top], scores=[float(probs[c]) for c in top], pred=int(np.argmax(probs)))
+    if layout is not None:
+        row["features"] = vector_values(outcome.features, layout)
     return row
 
 
-def _write_rows(uri: str, rows: list[dict[str, Any]]) -> None:
-    write_parquet(uri, rows, LABEL_SCHEMA)
+def _write_rows(uri: str, rows: list[dict[str, Any]], layout: FeatureLayout | None = None) -> None:
+    write_parquet(uri, rows, layout.schema(LABEL_SCHEMA) if layout else LABEL_SCHEMA)

@@ -50,14 +50,26 @@ _KEY_COLUMNS = ["video", "version", "error", "attempt", "model", "checkpoint_sha
 
 @dataclass(frozen=True)
 class Scope:
-    """Rows count as "the same work" only for the same model, checkpoint and view count."""
+    """Rows count as "the same work" only for the same model, checkpoint and view count.
+
+    ``features``: the narrower scope of rows that also stored a feature vector. A row with
+    features is indexed under both scopes, so it is done for a plain run and for a backfill
+    (``--backfill-features``: a version whose rows have no features is not done); one without
+    only under the plain scope. An output's features have one layout (``jobs.features``), so
+    "has features" is all the key needs to say.
+    """
 
     model: str
     sha256: str
     views: int
+    features: bool = False
 
     def prefix(self) -> bytes:
-        return f"{self.model}\x1f{self.sha256}\x1f{self.views}\x1f".encode()
+        base = f"{self.model}\x1f{self.sha256}\x1f{self.views}\x1f"
+        return (base + "features\x1f" if self.features else base).encode()
+
+    def with_features(self) -> "Scope":
+        return Scope(self.model, self.sha256, self.views, features=True)
 
 
 def keys_of(scope: Scope, uris: Iterable[str], versions: Iterable[str]) -> np.ndarray:
@@ -223,28 +235,43 @@ def _load_saved(output: str) -> LabelIndex | None:
 
 
 def _entries_of(output: str, files: list[label_store.LabelFile], skip_runs: set[str]) -> tuple[Segment, set[str], int]:
-    """Index entries of the rows in ``files`` from runs not in ``skip_runs``, streamed batch by batch."""
+    """Index entries of the rows in ``files`` from runs not in ``skip_runs``, streamed batch by batch.
+
+    Where the output stores features their column is read too, only to see which rows have a
+    vector: such a row is a second entry, in its scope's ``with_features``."""
     runs: set[str] = set()
     flt = ~ds.field("run_id").isin(sorted(skip_runs)) if skip_runs else None
+    schema = label_store.label_schema(output)
+    columns = _KEY_COLUMNS + (["features"] if "features" in schema.names else [])
     total = label_store.count_rows(output, files, filter=flt)  # Parquet metadata only, when unfiltered
     out = Segment(np.empty(total, np.uint64), np.empty(total, bool), np.empty(total, np.int16))
+    featured: list[Segment] = []
     pos = 0
-    for batch in label_store.scan(output, files, _KEY_COLUMNS, filter=flt):
+    for batch in label_store.scan(output, files, columns, filter=flt, schema=schema):
         if not batch.num_rows:
             continue
-        cols = {c: batch.column(c) for c in _KEY_COLUMNS}
+        cols = {c: batch.column(c) for c in columns}
         runs.update(pc.unique(cols["run_id"]).to_pylist())
         scope_cols = pa.table([cols["model"], cols["checkpoint_sha256"], cols["views"]], names=["m", "s", "v"])
         for s in scope_cols.group_by(["m", "s", "v"]).aggregate([]).to_pylist():  # most batches: one scope
             mask = pc.and_(pc.and_(pc.equal(cols["model"], s["m"]), pc.equal(cols["checkpoint_sha256"], s["s"])), pc.equal(cols["views"], s["v"]))
             part = {c: cols[c].filter(mask) for c in ("video", "version", "error", "attempt")}
+            scope = Scope(s["m"], s["s"], s["v"])
             end = pos + len(part["video"])
-            out.key[pos:end] = keys_of(Scope(s["m"], s["s"], s["v"]), part["video"].to_pylist(), part["version"].to_pylist())
+            out.key[pos:end] = keys_of(scope, part["video"].to_pylist(), part["version"].to_pylist())
             out.ok[pos:end] = pc.is_null(part["error"]).to_numpy(zero_copy_only=False)
             out.attempts[pos:end] = part["attempt"].to_numpy()
+            if "features" in cols:
+                has = pc.is_valid(cols["features"].filter(mask)).to_numpy(zero_copy_only=False)
+                if has.any():
+                    keys = keys_of(scope.with_features(), part["video"].filter(has).to_pylist(), part["version"].filter(has).to_pylist())
+                    featured.append(Segment(keys, out.ok[pos:end][has], out.attempts[pos:end][has]))
             pos = end
     if pos != total:
         raise storage.StorageError(f"{label_store.labels_dir(output)}: label files changed while the index was built; run again")
+    if featured:  # outputs with features only: their entries join the plain ones
+        out = Segment.merge([out, *featured])
+        return out, runs, total
     return Segment(*_reduce(out.key, out.ok, out.attempts)), runs, total
 
 

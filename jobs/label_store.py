@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
+from jobs.features import read_layout
 from jobs.parquet_writer import write_table
 from jobs.schemas import LABEL_SCHEMA
 from x3d import storage
@@ -43,6 +44,7 @@ __all__ = [
     "LabelFile",
     "compact",
     "crash_point",
+    "label_schema",
     "live_files",
     "part_uri",
     "count_rows",
@@ -53,7 +55,6 @@ __all__ = [
 
 #: the Hive partition column: the UTC date of the run that wrote the row
 PARTITION = pa.schema([pa.field("date", pa.string())])
-DATASET_SCHEMA = LABEL_SCHEMA.append(PARTITION.field("date"))
 DEFAULT_TARGET_MB = 128
 ROW_GROUP_ROWS = 128 * 1024
 
@@ -170,12 +171,20 @@ def live_files(output: str) -> list[LabelFile]:
 # --------------------------------------------------------------------------- reading
 
 
-def _dataset(output: str, files: list[LabelFile]) -> ds.Dataset:
+def label_schema(output: str) -> pa.Schema:
+    """``LABEL_SCHEMA``, plus ``features`` typed as ``<output>/features.json`` says once a run
+    stored features: files without the column (runs before, or without ``--save-features``)
+    read as null there."""
+    layout = read_layout(output)
+    return layout.schema(LABEL_SCHEMA) if layout else LABEL_SCHEMA
+
+
+def _dataset(output: str, files: list[LabelFile], schema: pa.Schema | None = None) -> ds.Dataset:
     filesystem, base = storage.arrow_filesystem(labels_dir(output))
     paths = [f"{base.rstrip('/')}/{f.rel}" for f in files]
     return ds.dataset(
         paths,
-        schema=DATASET_SCHEMA,
+        schema=(schema or LABEL_SCHEMA).append(PARTITION.field("date")),
         format="parquet",
         filesystem=filesystem,
         partitioning=ds.partitioning(PARTITION, flavor="hive"),
@@ -183,7 +192,7 @@ def _dataset(output: str, files: list[LabelFile]) -> ds.Dataset:
     )
 
 
-def _retrying(output: str, read: Callable[[ds.Dataset], pa.Table]) -> pa.Table:
+def _retrying(output: str, read: Callable[[ds.Dataset], pa.Table], schema: pa.Schema | None = None) -> pa.Table:
     """Run ``read`` over the current files; again if a compaction removed one meanwhile.
 
     A read of many files can take longer than a compaction needs to commit its next merge, so
@@ -196,7 +205,7 @@ def _retrying(output: str, read: Callable[[ds.Dataset], pa.Table]) -> pa.Table:
         if not files:
             return read(None)  # type: ignore[arg-type]
         try:
-            return read(_dataset(output, files))
+            return read(_dataset(output, files, schema))
         except (FileNotFoundError, OSError) as err:  # pyarrow's "file not found" is an OSError
             last = err
         time.sleep(min(_READ_PAUSE_CAP_S, 0.01 * 2**attempt))
@@ -209,32 +218,35 @@ def read_labels(
     filter: ds.Expression | None = None,
     columns: list[str] | None = None,
 ) -> pa.Table:
-    """Label rows (all columns of ``LABEL_SCHEMA`` unless ``columns``), optionally filtered.
+    """Label rows (all columns of ``label_schema``, ``features`` included where stored,
+    unless ``columns``), optionally filtered.
 
     With ``latest_only`` one row per (video, version): its latest attempt, chosen by Arrow's
     group-by and join. ``filter`` is a ``pyarrow.dataset`` expression and may use the ``date``
     partition column (``ds.field("date") >= "2026-11-01"``), which skips whole folders.
     """
-    wanted = list(columns or LABEL_SCHEMA.names)
+    schema = label_schema(output)
+    wanted = list(columns or schema.names)
     if latest_only:
         wanted += [c for c in ("video", "version", "attempt") if c not in wanted]
 
     def read(dataset: ds.Dataset | None) -> pa.Table:
         if dataset is None:
-            return DATASET_SCHEMA.empty_table().select(wanted)
+            return schema.append(PARTITION.field("date")).empty_table().select(wanted)
         return dataset.to_table(columns=wanted, filter=filter)
 
-    table = _retrying(output, read)
+    table = _retrying(output, read, schema)
     if latest_only and table.num_rows:
         table = table.take(_latest_rows(table))
-    return table.select(list(columns or LABEL_SCHEMA.names))
+    return table.select(list(columns or schema.names))
 
 
 def _latest_rows(table: pa.Table) -> pa.Array:
     """Row numbers of the highest attempt of each (video, version), in table order."""
     keys = table.select(["video", "version", "attempt"]).append_column("_row", pa.array(np.arange(table.num_rows)))
     best = keys.group_by(["video", "version"]).aggregate([("attempt", "max")])
-    joined = keys.join(best, keys=["video", "version", "attempt"], right_keys=["video", "version", "attempt_max"])
+    # inner: Arrow's default join is a left outer one, which keeps every attempt
+    joined = keys.join(best, keys=["video", "version", "attempt"], right_keys=["video", "version", "attempt_max"], join_type="inner")
     first = joined.group_by(["video", "version"]).aggregate([("_row", "min")])  # a duplicate row counts once
     return pa.array(np.sort(first.column("_row_min").to_numpy()))
 
@@ -244,11 +256,13 @@ def count_rows(output: str, files: list[LabelFile], filter: ds.Expression | None
     return _dataset(output, files).count_rows(filter=filter) if files else 0
 
 
-def scan(output: str, files: list[LabelFile], columns: list[str], filter: ds.Expression | None = None) -> Iterator[pa.RecordBatch]:
-    """Stream record batches of some columns of some files: memory is one batch, not the history."""
+def scan(output: str, files: list[LabelFile], columns: list[str], filter: ds.Expression | None = None,
+         schema: pa.Schema | None = None) -> Iterator[pa.RecordBatch]:
+    """Stream record batches of some columns of some files: memory is one batch, not the history.
+    ``schema`` (``label_schema``) is needed to read ``features``."""
     if not files:
         return
-    yield from _dataset(output, files).to_batches(
+    yield from _dataset(output, files, schema).to_batches(
         columns=columns, filter=filter, batch_size=64 * 1024, batch_readahead=2, fragment_readahead=1
     )  # little read-ahead: a rebuild over 1M-row files must not hold several of them decoded
 
@@ -330,8 +344,10 @@ def compact(output: str, target_mb: float = DEFAULT_TARGET_MB, covered_runs: set
 
 
 def _write_merged(output: str, files: list[LabelFile], uri: str) -> tuple[int, int]:
-    """Stream the files' rows into one Parquet file (the jobs' one writer), written atomically."""
-    return write_table(uri, scan(output, files, LABEL_SCHEMA.names), LABEL_SCHEMA, row_group_size=ROW_GROUP_ROWS)
+    """Stream the files' rows into one Parquet file (the jobs' one writer), written atomically;
+    with ``features`` wherever the output stores them (null for rows without)."""
+    schema = label_schema(output)
+    return write_table(uri, scan(output, files, schema.names, schema=schema), schema, row_group_size=ROW_GROUP_ROWS)
 
 
 

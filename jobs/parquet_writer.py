@@ -47,7 +47,7 @@ def write_table(
     batches = data.to_batches() if isinstance(data, pa.Table) else data
     sink = pa.BufferOutputStream()
     rows = 0
-    with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
+    with pq.ParquetWriter(sink, schema, compression="zstd", use_dictionary=_dictionary_columns(schema)) as writer:
         for batch in batches:
             if not batch.schema.equals(schema):
                 raise ValueError(f"{uri}: batch columns {batch.schema.names} do not match the schema {schema.names}")
@@ -56,3 +56,18 @@ def write_table(
     buffer = sink.getvalue()
     storage.write_bytes(uri, memoryview(buffer))  # no copy
     return rows, buffer.size
+
+
+#: columns of distinct floats, for which a dictionary only adds bytes (a 256-row shard's
+#: 432-d float32 vectors fit one dictionary page: 1.6x the plain bytes; 1.04x at float16)
+_NO_DICTIONARY = ("features",)
+
+
+def _dictionary_columns(schema: pa.Schema) -> bool | list[str]:
+    """Parquet's dictionary encoding for every column but ``_NO_DICTIONARY``'s, by leaf path
+    (``labels.list.element``: how the writer names a list's values)."""
+    if not any(name in schema.names for name in _NO_DICTIONARY):
+        return True
+    nested = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    return [f"{f.name}.list.element" if any(t(f.type) for t in nested) else f.name for f in schema if f.name not in _NO_DICTIONARY]
+

@@ -60,9 +60,10 @@ def shard_uri(output: str, shard_index: int) -> str:
     return storage.join(output, "predictions", f"part-{shard_index:05d}.parquet")
 
 
-def write_shard(output: str, shard_index: int, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Write one shard's rows atomically and return its URI; missing nullable columns are null."""
-    return write_parquet(shard_uri(output, shard_index), rows, PREDICTION_SCHEMA)
+def write_shard(output: str, shard_index: int, rows: Sequence[Mapping[str, Any]], schema: pa.Schema = PREDICTION_SCHEMA) -> str:
+    """Write one shard's rows atomically and return its URI; missing nullable columns are null.
+    ``schema``: ``PREDICTION_SCHEMA``, or it with the run's ``features`` column."""
+    return write_parquet(shard_uri(output, shard_index), rows, schema)
 
 
 def list_shards(output: str) -> dict[int, str]:
@@ -84,10 +85,20 @@ def read_predictions(output: str) -> pa.Table:
     if storage.is_remote(output):
         # Read through storage rather than pyarrow's own S3 client, so credentials,
         # endpoints and error messages behave exactly as for every other read.
-        tables = [pq.read_table(pa.BufferReader(storage.read_bytes(u)), schema=PREDICTION_SCHEMA) for u in uris]
-        return pa.concat_tables(tables)
+        files = [storage.read_bytes(u) for u in uris]
+        schema = _with_stored_features(pq.read_schema(pa.BufferReader(files[0])))
+        return pa.concat_tables([pq.read_table(pa.BufferReader(f), schema=schema) for f in files])
     paths = [storage.local_path(u) for u in uris]
-    return ds.dataset(paths, schema=PREDICTION_SCHEMA, format="parquet").to_table()
+    schema = _with_stored_features(pq.read_schema(paths[0]))
+    return ds.dataset(paths, schema=schema, format="parquet").to_table()
+
+
+def _with_stored_features(first: pa.Schema) -> pa.Schema:
+    """``PREDICTION_SCHEMA``, plus ``features`` as the run stored it (every shard of a run alike:
+    ``--resume`` refuses other feature flags)."""
+    if "features" not in first.names:
+        return PREDICTION_SCHEMA
+    return PREDICTION_SCHEMA.append(first.field("features"))
 
 
 def _jsonable(value: Any) -> Any:

@@ -13,7 +13,19 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-__all__ = ["JSON_FILES", "LABEL_MANIFEST_KEYS", "LABEL_SCHEMA", "PREDICTION_SCHEMA", "RUN_KEYS", "SUMMARY_KEYS", "TABLES", "schema_markdown"]
+__all__ = [
+    "FEATURES_COLUMN",
+    "JSON_FILES",
+    "LABEL_MANIFEST_KEYS",
+    "LABEL_SCHEMA",
+    "PREDICTION_SCHEMA",
+    "RUN_KEYS",
+    "SUMMARY_KEYS",
+    "TABLES",
+    "features_field",
+    "schema_markdown",
+    "with_features",
+]
 
 
 @dataclass(frozen=True)
@@ -22,6 +34,7 @@ class Column:
     type: pa.DataType
     nullable: bool
     meaning: str
+    type_name: str | None = None  # how the reference page writes a type fixed per output
 
 
 def _schema(columns: tuple[Column, ...]) -> pa.Schema:
@@ -66,10 +79,36 @@ LABEL_COLUMNS = (
 PREDICTION_SCHEMA = _schema(PREDICTION_COLUMNS)
 LABEL_SCHEMA = _schema(LABEL_COLUMNS)
 
+#: The embedding column. Its element type and length are fixed per output (``--features``,
+#: ``--features-dtype``, the model), so it is added to a schema by ``with_features`` and is in
+#: the files only of outputs written with ``--save-features``.
+FEATURES_COLUMN = Column(
+    "features",
+    pa.list_(pa.float16(), 432),
+    True,
+    "with `--save-features` only: the video's feature vector, its views averaged (`--features backbone`: the backbone's output "
+    "pooled over space and time, MMAction2's FeatureHead, 432 for X3D-S/M; `pre_logits`: the head's 2048-d hidden layer); "
+    "null on error and for versions labelled before features were on",
+    type_name="fixed_size_list<float16 or float32>[dim]",
+)
+
+
+def features_field(value_type: pa.DataType, dim: int) -> pa.Field:
+    """The ``features`` column for vectors of ``dim`` values of ``value_type``."""
+    c = FEATURES_COLUMN
+    return pa.field(c.name, pa.list_(value_type, dim), nullable=c.nullable, metadata={"doc": c.meaning})
+
+
+def with_features(schema: pa.Schema, value_type: pa.DataType, dim: int) -> pa.Schema:
+    """``schema`` plus the ``features`` column (last), typed for this output's vectors."""
+    return schema.append(features_field(value_type, dim))
+
+
 #: (file, what one row is, columns): what the reference page documents
 TABLES = (
-    ("evaluate: `<output>/predictions/part-NNNNN.parquet`", "one row per video of the dataset", PREDICTION_COLUMNS),
-    ("label: `<output>/labels/date=YYYY-MM-DD/*.parquet` (Hive partition column `date`: the run's UTC date)", "one row per attempt at a video version", LABEL_COLUMNS),
+    ("evaluate: `<output>/predictions/part-NNNNN.parquet`", "one row per video of the dataset", PREDICTION_COLUMNS + (FEATURES_COLUMN,)),
+    ("label: `<output>/labels/date=YYYY-MM-DD/*.parquet` (Hive partition column `date`: the run's UTC date)", "one row per attempt at a video version",
+     LABEL_COLUMNS + (FEATURES_COLUMN,)),
 )
 
 
@@ -132,6 +171,7 @@ RUN_KEYS = (
     Key("num_videos", "int", "videos in the run"),
     Key("videos_sha256", "string", "sha256 over the videos' paths and labels, in order"),
     Key("save_probs", "bool", "whether `probs` is kept"),
+    Key("features", "object or null", "with `--save-features`: `kind`, `dtype`, `dim` of the `features` column; null without"),
 )
 
 LABEL_MANIFEST_KEYS = (
@@ -146,11 +186,14 @@ LABEL_MANIFEST_KEYS = (
     Key("min_score", "float", "`--min-score`"),
     Key("since", "string or null", "`--since` as given"),
     Key("max_attempts", "int", "`--max-attempts`"),
+    Key("features", "object or null", "with `--save-features`: `kind`, `dtype`, `dim` of the `features` column (also in `<output>/features.json`); null without"),
+    Key("backfill_features", "bool", "`--backfill-features`: versions labelled without features counted as not done"),
     Key("listed", "int", "videos the input listed"),
     Key("older", "int", "of which older than `--since`"),
     Key("skipped", "int", "of which already labelled (or given up on after `--max-attempts`)"),
     Key("new", "int", "of which new or changed"),
     Key("retries", "int", "of which failed before and tried again"),
+    Key("backfilled", "int", "of which labelled before without features, done again for them (`--backfill-features`)"),
     Key("labelled", "int", "videos labelled by this run"),
     Key("failed", "int", "videos this run wrote an error row for"),
     *_TIMES,
@@ -184,7 +227,7 @@ def schema_markdown() -> str:
     ]
     for title, row, columns in TABLES:
         out += [f"## {title}", "", f"{row[0].upper()}{row[1:]}.", "", "| column | type | null | meaning |", "|---|---|---|---|"]
-        out += [f"| `{c.name}` | {_type_name(c.type)} | {'yes' if c.nullable else 'no'} | {c.meaning} |" for c in columns]
+        out += [f"| `{c.name}` | {c.type_name or _type_name(c.type)} | {'yes' if c.nullable else 'no'} | {c.meaning} |" for c in columns]
         out.append("")
     for title, what, keys in JSON_FILES:
         out += [f"## {title}", "", f"{what[0].upper()}{what[1:]}.", "", "| key | type | meaning |", "|---|---|---|"]

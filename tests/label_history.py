@@ -20,8 +20,9 @@ def row(video: str, version: str, attempt: int, run_id: str, error: str | None =
     }
 
 
-def write_run(output: str, run_id: str, rows: list[dict], shard_size: int = 256, flat: bool = False) -> list[str]:
-    """Write rows as shards of one run: ``flat`` is the layout of the code before the index."""
+def write_run(output: str, run_id: str, rows: list[dict], shard_size: int = 256, flat: bool = False, layout=None) -> list[str]:
+    """Write rows as shards of one run: ``flat`` is the layout of the code before the index;
+    ``layout`` (a ``jobs.features.FeatureLayout``): the rows carry ``features``."""
     uris = []
     for shard, start in enumerate(range(0, len(rows), shard_size)):
         uri = (
@@ -29,7 +30,7 @@ def write_run(output: str, run_id: str, rows: list[dict], shard_size: int = 256,
             if flat
             else label_store.part_uri(output, run_id, shard)
         )
-        _write_rows(uri, rows[start : start + shard_size])
+        _write_rows(uri, rows[start : start + shard_size], layout)
         uris.append(uri)
     return uris
 

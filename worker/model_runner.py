@@ -19,6 +19,7 @@ import x3d
 from worker.decode_task import ModelSpec, ms_since, worker_name
 from worker.stages import NULL_TIMER, StageTimer
 from x3d.bn_fold import fold_batchnorm
+from x3d.features import check_features, forward_with_features, fuse_features, predict_clips_with_features
 from x3d.predict import autocast_for, check_precision, max_clips_per_forward, set_tf32_for, to_device, to_layout
 from x3d.protocol import fuse_views, gather_views, normalize
 
@@ -71,6 +72,7 @@ class ModelRunner:
         fold_bn: bool = True,
         compile: bool = False,
         cudnn_benchmark: bool = True,
+        features: str | None = None,
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -110,6 +112,10 @@ class ModelRunner:
         self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self._compute_lock = threading.Lock()
         self.name = worker_name()
+        # "backbone" / "pre_logits": the forwards also give each clip's features, which
+        # ``score_with_features`` hands back; None: ``score`` runs exactly as without them
+        self.features = check_features(features) if features else None
+        self._local = threading.local()  # each concurrent call's features (actor_concurrency > 1)
 
     def describe(self) -> dict[str, Any]:
         accel = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
@@ -211,18 +217,66 @@ class ModelRunner:
                 stream = torch.cuda.current_stream(self.device)
                 stream.wait_event(prepared.ready)
                 clips.record_stream(stream)  # made on the copy stream, read on this one
-            out = []
+            collected = getattr(self._local, "features", None)
+            out, feats = [], []
             with autocast_for(self.device, self.spec.precision):
                 for begin in range(0, clips.shape[0], self.batch_size):
-                    out.append(self.model(clips[begin : begin + self.batch_size]).float())
+                    chunk = clips[begin : begin + self.batch_size]
+                    if collected is None:
+                        out.append(self.model(chunk).float())
+                    else:  # inside score_with_features: the same forward gives the features
+                        logits, features = forward_with_features(self.model, chunk, self.features)
+                        out.append(logits.float())
+                        feats.append(features.float())
+            if collected is not None and feats:
+                collected.append(torch.cat(feats).cpu())
             logits = torch.cat(out).cpu() if out else torch.empty(0, 0)
         probs = self._fuse(logits, prepared.counts)
         timer.charge("forward")  # the fusion of views is part of the forward stage
         return probs
 
+    def score_with_features(
+        self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+        """``score``, and each video's feature vector (float32, its views' mean); needs ``features``."""
+        if self.features is None:
+            raise ValueError("this runner was built without features=")
+        self._local.features = []
+        try:
+            probs, infer_ms = self.score(payloads, timer)
+            per_clip = torch.cat(self._local.features) if self._local.features else torch.empty(0, 0)
+        finally:
+            self._local.features = None
+        vectors, offset = [], 0
+        for payload in payloads:
+            count = self._views_of(payload)
+            vectors.append(fuse_features(per_clip[offset : offset + count]).numpy().astype(np.float32))
+            offset += count
+        return probs, vectors, infer_ms
+
+    def _views_of(self, payload: Payload) -> int:
+        if isinstance(payload, np.ndarray):
+            return payload.shape[0]
+        return np.asarray(payload[1]).shape[0] * self.plan.num_crops
+
     def _forward(self, clips: torch.Tensor, timer: StageTimer) -> torch.Tensor:
         """Logits on the host of uint8 clips on the device: ``x3d.predict_clips`` (normalise,
-        layout, forward), ``batch_size`` clips per forward."""
+        layout, forward), ``batch_size`` clips per forward; inside ``score_with_features`` the
+        same forwards' features are kept for it."""
+        collected = getattr(self._local, "features", None)
+        if collected is not None:  # inside score_with_features: keep the features, return the logits
+            logits, features = predict_clips_with_features(
+                self.model,
+                clips,
+                self.protocol,
+                self.features,
+                self.batch_size,
+                channels_last=self.channels_last,
+                precision=self.spec.precision,
+                on_step=timer.charge,
+            )
+            collected.append(features)
+            return logits
         return x3d.predict_clips(
             self.model,
             clips,

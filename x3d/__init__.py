@@ -3,6 +3,7 @@
 >>> import x3d
 >>> model = x3d.load_model("x3d_s", checkpoint="x3d_s.pth")
 >>> probs = x3d.predict_video(model, "video.mp4", views=30)  # the model knows its preset
+>>> vector = x3d.extract_features(model, "video.mp4", views=30)  # 432-d, MMAction2's FeatureHead
 
 ``import x3d`` does not import torch: the model, its checkpoints and the forward pass load on
 first use of one of their names (``x3d.load_model``, ``x3d.build_model``, ...). A process that
@@ -26,12 +27,15 @@ _TORCH_NAMES = {
     "X3D": "model",
     "build_model": "model",
     "fold_batchnorm": "bn_fold",
+    "extract_features": "features",
+    "feature_dim": "features",
+    "fuse_features": "features",
     "predict_clips": "predict",
     "predict_video": "predict",
     "CheckpointError": "checkpoints",
     "load_model": "checkpoints",
 }
-_TORCH_MODULES = ("model", "bn_fold", "predict", "checkpoints")
+_TORCH_MODULES = ("model", "bn_fold", "features", "predict", "checkpoints")
 
 
 def __getattr__(name: str) -> Any:

@@ -142,8 +142,11 @@ class X3DHead(nn.Module):
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(x).flatten(1)
-        return self.fc2(self.dropout(self.relu(self.fc1(x))))
+        return self.fc2(self.dropout(self.pre_logits(x)))
+
+    def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The 2048-d hidden layer fc2 reads, ``relu(fc1(pool(x)))``: dropout is the identity in eval."""
+        return self.relu(self.fc1(self.pool(x).flatten(1)))
 
 
 class X3D(nn.Module):
@@ -157,6 +160,22 @@ class X3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.cls_head(self.backbone(x))
+
+    def forward_with_features(self, x: torch.Tensor, kind: str = "backbone") -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and each clip's features from one forward: ``(N, classes)``, ``(N, dim)``.
+
+        ``"backbone"``: the backbone's output averaged over space, then time, in that order,
+        as MMAction2's ``FeatureHead`` pools it (``out_channels``, 432 for X3D-S/M).
+        ``"pre_logits"``: the head's hidden layer (``head_hidden``, 2048). The logits are the
+        ones ``forward`` gives, bit for bit.
+        """
+        maps = self.backbone(x)
+        if kind == "backbone":
+            return self.cls_head(maps), maps.mean(dim=[-2, -1]).mean(dim=2)
+        if kind == "pre_logits":
+            hidden = self.cls_head.pre_logits(maps)
+            return self.cls_head.fc2(self.cls_head.dropout(hidden)), hidden
+        raise ValueError(f"features must be one of backbone, pre_logits, got {kind!r}")
 
 
 def build_model(preset: str | Preset = "x3d_s") -> X3D:
