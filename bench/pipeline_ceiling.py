@@ -124,7 +124,7 @@ def run_once(videos: int, actors: int, spec: ModelSpec, overrides: dict) -> dict
         if not first:
             first.append(time.perf_counter())
             cpu_first.append(time.process_time())
-        if outcome.decode is not None:
+        if outcome.decode.worker:
             decoders.add(outcome.decode.worker)
 
     cpu0, t0 = time.process_time(), time.perf_counter()

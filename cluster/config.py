@@ -25,18 +25,31 @@ class Shard:
 
 @dataclass
 class VideoOutcome:
-    """What happened to one video; ``probs`` is None exactly when ``error`` is set."""
+    """What happened to one video: its decode's result as the decode task gave it (or, for a
+    video whose worker hung or crashed, one the driver made with the error), and its scores.
+    ``probs`` is None exactly when ``error`` is set (a decode error, a failed call, a crash)."""
 
     shard: int
     position: int
     item: VideoItem
+    decode: DecodeResult
     probs: np.ndarray | None
     error: str | None
-    num_views: int = 0
-    decode_ms: float = 0.0
     infer_ms: float = 0.0
-    worker: str = ""
-    decode: DecodeResult | None = None  # the decode task's result (its stage times when timed)
+    actor: str = ""  # the runner that scored it (host:pid); "" when it was not scored
+
+    @property
+    def num_views(self) -> int:
+        return self.decode.num_views if self.error is None else 0
+
+    @property
+    def decode_ms(self) -> float:
+        return self.decode.decode_ms
+
+    @property
+    def worker(self) -> str:
+        """Who gave the outcome: the actor that scored it, else the decode worker (if any)."""
+        return self.actor or self.decode.worker
 
 
 @dataclass

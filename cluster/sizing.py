@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from cluster.errors import ClusterError
-from cluster.pipeline import PipelineConfig
+from cluster.config import PipelineConfig
 from worker.decode_task import ModelSpec
 
 __all__ = ["ClusterShape", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "size_pipeline", "unit_videos_for"]
@@ -83,8 +83,8 @@ def size_pipeline(
 GPU_CLIPS_PER_CALL = 256
 
 
-#: How long a decode unit gathers videos into one group on a GPU cluster (ms). Each group is two
-#: stream items for the driver; at 20 ms a real decode (75 ms for a 340x256 clip) sends every
+#: How long a decode unit gathers videos into one group on a GPU cluster (ms). The driver's work
+#: is per group (a stream item, a share of an actor call); at 20 ms a real decode (75 ms for a 340x256 clip) sends every
 #: video alone and the driver spent 1.6 ms of CPU per video, at 500 ms 0.65 ms (16 decode slots,
 #: bench/RESULTS.md, "Pipeline ceiling"). The price is memory: a group's frames wait in the
 #: worker (~7 X3D-S videos, ~120 MB), and a crash sends them to a careful unit. CPU jobs keep
