@@ -91,12 +91,12 @@ class PipelineConfig:
     # of a unit are not a burst for the object store (cluster.sizing: small on CPU, large on GPU).
     unit_videos: int = 1
     # A unit sends what it decoded at least this often (ms): videos that take longer travel
-    # alone, and only those that decode in a blink share one pair of objects (cluster.units).
+    # alone, and only those that decode in a blink share one object (cluster.scheduler).
     group_ms: float = 20.0
-    # A decode worker whose private RSS has grown this much since its first group (decord leaks) is
-    # recycled: its unit is cancelled once the group that says so arrives, its worker killed, and
-    # its unvouched videos go to another unit. Measured growth, not a count: a worker start costs
-    # ~0.5-1 s of CPU, which a count paid whether or not anything leaked (bench/RESULTS.md,
+    # A decode worker whose private RSS has grown this much since its first group (decord leaks)
+    # is recycled: it stops its unit after the group that shows it and refuses the next, which
+    # the driver cancels (killing it); the videos it did not reach go to another unit. Measured
+    # growth, not a count: a worker start costs ~0.5-1 s of CPU, which a count paid whether or not anything leaked (bench/RESULTS.md,
     # "Pipeline ceiling"). 0 turns it off.
     recycle_rss_mb: float = 1024.0
     # A backstop besides: Ray ends a worker after about this many videos (whole units), leak or not.
