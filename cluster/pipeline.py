@@ -87,7 +87,7 @@ class _Pipeline:
     def run(self) -> None:
         scheduler = self.scheduler
         while not scheduler.finished:
-            self._carry_out(scheduler.take())
+            self._carry_out(scheduler.take(time.monotonic()))
             waiting = list(self.unit_of) + list(self.calls) + list(self.describing)
             if not waiting:
                 continue

@@ -119,6 +119,7 @@ class _Unit:
 class _Group:
     unit: int
     ref: Any
+    arrived: float = 0.0
 
 
 @dataclass
@@ -164,15 +165,19 @@ class Scheduler:
         )
         # Videos per group, learnt from the replies (groups are not opened): sizes the calls.
         self.videos_seen, self.groups_seen = 1, 1
+        # How long groups wait for a full call while units still run: a call's driver CPU is
+        # paid per call, so at a real decode's pace (an idle GPU) a call per group cost ~4x more
+        # per video than full calls; a hung video must not hold the others for its deadline.
+        self.hold_s = max(0.05, 2 * config.group_ms / 1000.0)
         self._next_id = 0
         self._decisions: list[Any] = [StartActor(a, 0) for a in range(self.num_actors)]
 
     # ------------------------------------------------------------------ the adapter's side
 
-    def take(self) -> list[Any]:
+    def take(self, now: float) -> list[Any]:
         """The decisions since the last call, after starting units and calls that fit now."""
         self._start_units()
-        self._dispatch()
+        self._dispatch(now)
         out, self._decisions = self._decisions, []
         return out
 
@@ -181,7 +186,12 @@ class Scheduler:
         return not (self.shards is not None or self.pending or self.careful or self.solo or self.units or self.ready or self.calls)
 
     def next_deadline(self) -> float:
-        return min((u.deadline for u in self.units.values() if u.ended is None), default=float("inf"))
+        """When ``on_tick`` (or ``take``) has something to do: a unit's deadline, or a partial
+        call that has waited long enough."""
+        deadline = min((u.deadline for u in self.units.values() if u.ended is None), default=float("inf"))
+        if self.ready:
+            deadline = min(deadline, self.ready[0].arrived + self.hold_s)
+        return deadline
 
     def starting(self) -> bool:
         return not all(self.live)
@@ -205,7 +215,7 @@ class Scheduler:
             return  # a cancelled unit's late item: its videos are requeued already or will be
         unit.groups_out += 1
         unit.deadline = now + self._timeout(unit)
-        self.ready.append(_Group(unit_id, ref))
+        self.ready.append(_Group(unit_id, ref, now))
 
     def on_unit_ended(self, unit_id: int, why: str, error: str = "") -> None:
         """Its stream ended: ``DONE``, ``CRASHED`` (with the error), ``NODE_LOST``."""
@@ -412,10 +422,10 @@ class Scheduler:
             self.in_flight += len(entries)
             self._decisions.append(StartUnit(unit.id, [e.item for e in entries], group_ms))
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, now: float) -> None:
         if not self.ready:
             return
-        more_coming = bool(self.running or self.pending or self.solo or self.careful or self.shards is not None)
+        more_coming = self.running > 0 and self.ready[0].arrived + self.hold_s > now
         busy = [0] * self.num_actors
         for call in self.calls.values():
             busy[call.actor] += 1
@@ -423,8 +433,8 @@ class Scheduler:
         groups_per_call = max(1, round(self.videos_per_call / per_group))
         for actor in sorted((a for a in range(self.num_actors) if self.live[a]), key=busy.__getitem__):
             while self.ready and busy[actor] < self.config.calls_per_actor:
-                if more_coming and busy[actor] > 0 and len(self.ready) < groups_per_call:
-                    break  # wait for a fuller call; this actor still has work
+                if more_coming and len(self.ready) < groups_per_call:
+                    break  # wait for a fuller call, a little
                 groups = [self.ready.popleft() for _ in range(min(groups_per_call, len(self.ready)))]
                 call = _Call(actor, groups)
                 self.calls[self._next_id] = call

@@ -81,7 +81,7 @@ class Sim:
         self.written[index] = outcomes
 
     def carry_out(self) -> None:
-        for decision in self.scheduler.take():
+        for decision in self.scheduler.take(self.now):
             if isinstance(decision, StartUnit):
                 self.units[decision.unit] = _SimUnit(decision.unit, decision.items, decision.group_ms <= 0)
             elif isinstance(decision, CancelUnit):
@@ -266,9 +266,9 @@ def test_a_video_that_hangs_in_a_careful_unit_is_its_own_error_row():
 
 def test_a_worker_asking_to_be_recycled_has_its_unit_cancelled_and_requeued():
     scheduler = Scheduler(_shards(["good"] * 4), _config(num_actors=1))
-    first = [d for d in scheduler.take() if isinstance(d, StartUnit)][0]
+    first = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0]
     scheduler.on_unit_started(first.unit, 0.0, retire=True)
-    decisions = scheduler.take()
+    decisions = scheduler.take(0.0)
     assert CancelUnit(first.unit) in decisions
     again = [d for d in decisions if isinstance(d, StartUnit)]
     assert again and again[-1].items == first.items  # the same videos, in a new unit
@@ -278,19 +278,19 @@ def test_a_late_reply_from_a_replaced_actor_is_ignored():
     scheduler = Scheduler(_shards(["good"]), _config(num_actors=1, unit_videos=1))
     seen: list[VideoOutcome] = []
     scheduler.on_video = seen.append
-    unit = [d for d in scheduler.take() if isinstance(d, StartUnit)][0].unit
+    unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
     scheduler.on_actor_started(0, 0)
     scheduler.on_unit_started(unit, 0.0)
     group = [(DecodeResult(None, 1, place=(unit, 0)), "frames")]
     scheduler.on_group(unit, group, 0.0)
     scheduler.on_unit_ended(unit, DONE)
-    (call,) = [d for d in scheduler.take() if isinstance(d, CallActor)]
+    (call,) = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
     scheduler.on_actor_lost(0, 0, "gone")
-    (restart,) = [d for d in scheduler.take() if isinstance(d, StartActor)]
+    (restart,) = [d for d in scheduler.take(0.0) if isinstance(d, StartActor)]
     scheduler.on_reply(call.call, [ScoredVideo(group[0][0], [0.5])], "old")  # late: ignored
     assert seen == []
     scheduler.on_actor_started(0, restart.generation)
-    (again,) = [d for d in scheduler.take() if isinstance(d, CallActor)]
+    (again,) = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
     assert again.groups == [group]
     scheduler.on_reply(again.call, [ScoredVideo(group[0][0], [0.25])], "new")
     assert [(o.probs, o.actor) for o in seen] == [([0.25], "new")] and scheduler.finished
@@ -305,7 +305,7 @@ def test_an_all_failed_group_becomes_error_rows_through_its_call():
 
 def test_actors_that_keep_dying_end_the_run_with_one_line():
     scheduler = Scheduler(_shards(["good"]), _config(num_actors=1, actor_restarts=2))
-    scheduler.take()
+    scheduler.take(0.0)
     with pytest.raises(ClusterError, match="model actors keep dying"):
         for generation in range(10):
             scheduler.on_actor_lost(0, generation, "OOM")
