@@ -66,6 +66,11 @@ class _Pipeline:
         # decode_unit lives in a module without torch, so decode workers start without loading
         # it; a Ray task runs in the process that imports its function's module. Ray retries no
         # unit: the scheduler knows which videos were reached and retries the others itself.
+        # What every unit is given, put once: pickled per submission they cost the driver more
+        # than the unit's own videos (a preset carries its class names; a stand-in decode is
+        # pickled by value). Ray hands a task the value of a ref passed as an argument.
+        self.spec_ref = ray.put(config.spec)
+        self.decode_fn_ref = ray.put(config.decode_fn)  # None: decode_item, named in the task's own module
         self.decode_task = ray.remote(
             num_returns="streaming",
             max_calls=max(1, config.max_decode_calls // max(1, config.unit_videos)),
@@ -117,7 +122,7 @@ class _Pipeline:
                 self.calls[ref] = (decision.call, decision.actor, generation, decision.groups)
             elif isinstance(decision, StartUnit):
                 config = self.config
-                stream = self.decode_task.remote(decision.items, config.spec, config.timed, config.decode_fn,
+                stream = self.decode_task.remote(decision.items, self.spec_ref, config.timed, self.decode_fn_ref,
                                                  decision.group_ms, decision.unit, config.recycle_rss_mb)
                 self.unit_of[stream] = decision.unit
                 self.stream_of[decision.unit] = stream
