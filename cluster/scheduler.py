@@ -35,6 +35,10 @@ videos count as in flight.
   (which kills the worker: Ray starts a fresh one) and both units' unsettled videos go back to
   the queue. No group's contents are needed for it.
 
+Calls: a call takes about ``batch_views`` clips' worth of groups (the videos per group are
+learnt from the replies); while units still run, groups wait up to two ``group_ms`` for a full
+call, since the driver's CPU is paid per call and per group, not per video.
+
 Every outcome is recorded once under (shard, position); a shard is written when its last video
 is done. A reply for a call the driver gave up on (its actor was replaced) is ignored.
 """
@@ -50,7 +54,7 @@ from cluster.errors import ClusterError
 from worker.decode_task import DecodeResult
 from worker.items import VideoItem
 
-__all__ = ["CallActor", "CancelUnit", "Entry", "Scheduler", "StartActor", "StartUnit"]
+__all__ = ["CRASHED", "DONE", "NODE_LOST", "CallActor", "CancelUnit", "Entry", "Scheduler", "StartActor", "StartUnit"]
 
 Key = tuple[int, int]
 

@@ -3,7 +3,11 @@ pure sizing rule (tests/cluster/test_sizing.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from cluster.runtime import cluster_shape
+
+pytestmark = pytest.mark.slow  # needs the session's Ray
 
 
 def test_the_session_cluster_is_two_cpus_on_one_node(ray_local):
