@@ -193,9 +193,16 @@ class Scheduler:
         """When ``on_tick`` (or ``take``) has something to do: a unit's deadline, or a partial
         call that has waited long enough."""
         deadline = min((u.deadline for u in self.units.values() if u.ended is None), default=float("inf"))
-        if self.ready:
-            deadline = min(deadline, self.ready[0].arrived + self.hold_s)
+        if self.ready and any(self._busy()[a] < self.config.calls_per_actor for a in range(self.num_actors) if self.live[a]):
+            deadline = min(deadline, self.ready[0].arrived + self.hold_s)  # not while every actor is busy
         return deadline
+
+    def _busy(self) -> list[int]:
+        """Calls in flight per actor."""
+        busy = [0] * self.num_actors
+        for call in self.calls.values():
+            busy[call.actor] += 1
+        return busy
 
     def starting(self) -> bool:
         return not all(self.live)
@@ -430,9 +437,7 @@ class Scheduler:
         if not self.ready:
             return
         more_coming = self.running > 0 and self.ready[0].arrived + self.hold_s > now
-        busy = [0] * self.num_actors
-        for call in self.calls.values():
-            busy[call.actor] += 1
+        busy = self._busy()
         per_group = self.videos_seen / self.groups_seen
         groups_per_call = max(1, round(self.videos_per_call / per_group))
         for actor in sorted((a for a in range(self.num_actors) if self.live[a]), key=busy.__getitem__):

@@ -330,3 +330,20 @@ def test_random_interleavings_of_every_event():
         sim.check(kinds)
         bound = max(bound, sim.max_in_flight)
     assert bound > 0
+
+
+def test_groups_wait_a_little_for_a_full_call_but_not_for_busy_actors():
+    config = _config(num_actors=1, unit_videos=8, batch_views=4, calls_per_actor=1, group_ms=20.0)
+    scheduler = Scheduler(_shards(["good"] * 8), config)
+    unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
+    scheduler.on_actor_started(0, 0)
+    scheduler.on_unit_started(unit, 0.0)
+    group = [(DecodeResult(None, 1, place=(unit, 0)), "frames")]
+    scheduler.on_group(unit, group, 1.0)
+    assert scheduler.take(1.0) == []  # one video; a call takes four, and the unit still runs
+    assert scheduler.next_deadline() == 1.0 + scheduler.hold_s  # the wait is short
+    (call,) = scheduler.take(1.0 + scheduler.hold_s)
+    assert isinstance(call, CallActor) and call.groups == [group]
+    scheduler.on_group(unit, [(DecodeResult(None, 1, place=(unit, 1)), "frames")], 2.0)
+    assert scheduler.take(5.0) == []  # the only actor is busy: no deadline for the wait
+    assert scheduler.next_deadline() == 2.0 + TIMEOUT_S + config.group_ms / 1000.0  # the unit's own
