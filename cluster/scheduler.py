@@ -169,9 +169,10 @@ class Scheduler:
         )
         # Videos per group, learnt from the replies (groups are not opened): sizes the calls.
         self.videos_seen, self.groups_seen = 1, 1
-        # How long groups wait for a full call while units still run: a call's driver CPU is
-        # paid per call, so at a real decode's pace (an idle GPU) a call per group cost ~4x more
-        # per video than full calls; a hung video must not hold the others for its deadline.
+        # How long groups wait for a full call while units still run. The driver's CPU is paid
+        # per call, and at a real decode's pace an idle actor used to take every group alone
+        # (232 calls for 1,500 videos in bench/pipeline_ceiling.py's real-pace run, 6 videos a
+        # call); short, so that a hung video does not hold the others until its deadline.
         self.hold_s = max(0.05, 2 * config.group_ms / 1000.0)
         self._next_id = 0
         self._decisions: list[Any] = [StartActor(a, 0) for a in range(self.num_actors)]
