@@ -10,6 +10,8 @@ its file, and that the work in flight stays within the scheduler's bound.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,7 @@ from worker.decode_task import DecodeResult, ModelSpec
 from worker.items import VideoItem
 
 SPEC = ModelSpec(x3d.get_preset("x3d_s"), 1)
+ROOT = __file__.rsplit("/tests/", 1)[0]
 TIMEOUT_S = 10.0
 
 
@@ -347,3 +350,9 @@ def test_groups_wait_a_little_for_a_full_call_but_not_for_busy_actors():
     scheduler.on_group(unit, [(DecodeResult(None, 1, place=(unit, 1)), "frames")], 2.0)
     assert scheduler.take(5.0) == []  # the only actor is busy: no deadline for the wait
     assert scheduler.next_deadline() == 2.0 + TIMEOUT_S + config.group_ms / 1000.0  # the unit's own
+
+
+def test_the_rules_and_the_sizing_load_neither_ray_nor_torch():
+    probe = "import sys, cluster.scheduler, cluster.sizing; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
