@@ -127,9 +127,8 @@ class _Pipeline:
                 self.unit_of[stream] = decision.unit
                 self.stream_of[decision.unit] = stream
             elif isinstance(decision, CancelUnit):
-                stream = self.stream_of.pop(decision.unit, None)
+                stream = self._forget(decision.unit)
                 if stream is not None:
-                    del self.unit_of[stream]
                     ray.cancel(stream, force=True)  # kills the worker (stuck in decord, or grown)
             elif isinstance(decision, StartActor):
                 self._start_actor(decision.actor, decision.generation)
@@ -178,11 +177,13 @@ class _Pipeline:
         self._forget(unit)
         self.scheduler.on_unit_ended(unit, NODE_LOST if node_lost(exc) else CRASHED, _short(exc))
 
-    def _forget(self, unit: int) -> None:
+    def _forget(self, unit: int) -> Any:
+        """Stop watching a unit's stream (ended, or about to be cancelled); returns it."""
         stream = self.stream_of.pop(unit, None)
         if stream is not None:
             del self.unit_of[stream]
         self.header_read.discard(unit)
+        return stream
 
     # ------------------------------------------------------------------ model actors
 
