@@ -122,6 +122,7 @@ def step_run(output: str, videos: str, ckpt: str) -> None:
     import cluster.pipeline
     import cluster.runtime
     from cluster.pipeline import VideoOutcome
+    from worker.decode_task import DecodeResult
     from jobs.label import run_label
 
     def no_op_pipeline(shards, config, state_ref, on_video=lambda o: None, on_shard=lambda i, o: None):
@@ -130,7 +131,7 @@ def step_run(output: str, videos: str, ckpt: str) -> None:
         classes = x3d.get_preset(MODEL).arch.num_classes
         probs = np.linspace(0, 1, classes, dtype=np.float32)
         for shard in shards:
-            outcomes = [VideoOutcome(shard.index, p, item, probs, None, 1) for p, item in enumerate(shard.items)]
+            outcomes = [VideoOutcome(shard.index, p, item, DecodeResult(None, num_views=1), probs, None) for p, item in enumerate(shard.items)]
             for o in outcomes:
                 on_video(o)
             on_shard(shard.index, outcomes)

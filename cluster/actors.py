@@ -2,9 +2,10 @@
 
 ``__init__`` loads the model once, on whatever device Ray granted the actor (a GPU when it was
 given ``num_gpus``); ``score`` takes a batch of videos as the decode units streamed them, by
-reference (groups of ``(DecodeResult, payload)`` pairs, ``cluster.units``), scores those that
-decoded and returns their fused probabilities (and, when the job asked for them, their feature
-vectors, from the same forward); the driver never opens a payload. The pipeline (``cluster.pipeline``) declares the resources,
+reference (groups of ``(DecodeResult, payload)`` pairs, ``worker.decode_task.decode_unit``),
+scores those that decoded and returns every video's result with its fused probabilities (and,
+when the job asked for them, its feature vector, from the same forward): the reply is how the
+driver learns what a group held, since it never opens one. The pipeline (``cluster.pipeline``) declares the resources,
 starts, watches and replaces these actors.
 """
 

@@ -28,19 +28,32 @@ class Shard:
 
 @dataclass
 class VideoOutcome:
-    """What happened to one video; ``probs`` is None exactly when ``error`` is set."""
+    """What happened to one video: its decode's result as the decode task gave it (or, for a
+    video whose worker hung or crashed, one the driver made with the error), and its scores.
+    ``probs`` is None exactly when ``error`` is set (a decode error, a failed call, a crash)."""
 
     shard: int
     position: int
     item: VideoItem
+    decode: DecodeResult
     probs: np.ndarray | None
     error: str | None
-    num_views: int = 0
-    decode_ms: float = 0.0
     infer_ms: float = 0.0
-    worker: str = ""
-    decode: DecodeResult | None = None  # the decode task's result (its stage times when timed)
+    actor: str = ""  # the runner that scored it (host:pid); "" when it was not scored
     features: np.ndarray | None = None  # the video's embedding, when the job asked for one
+
+    @property
+    def num_views(self) -> int:
+        return self.decode.num_views if self.error is None else 0
+
+    @property
+    def decode_ms(self) -> float:
+        return self.decode.decode_ms
+
+    @property
+    def worker(self) -> str:
+        """Who gave the outcome: the actor that scored it, else the decode worker (if any)."""
+        return self.actor or self.decode.worker
 
 
 @dataclass
@@ -82,12 +95,12 @@ class PipelineConfig:
     # of a unit are not a burst for the object store (cluster.sizing: small on CPU, large on GPU).
     unit_videos: int = 1
     # A unit sends what it decoded at least this often (ms): videos that take longer travel
-    # alone, and only those that decode in a blink share one pair of objects (cluster.units).
+    # alone, and only those that decode in a blink share one object (cluster.scheduler).
     group_ms: float = 20.0
-    # A decode worker whose private RSS has grown this much since its first group (decord leaks) is
-    # recycled: its unit is cancelled once the group that says so arrives, its worker killed, and
-    # its unvouched videos go to another unit. Measured growth, not a count: a worker start costs
-    # ~0.5-1 s of CPU, which a count paid whether or not anything leaked (bench/RESULTS.md,
+    # A decode worker whose private RSS has grown this much since its first group (decord leaks)
+    # is recycled: it stops its unit after the group that shows it and refuses the next, which
+    # the driver cancels (killing it); the videos it did not reach go to another unit. Measured
+    # growth, not a count: a worker start costs ~0.5-1 s of CPU, which a count paid whether or not anything leaked (bench/RESULTS.md,
     # "Pipeline ceiling"). 0 turns it off.
     recycle_rss_mb: float = 1024.0
     # A backstop besides: Ray ends a worker after about this many videos (whole units), leak or not.

@@ -5,7 +5,7 @@ Importing it loads no Ray: the command line imports it before its name checks.
 
 from __future__ import annotations
 
-__all__ = ["ClusterError", "cause_of", "caused_by", "lost_input", "short_error"]
+__all__ = ["ClusterError", "cause_of", "caused_by", "lost_input", "node_lost", "short_error"]
 
 
 class ClusterError(Exception):
@@ -43,3 +43,10 @@ def lost_input(exc: BaseException) -> bool:
     from ray.exceptions import ObjectLostError
 
     return caused_by(exc, ObjectLostError)
+
+
+def node_lost(exc: BaseException) -> bool:
+    """The node went, not the video's fault (NodeDiedError anywhere in the cause chain)."""
+    from ray.exceptions import NodeDiedError  # here, not at the top: as in lost_input
+
+    return caused_by(exc, NodeDiedError)

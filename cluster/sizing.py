@@ -104,8 +104,8 @@ GPU_ACTOR_CONCURRENCY = 2
 GPU_CLIPS_PER_CALL = 256
 
 
-#: How long a decode unit gathers videos into one group on a GPU cluster (ms). Each group is two
-#: stream items for the driver; at 20 ms a real decode (75 ms for a 340x256 clip) sends every
+#: How long a decode unit gathers videos into one group on a GPU cluster (ms). The driver's work
+#: is per group (a stream item, a share of an actor call); at 20 ms a real decode (75 ms for a 340x256 clip) sends every
 #: video alone and the driver spent 1.6 ms of CPU per video, at 500 ms 0.65 ms (16 decode slots,
 #: bench/RESULTS.md, "Pipeline ceiling"). The price is memory: a group's frames wait in the
 #: worker (~7 X3D-S videos, ~120 MB), and a crash sends them to a careful unit. CPU jobs keep

@@ -58,8 +58,8 @@ class Trial:
     def on_video(self, outcome: Any) -> None:
         now = time.time()
         self.done += 1
-        if outcome.decode is not None:
-            self.payload_bytes += outcome.decode.payload_bytes
+        self.payload_bytes += outcome.decode.payload_bytes
+        if outcome.decode.worker:  # "" for a video whose decode worker hung or crashed
             self.decode_workers.add(outcome.decode.worker)
         if outcome.error is not None:
             self.failed += 1
@@ -100,7 +100,7 @@ class Trial:
     def on_batch(self, record: dict[str, Any], outcomes: list[VideoOutcome], write_s: float) -> None:
         """One actor call's record, completed with its videos' decode tasks and the driver's
         write of their rows: the batch's wall time and every stage of it."""
-        decodes = [o.decode for o in outcomes if o.decode is not None]
+        decodes = [o.decode for o in outcomes]
         stages = dict(record["stages_s"])
         for d in decodes:
             for name, seconds in (d.stages or {}).items():
@@ -110,7 +110,7 @@ class Trial:
         self.records.append(
             {
                 **record,
-                "actor": outcomes[0].worker,
+                "actor": outcomes[0].actor,
                 "videos": len(outcomes),
                 "clips": int(sum(o.num_views for o in outcomes)),
                 "wall_s": decode_wall + record["actor_wall_s"] + write_s,

@@ -60,6 +60,7 @@ def test_shipped_checkpoint_matches_its_preset():
     assert [r.top1 for r in preset.published] and all(r.top1 >= 100 * MIN_TOP1 for r in preset.published)
 
 
+@pytest.mark.slow  # trains for a minute
 def test_training_script_lowers_the_loss(tmp_path: Path):
     """A few dozen steps of bench/train_tiny.py's loop on a small split: the loss goes down."""
     train_tiny = _train_module()

@@ -57,6 +57,9 @@ class DecodeResult:
     # sent (on the group's last result; 0 on the others): the driver recycles a worker past
     # ``PipelineConfig.recycle_rss_mb`` (``rss_growth_mb``).
     rss_growth_mb: float = 0.0
+    # (unit, index): the driver's name for the video, set by ``decode_unit`` and echoed back in
+    # the model actor's reply, so the driver learns what a group held without opening it.
+    place: tuple[int, int] = (-1, -1)
 
 
 def _source_for(item: VideoItem) -> x3d.decode.VideoSource:
@@ -110,8 +113,11 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
     return result, (prepared.frames, prepared.inverse)
 
 
-#: a decode unit's first item: it is running (queued units have no deadline yet)
+#: a decode unit's first item: it is running (queued units have no deadline yet) ...
 UNIT_STARTED = "started"
+#: ... or its worker has grown past the recycling limit: the driver cancels the unit, which
+#: kills the worker (Ray starts a fresh one), and gives its videos to another unit
+UNIT_RETIRING = "retiring"
 
 _baseline_rss_mb: float | None = None  # this process's private RSS when it sent its first group
 
@@ -139,40 +145,53 @@ def decode_unit(
     timed: bool = False,
     decode_fn: Callable[..., tuple[DecodeResult, Any]] | None = None,
     group_ms: float = 0.0,
+    unit: int = -1,
+    recycle_rss_mb: float = 0.0,
 ) -> Iterator[Any]:
     """Decode several videos one after another, streaming them back in small groups.
 
-    The body of the pipeline's decode task (a Ray streaming generator). It yields
-    ``UNIT_STARTED`` when it starts running, then per group
-    the videos' ``(DecodeResult, payload)`` pairs, which the driver forwards to a model actor
-    unopened, then the group's results alone, which the driver reads. A group closes before a
-    video starts once ``group_ms`` have passed since the last one was sent (0: every video is
-    its own group), so slow videos travel alone and only videos that decode in a blink share
-    one pair of objects. Ray ends a failed stream (a crashed worker, a cancelled task) with one
-    error item, so results that arrive vouch for their pairs (``cluster.units``).
-    ``decode_fn`` (default ``decode_item``) is the pipeline's stand-in hook.
+    The body of the pipeline's decode task (a Ray streaming generator). Its first item is
+    ``UNIT_STARTED`` (or ``UNIT_RETIRING``, after which it decodes nothing and waits to be
+    cancelled); then one item per group: the videos' ``(DecodeResult, payload)`` pairs, which
+    the driver forwards to a model actor unopened. Each result says its ``place`` (``unit``,
+    index in ``items``), so the actor's reply tells the driver what the group held. A group
+    closes before a video starts once ``group_ms`` have passed since the last one was sent (0:
+    every video is its own group), so slow videos travel alone and only videos that decode in a
+    blink share one object. After a group that shows this worker's private RSS grown
+    ``recycle_rss_mb`` (0: never) the unit stops; the driver gives the videos it did not reach
+    to another unit (``cluster.scheduler``). ``decode_fn`` (default ``decode_item``) is the
+    pipeline's stand-in hook.
     """
     decode = decode_fn or decode_item
+    if recycle_rss_mb > 0 and _baseline_rss_mb is not None and rss_growth_mb() >= recycle_rss_mb:
+        yield UNIT_RETIRING
+        time.sleep(600.0)  # the driver cancels it at once; should it not, the videos go back anyway
+        return
     yield UNIT_STARTED  # the deadlines run from here, not from the submission (it may have queued)
     group: list[tuple[DecodeResult, Any]] = []
     sent = time.perf_counter()
-    for item in items:
+    for index, item in enumerate(items):
         if group and (time.perf_counter() - sent) * 1000.0 >= group_ms:
-            yield from _send(group)
+            growth = _close(group)
+            yield group
+            if 0 < recycle_rss_mb <= growth:
+                return
             group, sent = [], time.perf_counter()
         try:
-            group.append(decode(item, spec, timed))
+            result, payload = decode(item, spec, timed)
         except Exception as exc:  # a stand-in that raises is still one error row, not a lost unit
-            group.append((DecodeResult(error=f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0]), None))
+            result, payload = DecodeResult(error=f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0]), None
+        result.place = (unit, index)
+        group.append((result, payload))
     if group:
-        yield from _send(group)
+        _close(group)
+        yield group
 
 
-def _send(group: list[tuple[DecodeResult, Any]]) -> Iterator[Any]:
-    """A group's two stream items: its pairs, then its results (the last one says the RSS growth)."""
-    group[-1][0].rss_growth_mb = rss_growth_mb()
-    yield group
-    yield [result for result, _ in group]
+def _close(group: list[tuple[DecodeResult, Any]]) -> float:
+    """The worker's RSS growth, noted on the group's last result (the benchmark reads it)."""
+    growth = group[-1][0].rss_growth_mb = rss_growth_mb()
+    return growth
 
 
 def _failed(error: str, start: float, timer: StageTimer, timed: bool) -> DecodeResult:

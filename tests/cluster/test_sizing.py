@@ -1,9 +1,9 @@
 """How a job sizes itself to the cluster it finds (``cluster.runtime.pipeline_config_for``).
 
-On a CPU-only cluster the model actors' threads take the cores and each decode slot holds half
+Pure functions, tested on shapes without starting Ray (the session's own shape, as Ray reports
+it, is checked in tests/cluster/test_cluster_shape.py). On a CPU-only cluster the model actors' threads take the cores and each decode slot holds half
 a CPU beside them (bench/RESULTS.md: 3.1x the videos/s of the old even split on 2 cores); the
-model actor forwards cache-sized batches (``worker.model_runner.cpu_batch_size``). Checked against the real
-2-CPU local Ray of the test session.
+model actor forwards cache-sized batches (``worker.model_runner.cpu_batch_size``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import pytest
 
 import x3d
-from cluster.runtime import ClusterError, cluster_shape, pipeline_config_for
+from cluster.config import PipelineConfig
+from cluster.errors import ClusterError
+from cluster.sizing import GPU_CLIPS_PER_CALL, GPU_GROUP_MS, ClusterShape, size_pipeline
 from worker.model_runner import cpu_batch_size
 from worker.decode_task import ModelSpec
 
@@ -20,29 +22,32 @@ def _spec(views: int = 30) -> ModelSpec:
     return ModelSpec(x3d.get_preset("x3d_s"), views)
 
 
-def test_the_session_cluster_is_two_cpus_on_one_node(ray_local):
-    shape = cluster_shape()
-    assert (shape.cpus, shape.gpus, shape.nodes, shape.node_cpus, shape.cpu_nodes) == (2, 0, 1, 2, 1)
+#: the test session's local Ray: two CPUs on one node
+TWO_CPUS = ClusterShape(cpus=2, gpus=0, nodes=1, node_cpus=2, cpu_nodes=1)
 
 
-def test_one_cpu_actor_gets_every_core_and_decode_half_a_cpu(ray_local):
+def pipeline_config_for(spec: ModelSpec, num_actors: int | None = None) -> PipelineConfig:
+    return size_pipeline(TWO_CPUS, spec, num_actors=num_actors)
+
+
+def test_one_cpu_actor_gets_every_core_and_decode_half_a_cpu():
     cfg = pipeline_config_for(_spec())
     assert (cfg.num_actors, cfg.actor_gpus, cfg.actor_threads, cfg.actor_cpus) == (1, 0.0, 2, 1.5)
     assert (cfg.decode_slots, cfg.decode_cpus) == (1, 0.5)
     assert cfg.num_actors * cfg.actor_cpus + cfg.decode_slots * cfg.decode_cpus == 2  # fits exactly
 
 
-def test_two_cpu_actors_share_the_cores(ray_local):
+def test_two_cpu_actors_share_the_cores():
     cfg = pipeline_config_for(_spec(), num_actors=2)
     assert (cfg.actor_threads, cfg.actor_cpus, cfg.decode_slots, cfg.decode_cpus) == (1, 0.5, 2, 0.5)
 
 
-def test_more_cpu_actors_than_fit_is_one_line_up_front(ray_local):
+def test_more_cpu_actors_than_fit_is_one_line_up_front():
     with pytest.raises(ClusterError, match=r"--num-actors 3 needs 3 CPUs but the cluster has 2"):
         pipeline_config_for(_spec(), num_actors=3)
 
 
-def test_a_gpu_count_on_a_cpu_cluster_is_not_invented(ray_local):
+def test_a_gpu_count_on_a_cpu_cluster_is_not_invented():
     cfg = pipeline_config_for(_spec())
     assert cfg.actor_gpus == 0.0 and cfg.batch_views == 30  # one 30-view video per actor call
 
@@ -55,9 +60,6 @@ def test_cpu_forward_batch_follows_the_clip_size(model, batch):
 def test_units_and_calls_follow_the_models_speed():
     """Small units on CPU where a video takes seconds of forward, large ones where the model is
     fast (a tiny model, a GPU), so the per-task and per-call costs vanish (bench/RESULTS.md)."""
-    from cluster.pipeline import PipelineConfig
-    from cluster.sizing import GPU_CLIPS_PER_CALL, GPU_GROUP_MS, ClusterShape, size_pipeline
-
     cpu = ClusterShape(cpus=2, gpus=0, nodes=1, node_cpus=2, cpu_nodes=1)
     gpu = ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1)
     tiny = ModelSpec(x3d.get_preset("x3d_tiny"), 1)

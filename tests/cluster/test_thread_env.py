@@ -17,9 +17,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # starts its own Ray
+
 CHILD = """
 import os, ray
 from cluster.runtime import connect, stop_cluster
+
 started = connect(None, num_cpus=1)
 try:
     print("WORKER", ray.get(ray.remote(lambda: os.environ.get("OMP_WAIT_POLICY")).remote()))

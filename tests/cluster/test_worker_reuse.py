@@ -15,12 +15,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # starts its own Ray
 
 CHILD = r"""
 import os, time
 import ray
 from cluster.runtime import connect, stop_cluster
+
 
 started = connect(None, num_cpus=2)
 

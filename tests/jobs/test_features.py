@@ -28,6 +28,7 @@ from jobs.label import _History, plan_label, read_labels, run_label
 from jobs.schemas import PREDICTION_SCHEMA
 from tests.jobs.labeljob import LABEL_TEST, label_config, write_label_videos
 from tests.label_history import MODEL, SHA, VIEWS, row, write_run
+from worker.decode_task import DecodeResult
 from worker.items import VideoItem
 from x3d import storage
 
@@ -153,8 +154,10 @@ def test_evaluate_rows_carry_the_vector(tmp_path):
     out = str(tmp_path / "run")
     layout = FeatureLayout("backbone", "float32", 4)
     item = VideoItem(key="a.mp4", uri="a.mp4", label=1)
-    ok = VideoOutcome(0, 0, item, np.full(400, 1 / 400, np.float32), None, num_views=3, features=np.arange(4, dtype=np.float32))
-    failed = VideoOutcome(0, 1, VideoItem(key="b.mp4", uri="b.mp4", label=2), None, "b.mp4: cannot decode")
+    ok = VideoOutcome(0, 0, item, DecodeResult(None, num_views=3), np.full(400, 1 / 400, np.float32), None,
+                      features=np.arange(4, dtype=np.float32))
+    failed = VideoOutcome(0, 1, VideoItem(key="b.mp4", uri="b.mp4", label=2), DecodeResult("b.mp4: cannot decode"), None,
+                          "b.mp4: cannot decode")
     classes = [str(i) for i in range(400)]
     rows = [outcome_row(o, classes, save_probs=False, features=layout) for o in (ok, failed)]
     results.write_shard(out, 0, rows, layout.schema(PREDICTION_SCHEMA))

@@ -18,6 +18,8 @@ from jobs.label import plan_label, read_labels, run_label
 from tests.jobs.labeljob import LABEL_TEST, label_config as _config, label_versions as _versions, write_label_videos as _videos
 from tests.videos import write_video
 
+pytestmark = pytest.mark.slow  # label runs on a real local Ray
+
 ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,6 +20,8 @@ from x3d import storage
 from jobs.label import read_labels
 from tests.videos import write_video
 
+pytestmark = pytest.mark.slow  # a label run on a real local Ray, through a flaky endpoint
+
 pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
 

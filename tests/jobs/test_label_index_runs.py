@@ -17,6 +17,8 @@ from jobs.label import compact_labels, plan_label, read_labels, run_label
 from tests.jobs.labeljob import label_config as _config, label_versions as _versions, write_label_videos as _videos
 from tests.videos import write_video
 
+pytestmark = pytest.mark.slow  # label runs on a real local Ray
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

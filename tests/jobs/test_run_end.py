@@ -86,6 +86,7 @@ def test_orphan_temp_files_go_live_writes_stay(tmp_path: Path):
         live.wait()
 
 
+@pytest.mark.slow  # two evaluate runs on a real local Ray
 def test_summary_failure_then_resume_scores_nothing(evalset: EvalSet, ray_local, tmp_path: Path):
     output = tmp_path / "run"
     (output / "summary.json").mkdir(parents=True)  # something in the way of the last write

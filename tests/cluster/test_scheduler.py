@@ -1,0 +1,358 @@
+"""The scheduling rules (``cluster.scheduler``), without Ray: a simulated cluster plays the
+decode units, model actors and nodes, and the scheduler's decisions are carried out by it.
+
+Directed cases pin each rule (a deadline, a crash, recycling, a lost actor, a late reply); the
+randomised test drives many seeded interleavings of every event, losses, duplicates and late
+answers included, and checks that every video ends with exactly one outcome, the right one for
+its file, and that the work in flight stays within the scheduler's bound.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+import x3d
+from cluster.config import PipelineConfig, ScoredVideo, Shard, VideoOutcome
+from cluster.errors import ClusterError
+from cluster.scheduler import CRASHED, DONE, NODE_LOST, CallActor, CancelUnit, Scheduler, StartActor, StartUnit
+from worker.decode_task import DecodeResult, ModelSpec
+from worker.items import VideoItem
+
+SPEC = ModelSpec(x3d.get_preset("x3d_s"), 1)
+ROOT = __file__.rsplit("/tests/", 1)[0]
+TIMEOUT_S = 10.0
+
+
+def _config(**changes: Any) -> PipelineConfig:
+    base = dict(spec=SPEC, num_actors=2, decode_slots=2, unit_videos=4, batch_views=3, group_ms=20.0,
+                decode_timeout_s=TIMEOUT_S, decode_retries=1, actor_restarts=1000)
+    base.update(changes)
+    return PipelineConfig(**base)
+
+
+def _shards(kinds: list[str], per_shard: int = 5) -> list[Shard]:
+    """Videos whose name says what decoding them does: good, bad (a decode error), hang, kill."""
+    items = [VideoItem(f"{i:03d}-{kind}", f"/v/{i}", None) for i, kind in enumerate(kinds)]
+    return [Shard(s, items[i : i + per_shard]) for s, i in enumerate(range(0, len(items), per_shard))]
+
+
+def _kind(item: VideoItem) -> str:
+    return item.key.split("-", 1)[1]
+
+
+@dataclass
+class _SimUnit:
+    id: int
+    items: list[VideoItem]
+    careful: bool
+    started: bool = False
+    next: int = 0
+    group: list[tuple[DecodeResult, Any]] = field(default_factory=list)
+    hung: bool = False
+    over: bool = False
+
+
+class Sim:
+    """A cluster as the adapter would report it, one event at a time, chosen by ``rng``."""
+
+    def __init__(self, kinds: list[str], rng: random.Random, config: PipelineConfig | None = None, chaos: float = 0.0):
+        self.rng, self.chaos = rng, chaos
+        self.config = config or _config()
+        self.shards = _shards(kinds)
+        self.videos: dict[tuple[int, int], list[VideoOutcome]] = {}
+        self.written: dict[int, list[VideoOutcome]] = {}
+        self.scheduler = Scheduler(self.shards, self.config, on_video=self._video, on_shard=self._shard)
+        self.now = 0.0
+        self.units: dict[int, _SimUnit] = {}
+        self.calls: dict[int, tuple[int, int, list[Any]]] = {}  # call -> (actor, generation, groups)
+        self.starting: list[tuple[int, int]] = []  # actors asked to start, not yet answered
+        self.generation = [0] * self.config.num_actors
+        self.late: list[tuple[int, list[Any]]] = []  # calls of lost actors, which may still answer
+        self.max_in_flight = 0
+
+    def _video(self, outcome: VideoOutcome) -> None:
+        self.videos.setdefault((outcome.shard, outcome.position), []).append(outcome)
+
+    def _shard(self, index: int, outcomes: list[VideoOutcome]) -> None:
+        assert index not in self.written, f"shard {index} written twice"
+        self.written[index] = outcomes
+
+    def carry_out(self) -> None:
+        for decision in self.scheduler.take(self.now):
+            if isinstance(decision, StartUnit):
+                self.units[decision.unit] = _SimUnit(decision.unit, decision.items, decision.group_ms <= 0)
+            elif isinstance(decision, CancelUnit):
+                self.units.pop(decision.unit).over = True
+            elif isinstance(decision, CallActor):
+                self.calls[decision.call] = (decision.actor, self.scheduler.generation[decision.actor], decision.groups)
+            elif isinstance(decision, StartActor):
+                self.starting = [s for s in self.starting if s[0] != decision.actor] + [(decision.actor, decision.generation)]
+        s = self.scheduler
+        self.max_in_flight = max(self.max_in_flight, s.in_flight)
+        assert 0 <= s.in_flight <= s.max_in_flight, (s.in_flight, s.max_in_flight)
+        assert s.running <= 2 * self.config.decode_slots
+        assert len(s.ready) + sum(len(c.groups) for c in s.calls.values()) <= s.max_in_flight
+
+    # ------------------------------------------------------------------ what the cluster does
+
+    def _progress(self, unit: _SimUnit) -> None:
+        s = self.scheduler
+        if not unit.started:
+            unit.started = True
+            s.on_unit_started(unit.id, self.now, retire=self.rng.random() < 0.1 * self.chaos)
+            return
+        if unit.next == len(unit.items):
+            self._send(unit)
+            del self.units[unit.id]
+            s.on_unit_ended(unit.id, DONE)
+            return
+        item = unit.items[unit.next]
+        kind = _kind(item)
+        if kind == "hang":
+            unit.hung = True  # until its deadline
+            return
+        if kind == "kill":
+            del self.units[unit.id]  # the group being gathered dies with the worker
+            s.on_unit_ended(unit.id, CRASHED, "worker died")
+            return
+        result = DecodeResult(error=f"{item.key}: broken" if kind == "bad" else None, num_views=1, place=(unit.id, unit.next))
+        unit.group.append((result, None if kind == "bad" else "frames"))
+        unit.next += 1
+        if unit.careful or self.rng.random() < 0.5:
+            self._send(unit)
+            if self.rng.random() < 0.05 * self.chaos:  # grew too big: stops after this group
+                del self.units[unit.id]
+                s.on_unit_ended(unit.id, DONE)
+
+    def _send(self, unit: _SimUnit) -> None:
+        if unit.group:
+            self.scheduler.on_group(unit.id, unit.group, self.now)
+            unit.group = []
+
+    def _answer(self, call: int, groups: list[Any]) -> None:
+        videos = [ScoredVideo(r, None if r.error else [1.0], 1.0) for group in groups for r, _ in group]
+        self.scheduler.on_reply(call, videos, "actor:1")
+
+    def step(self) -> bool:
+        """One event; False when nothing can happen but the clock."""
+        rng, s = self.rng, self.scheduler
+        choices: list[Any] = []
+        live = [u for u in self.units.values() if not u.hung]
+        if live:
+            choices += [lambda: self._progress(rng.choice(live))] * 3
+        if self.calls:
+            choices += [self._answer_one] * 3
+        if self.starting:
+            choices.append(self._start_one)
+        if self.chaos and rng.random() < 0.15 * self.chaos:  # faults are the exception
+            if self.calls:
+                choices.append(self._fail_one_call)
+            choices.append(self._lose_actor)
+            if self.units:
+                choices.append(lambda: self._lose_unit(rng.choice(list(self.units.values()))))
+            if self.late:
+                choices.append(self._late_answer)
+        if not choices:
+            return False
+        rng.choice(choices)()
+        return True
+
+    def _answer_one(self) -> None:
+        call = self.rng.choice(list(self.calls))
+        actor, generation, groups = self.calls.pop(call)
+        self._answer(call, groups)
+        if self.rng.random() < 0.1 * self.chaos:  # delivered twice
+            self._answer(call, groups)
+
+    def _start_one(self) -> None:
+        actor, generation = self.starting.pop(self.rng.randrange(len(self.starting)))
+        if self.rng.random() < 0.2 * self.chaos:
+            self._lost(actor, generation)
+        else:
+            self.scheduler.on_actor_started(actor, generation)
+
+    def _lose_actor(self) -> None:
+        actor = self.rng.randrange(self.config.num_actors)
+        generation = self.scheduler.generation[actor]
+        if (actor, generation) in self.starting:
+            self.starting.remove((actor, generation))
+        self._lost(actor, generation)
+
+    def _lost(self, actor: int, generation: int) -> None:
+        for call, (a, g, groups) in list(self.calls.items()):
+            if a == actor:
+                del self.calls[call]
+                self.late.append((call, groups))
+        self.scheduler.on_actor_lost(actor, generation, "actor died")
+
+    def _late_answer(self) -> None:
+        call, groups = self.late.pop(self.rng.randrange(len(self.late)))
+        self._answer(call, groups)
+
+    def _fail_one_call(self) -> None:
+        call = self.rng.choice(list(self.calls))
+        actor, generation, groups = self.calls.pop(call)
+        if self.rng.random() < 0.5:
+            self.scheduler.on_call_failed(call, "frames lost", lost=True)
+        else:
+            self.scheduler.on_call_failed(call, "CUDA error", contents=[[r for r, _ in g] for g in groups])
+
+    def _lose_unit(self, unit: _SimUnit) -> None:
+        del self.units[unit.id]
+        self.scheduler.on_unit_ended(unit.id, NODE_LOST, "node died")
+
+    def run(self, max_steps: int = 100_000) -> None:
+        for _ in range(max_steps):
+            self.carry_out()
+            if self.scheduler.finished:
+                return
+            if not self.step():
+                self.now = self.scheduler.next_deadline()
+                assert self.now < float("inf"), "stuck: nothing to do and no deadline"
+                for unit in self.units.values():
+                    unit.hung = False  # a unit cancelled at its deadline stays hung no more
+                self.scheduler.on_tick(self.now)
+        raise AssertionError("did not finish")
+
+    def check(self, kinds: list[str]) -> None:
+        keys = [(sh.index, p) for sh in self.shards for p in range(len(sh.items))]
+        assert sorted(self.videos) == keys
+        for key, outcomes in self.videos.items():
+            assert len(outcomes) == 1, (key, outcomes)
+        assert sorted(self.written) == [sh.index for sh in self.shards]
+        for shard in self.shards:
+            assert [o.position for o in self.written[shard.index]] == list(range(len(shard.items)))
+        for key, (outcome,) in self.videos.items():
+            kind = _kind(outcome.item)
+            assert (outcome.probs is None) == (outcome.error is not None)
+            if kind == "hang":
+                assert outcome.error == f"{outcome.item.key}: decode timed out after {TIMEOUT_S:g} s"
+            elif kind == "kill":
+                assert outcome.error.startswith(f"{outcome.item.key}: decode worker failed (")
+            elif kind == "bad":
+                assert outcome.error == f"{outcome.item.key}: broken"
+            elif not self.chaos:
+                assert outcome.error is None and outcome.probs == [1.0], outcome.error
+            else:
+                assert outcome.error is None or "inference failed" in outcome.error, outcome.error
+
+
+KINDS = ["good"] * 12 + ["bad", "hang", "kill"]
+
+
+def test_every_video_has_one_outcome_without_faults():
+    sim = Sim(["good"] * 9 + ["bad"], random.Random(0))
+    sim.run()
+    sim.check(["good"] * 9 + ["bad"])
+
+
+def test_a_hang_and_a_crash_in_one_unit():
+    kinds = ["good", "hang", "good", "kill", "good"]
+    sim = Sim(kinds, random.Random(1))
+    sim.run()
+    sim.check(kinds)
+    assert sim.scheduler.crashes  # the killer was retried alone before it became a row
+
+
+def test_a_video_that_hangs_in_a_careful_unit_is_its_own_error_row():
+    config = _config(unit_videos=3, decode_slots=1)
+    sim = Sim(["good", "hang", "good"], random.Random(2), config)
+    sim.run()
+    sim.check(["good", "hang", "good"])
+
+
+def test_a_worker_asking_to_be_recycled_has_its_unit_cancelled_and_requeued():
+    scheduler = Scheduler(_shards(["good"] * 4), _config(num_actors=1))
+    first = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0]
+    scheduler.on_unit_started(first.unit, 0.0, retire=True)
+    decisions = scheduler.take(0.0)
+    assert CancelUnit(first.unit) in decisions
+    again = [d for d in decisions if isinstance(d, StartUnit)]
+    assert again and again[-1].items == first.items  # the same videos, in a new unit
+
+
+def test_a_late_reply_from_a_replaced_actor_is_ignored():
+    scheduler = Scheduler(_shards(["good"]), _config(num_actors=1, unit_videos=1))
+    seen: list[VideoOutcome] = []
+    scheduler.on_video = seen.append
+    unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
+    scheduler.on_actor_started(0, 0)
+    scheduler.on_unit_started(unit, 0.0)
+    group = [(DecodeResult(None, 1, place=(unit, 0)), "frames")]
+    scheduler.on_group(unit, group, 0.0)
+    scheduler.on_unit_ended(unit, DONE)
+    (call,) = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+    scheduler.on_actor_lost(0, 0, "gone")
+    (restart,) = [d for d in scheduler.take(0.0) if isinstance(d, StartActor)]
+    scheduler.on_reply(call.call, [ScoredVideo(group[0][0], [0.5])], "old")  # late: ignored
+    assert seen == []
+    scheduler.on_actor_started(0, restart.generation)
+    (again,) = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+    assert again.groups == [group]
+    scheduler.on_reply(again.call, [ScoredVideo(group[0][0], [0.25])], "new")
+    assert [(o.probs, o.actor) for o in seen] == [([0.25], "new")] and scheduler.finished
+
+
+def test_an_all_failed_group_becomes_error_rows_through_its_call():
+    sim = Sim(["bad"] * 6, random.Random(3))
+    sim.run()
+    sim.check(["bad"] * 6)
+    assert all(o.worker == o.decode.worker for (o,) in sim.videos.values())
+
+
+def test_actors_that_keep_dying_end_the_run_with_one_line():
+    scheduler = Scheduler(_shards(["good"]), _config(num_actors=1, actor_restarts=2))
+    scheduler.take(0.0)
+    with pytest.raises(ClusterError, match="model actors keep dying"):
+        for generation in range(10):
+            scheduler.on_actor_lost(0, generation, "OOM")
+
+
+INTERLEAVINGS = 2000
+
+
+def test_random_interleavings_of_every_event():
+    """Seeded: each seed is one interleaving of unit progress, groups, replies (some twice),
+    actor losses and starts, failed calls, lost frames, node losses, recycling, deadlines and
+    late answers, over a mix of good, broken, hanging and worker-killing videos."""
+    bound = 0
+    for seed in range(INTERLEAVINGS):
+        rng = random.Random(seed)
+        kinds = KINDS[:]
+        rng.shuffle(kinds)
+        config = _config(unit_videos=rng.choice([1, 3, 5]), decode_slots=rng.choice([1, 2]),
+                         num_actors=rng.choice([1, 2]), batch_views=rng.choice([1, 4]))
+        sim = Sim(kinds, rng, config, chaos=1.0)
+        sim.run()
+        sim.check(kinds)
+        bound = max(bound, sim.max_in_flight)
+    assert bound > 0
+
+
+def test_groups_wait_a_little_for_a_full_call_but_not_for_busy_actors():
+    config = _config(num_actors=1, unit_videos=8, batch_views=4, calls_per_actor=1, group_ms=20.0)
+    scheduler = Scheduler(_shards(["good"] * 8), config)
+    unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
+    scheduler.on_actor_started(0, 0)
+    scheduler.on_unit_started(unit, 0.0)
+    group = [(DecodeResult(None, 1, place=(unit, 0)), "frames")]
+    scheduler.on_group(unit, group, 1.0)
+    assert scheduler.take(1.0) == []  # one video; a call takes four, and the unit still runs
+    assert scheduler.next_deadline() == 1.0 + scheduler.hold_s  # the wait is short
+    (call,) = scheduler.take(1.0 + scheduler.hold_s)
+    assert isinstance(call, CallActor) and call.groups == [group]
+    scheduler.on_group(unit, [(DecodeResult(None, 1, place=(unit, 1)), "frames")], 2.0)
+    assert scheduler.take(5.0) == []  # the only actor is busy: no deadline for the wait
+    assert scheduler.next_deadline() == 2.0 + TIMEOUT_S + config.group_ms / 1000.0  # the unit's own
+
+
+def test_the_rules_and_the_sizing_load_neither_ray_nor_torch():
+    probe = "import sys, cluster.scheduler, cluster.sizing; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
