@@ -247,7 +247,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
     mine = shards if part is None else [(i, items) for i, items in shards if part.owns(i)]  # this driver's share
     done = set(results.list_shards(job.output)) if cfg.resume else set()
     if cfg.resume:  # the interrupted run's half-written shards: they are about to be written again
-        # only old ones: a live write (another partition's) is recent, and locked where locks exist
+        # only those untouched for 10 minutes: another partition's write in progress stays
         storage.remove_stale_temp_files(storage.join(job.output, "predictions"))
     todo = [Shard(i, items) for i, items in mine if i not in done]
     todo_videos = sum(len(s.items) for s in todo)
