@@ -107,6 +107,8 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     spec = _dataset_from_args(args)
     model = args.model or spec.model or "x3d_s"
     _check_model_names(model, args.protocol, args.views)
+    if args.partition is not None and not args.output:  # each would make its own timestamped folder
+        _fail(f"--partition {args.partition} needs --output: every partition of a run writes into the same folder")
     _preflight(args, model, args.output, dataset=spec)
 
     from cluster.errors import ClusterError
@@ -120,6 +122,8 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         summary = run_evaluate(cfg)
     except (DatasetError, JobError, ClusterError, StorageError) as exc:
         _fail(str(exc))
+    if summary is None:  # a partition's part is done; another partition writes the summary
+        return EXIT_OK
     if summary["num_ok"] == 0:
         return _nothing_scored(
             f"none of the {summary['num_videos']} videos could be scored (the first: {first_error(summary['output'])}); "
@@ -135,6 +139,9 @@ def _nothing_scored(message: str) -> int:
 
 
 def run_label_command(args: argparse.Namespace) -> int:
+    if args.partition is not None:
+        _fail("label does not take --partition: label runs sharing one --output would race on its index of what is done "
+              "(label_index/); give each driver its own --input and --output")
     model = args.model or "x3d_s"
     _check_model_names(model, args.protocol, args.views)
     if not args.input and not (args.compact or args.rebuild_index):

@@ -14,7 +14,7 @@ import ray
 
 from cluster.errors import ClusterError
 from cluster.pipeline import PipelineConfig
-from cluster.sizing import ClusterShape, size_pipeline
+from cluster.sizing import ClusterShape, share_of, size_pipeline
 from worker.decode_task import ModelSpec
 
 __all__ = ["ClusterError", "ClusterShape", "connect", "cluster_shape", "pipeline_config_for", "start_cluster", "stop_cluster"]
@@ -152,10 +152,11 @@ def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
 
 
 def pipeline_config_for(spec: ModelSpec, num_actors: int | None = None, batch_size: int | None = None,
-                        decode_timeout_s: float = 300.0, actors_per_gpu: int = 1) -> PipelineConfig:
-    """The pipeline sized to the cluster this process is connected to (``cluster.sizing``)."""
-    return size_pipeline(cluster_shape(), spec, num_actors=num_actors, batch_size=batch_size, decode_timeout_s=decode_timeout_s,
-                         actors_per_gpu=actors_per_gpu)
+                        decode_timeout_s: float = 300.0, actors_per_gpu: int = 1, share: tuple[int, int] = (0, 1)) -> PipelineConfig:
+    """The pipeline sized to the cluster this process is connected to (``cluster.sizing``);
+    ``share`` (i, n): to driver i of n's part of it (``sizing.share_of``)."""
+    return size_pipeline(share_of(cluster_shape(), *share), spec, num_actors=num_actors, batch_size=batch_size,
+                         decode_timeout_s=decode_timeout_s, actors_per_gpu=actors_per_gpu)
 
 
 def cluster_shape() -> ClusterShape:

@@ -13,8 +13,8 @@ from cluster.errors import ClusterError
 from cluster.config import PipelineConfig  # not cluster.pipeline: sizing is read before Ray is imported (jobs.preflight)
 from worker.decode_task import ModelSpec
 
-__all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "size_pipeline",
-           "unit_videos_for"]
+__all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "share_of",
+           "size_pipeline", "unit_videos_for"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,24 @@ class ClusterShape:
     nodes: int
     node_cpus: float = 0.0  # CPUs of the largest node
     cpu_nodes: int = 0  # nodes that have any CPU
+
+
+def share_of(shape: ClusterShape, index: int, count: int) -> ClusterShape:
+    """The part of a GPU cluster that driver ``index`` of ``count`` sizes its pipeline to
+    (``--partition``): its share of the GPUs (the remainder to the first drivers) and the
+    CPUs that go with them. Each driver sized to the whole cluster would ask for every GPU,
+    and the later drivers' actors would wait for GPUs that never come free while the first
+    runs. A CPU-only cluster is not split: there the model sets the pace, not the driver, so
+    partitions on it simply take turns at the cores."""
+    gpus = int(shape.gpus)
+    if count <= 1 or gpus < 1:
+        return shape
+    mine = gpus // count + (1 if index < gpus % count else 0)
+    if mine < 1:
+        raise ClusterError(f"--partition {index}/{count}: the cluster's {gpus} GPU(s) do not go round {count} drivers; "
+                           f"run at most {gpus} partitions")
+    return ClusterShape(cpus=shape.cpus * mine / gpus, gpus=float(mine), nodes=shape.nodes, node_cpus=shape.node_cpus,
+                        cpu_nodes=shape.cpu_nodes)
 
 
 def size_pipeline(

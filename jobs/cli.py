@@ -25,6 +25,8 @@ import sys
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from jobs.partition import parse_partition
+
 __all__ = ["COMMANDS", "EXIT_USAGE", "FLAGS", "Flag", "build_parser", "cli_markdown", "job_config", "parse_args", "prog_name"]
 
 COMMANDS = ("evaluate", "label", "benchmark")
@@ -59,6 +61,14 @@ def _separator(text: str) -> str:
     if not value:
         raise argparse.ArgumentTypeError("expected a character such as tab or ',' (omit the flag for any whitespace)")
     return value
+
+
+def _partition(text: str):
+    """``--partition I/N`` (``jobs.partition``): a mistake is the parser's one line."""
+    try:
+        return parse_partition(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive_int(text: str) -> int:
@@ -160,6 +170,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--limit",), "evaluate", "only the first N videos", ("evaluate",), options={"type": _positive_int}),
     Flag(("--resume",), "evaluate", "continue an interrupted run (same --output)", ("evaluate",), default=False,
          options={"action": "store_true"}),
+    Flag(("--partition",), "evaluate",
+         "score only part I of N of the run (shards whose number is I modulo N), so N drivers share one --output; "
+         "the last to finish writes the summary (docs/scaling.md)", ("evaluate",), shown="the whole run",
+         options={"type": _partition, "metavar": "I/N"}),
     Flag(("--save-probs",), "evaluate", "keep the full score vector per video", ("evaluate",), default=True,
          options={"action": argparse.BooleanOptionalAction}),
     # ---- features: embeddings from the forward that scores (evaluate and label; jobs.features.FeatureOptions)
@@ -186,6 +200,9 @@ FLAGS: tuple[Flag, ...] = (
          options={"action": "store_true"}),
     Flag(("--resume",), "label", "continue a crashed run (every run resumes anyway)", ("label",), default=False,
          options={"action": "store_true"}),
+    Flag(("--partition",), "label",
+         "not taken: concurrent label runs on one --output would race on its index of what is done; "
+         "give each driver its own --input and --output", ("label",), shown="refused", options={"metavar": "I/N"}),
     Flag(("--compact",), "label", "merge small label files into big ones (after the run, if --input is given)", ("label",),
          default=False, options={"action": "store_true"}),
     Flag(("--target-file-mb",), "label", "--compact: size of the merged files in MB", ("label",), default=128.0,

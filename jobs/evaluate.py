@@ -4,6 +4,9 @@ Everything that can be wrong with the request (dataset files, checkpoint, flags)
 here before Ray starts, so a mistake costs one line and no cluster time. The work itself is
 cut into fixed shards (position in the annotation file decides the shard), each written as
 one Parquet file when its last video is done; ``--resume`` skips shards whose file exists.
+With ``--partition i/n`` (``jobs.partition``) this driver scores only its share of the shards,
+into the same output as the other partitions; the one that finds every shard there writes the
+summary.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_j
 from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
+from jobs.partition import Partition
 from jobs.progress import Progress, quiet_stream
 from jobs.summary import FAILURES_SHOWN, build_summary, collect_versions, failure_lines, summary_markdown, summary_table, times_text
 from worker.decode_task import ModelSpec
@@ -47,6 +51,7 @@ class EvaluateConfig(RunOptions, FeatureOptions):
     limit: int | None = None
     resume: bool = False
     save_probs: bool = True
+    partition: Partition | None = None  # --partition i/n: only the shards numbered i modulo n; None: all
 
 
 @dataclass(frozen=True)
@@ -103,6 +108,8 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         raise JobError("--shard-size must be at least 1")
     if cfg.backfill_features:
         raise JobError("--backfill-features is a label option (an evaluate run scores every video)")
+    if cfg.partition is not None and not cfg.output:  # each partition would make a timestamped folder of its own
+        raise JobError(f"--partition {cfg.partition} needs --output: every partition of a run writes into the same folder")
     layout = feature_layout(cfg, preset)
     output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
     results.check_output_folder(output)
@@ -139,12 +146,16 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "save_probs": cfg.save_probs,
         "features": layout.as_dict() if layout else None,
     }
-    _check_resume(output, manifest, cfg.resume)
+    _check_resume(output, manifest, cfg.resume, cfg.partition)
     return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s, versions=collect_versions(), subset=subset,
                        features=layout)
 
 
-def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
+def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition: Partition | None = None) -> None:
+    """An output that holds a run may only be continued by the same run (its run.json equal to
+    ``manifest``) and only with ``--resume``. A partition is the exception: the run.json it
+    finds is usually another partition's (it holds no partition, so all partitions write the
+    same bytes), and it needs ``--resume`` only once its own shards are there."""
     manifest_uri = storage.join(output, "run.json")
     if not storage.exists(manifest_uri):
         if resume and results.list_shards(output):
@@ -152,9 +163,17 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool) -> None:
         return
     previous = json.loads(storage.read_bytes(manifest_uri))
     previous.setdefault("precision", "fp32")  # written before --precision existed: it ran fp32
+    changed = [k for k, v in manifest.items() if previous.get(k) != v]
+    if partition is not None:
+        if changed:
+            raise JobError(f"--partition {partition}: this run differs from the one in {output} in {', '.join(changed)}; "
+                           "give every partition the same flags, or use a new --output")
+        own = [i for i in results.list_shards(output) if partition.owns(i)]
+        if own and not resume:
+            raise JobError(f"{output} already holds {len(own)} shard(s) of partition {partition}; pass --resume to continue it")
+        return
     if not resume:
         raise JobError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
-    changed = [k for k, v in manifest.items() if previous.get(k) != v]
     if changed:
         raise JobError(f"--resume: this run differs from the one in {output} in {', '.join(changed)}; use a new --output")
 
@@ -214,33 +233,45 @@ def _failures(output: str) -> tuple[list[tuple[str, str]], int]:
     return failed[:FAILURES_SHOWN], len(failed)
 
 
-def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Run the whole job and return the summary (also written next to the predictions).
+def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
+    """Run the whole job (or with ``cfg.partition`` its part) and return the summary (also
+    written next to the predictions); None when a partition is done but other partitions'
+    shards are still missing (one of them writes the summary).
 
     Times are taken from ``cfg.started_at`` (the command's start), so the reported wall time is
     the whole process's; the scoring rate is taken over the pipeline alone."""
     started = cfg.started_at if cfg.started_at is not None else time.monotonic()
     job = prepare_evaluate(cfg)
     shards = shard_items(job.items, cfg.shard_size)
+    part = cfg.partition
+    mine = shards if part is None else [(i, items) for i, items in shards if part.owns(i)]  # this driver's share
     done = set(results.list_shards(job.output)) if cfg.resume else set()
     if cfg.resume:  # the interrupted run's half-written shards: they are about to be written again
+        # only those untouched for 10 minutes: another partition's write in progress stays
         storage.remove_stale_temp_files(storage.join(job.output, "predictions"))
-    todo = [Shard(i, items) for i, items in shards if i not in done]
+    todo = [Shard(i, items) for i, items in mine if i not in done]
     todo_videos = sum(len(s.items) for s in todo)
     progress = Progress(todo_videos, stream=quiet_stream() if cfg.quiet else sys.stderr)
     done_here = {"videos": 0, "clips": 0}  # this invocation's work: a resumed run's throughput
     manifest_uri = storage.join(job.output, "run.json")
     clock = {"scoring": None}
 
-    saved = {"shards": len(done), "videos": sum(len(items) for i, items in shards if i in done), "run.json": bool(done)}
+    done_mine = [items for i, items in mine if i in done]
+    saved = {"shards": len(done_mine), "videos": sum(len(items) for items in done_mine), "run.json": bool(done)}
+    share = "" if part is None else f" of partition {part}"
+    total_videos = sum(len(items) for _, items in mine)
 
     def on_sized(pipe_cfg) -> None:  # the cluster fits the job: the first write
         clock["scoring"] = time.monotonic()
+        # Every partition writes run.json, the same bytes (it names no partition), atomically:
+        # two drivers that start together leave one whole file whichever writes last.
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
         saved["run.json"] = True
         _log(cfg, f"evaluate: {len(job.items)} videos in {len(shards)} shards -> {job.output}")
-        if done:
-            _log(cfg, f"evaluate: resuming, {len(done)} shards already finished")
+        if part is not None:
+            _log(cfg, f"evaluate: partition {part}: {total_videos} videos in {len(mine)} shards (numbers {part.index} modulo {part.count})")
+        if done_mine:
+            _log(cfg, f"evaluate: resuming, {len(done_mine)} shards{share} already finished")
         _log(cfg, f"evaluate: {pipe_cfg.num_actors} model actor(s), {pipe_cfg.decode_slots} decode slot(s)")
         warning = bf16_cpu_warning(cfg.precision, pipe_cfg.actor_gpus)
         if warning:
@@ -267,13 +298,21 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any]:
             if saved["run.json"]:
                 stop.output = job.output
                 stop.finished = (
-                    f"{saved['shards']} of {len(shards)} shards ({saved['videos']} of {len(job.items)} videos) saved in {job.output}"
+                    f"{saved['shards']} of {len(mine)} shards{share} ({saved['videos']} of {total_videos} videos) saved in {job.output}"
                 )
             raise
         progress.close()
     elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
     scored = time.monotonic()
+    if part is not None:
+        missing = len(shards) - len(set(results.list_shards(job.output)) & {i for i, _ in shards})
+        if missing:  # other partitions are still at work (or not started): the last one writes the summary
+            if not cfg.quiet:
+                print(f"evaluate: partition {part} done: {len(mine)} shards ({total_videos} videos) saved in {job.output}; "
+                      f"{missing} of the run's {len(shards)} shards are still missing (the other partitions'); "
+                      "the partition that finishes last writes the summary")
+            return None
     scoring_start = clock["scoring"] if clock["scoring"] is not None else scored
     times = RunTimes(started=started, startup_s=scoring_start - started - job.generate_s, scoring_s=scored - scoring_start)
 

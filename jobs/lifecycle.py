@@ -66,9 +66,11 @@ def load_weights(opts: ModelOptions, random_ok: bool = False) -> LoadedWeights:
 
 
 def size_for(opts: ClusterOptions, spec: ModelSpec, num_actors: int | None) -> PipelineConfig:
-    """The pipeline sized to the connected cluster, with the job's batch size and deadline."""
+    """The pipeline sized to the connected cluster, with the job's batch size and deadline; a
+    partition (evaluate's ``--partition i/n``) sizes to its share of the GPUs."""
+    part = getattr(opts, "partition", None)
     config = pipeline_config_for(spec, num_actors=num_actors, batch_size=opts.batch_size, decode_timeout_s=opts.decode_timeout_s,
-                                 actors_per_gpu=opts.actors_per_gpu)
+                                 actors_per_gpu=opts.actors_per_gpu, share=(part.index, part.count) if part else (0, 1))
     options = runner_options(opts)
     return dataclasses.replace(config, runner_options=options) if options else config
 

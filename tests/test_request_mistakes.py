@@ -36,7 +36,12 @@ CASES = {
     "more_actors_than_num_cpus": (["--dataset", "sample", "--num-cpus", "1", "--num-actors", "2"], ["--num-actors 2", "this machine"]),
     "label_more_actors_than_this_machine": (["label", "--input", "videos", "--output", "out", "--num-actors", "1000"],
                                             ["--num-actors 1000", "this machine"]),
+    "partition_without_output": (["--dataset", "sample", "--partition", "0/2"], ["--partition 0/2 needs --output"]),
+    "label_partition": (["label", "--input", "videos", "--output", "out", "--partition", "0/2"], ["label does not take --partition"]),
 }
+#: --partition values the parser refuses (its own one line: "submit.py evaluate: error: argument --partition: ...")
+BAD_PARTITIONS = {"2/2": "the index counts from 0 to 1", "5/3": "the index counts from 0 to 2", "1/0": "at least 1 partition",
+                  "3": "expected I/N", "a/b": "expected I/N", "1/2/3": "expected I/N", "=-1/2": "expected I/N"}
 
 
 def _imported(importtime: str) -> set[str]:
@@ -52,9 +57,9 @@ def workdir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_mistake_answers_in_under_2s_before_torch_and_ray(name: str, workdir: Path):
-    args, words = CASES[name]
+def _answer(args: list[str], workdir: Path, prefix: str = "submit.py: error:") -> tuple[str, str]:
+    """Run ``submit.py args`` as a user would; check it answered with one line starting ``prefix``,
+    exit 2, before torch and Ray and in under 2 s; return (the line, a description for failures)."""
     env = {k: v for k, v in os.environ.items() if k not in ("X3D_PRESETS_MODULE", "CUDA_VISIBLE_DEVICES") and not k.startswith("RAY_")}
     env.update(PYTHONPATH=str(ROOT), X3D_CACHE=str(workdir / "cache"))
     start = time.monotonic()
@@ -62,15 +67,30 @@ def test_mistake_answers_in_under_2s_before_torch_and_ray(name: str, workdir: Pa
                           capture_output=True, text=True, timeout=120)
     seconds = time.monotonic() - start
     lines = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
-    detail = f"{name}: exit {proc.returncode}, {seconds:.2f} s, stderr: {lines}"
+    detail = f"{args}: exit {proc.returncode}, {seconds:.2f} s, stderr: {lines}"
     assert proc.returncode == 2 and proc.stdout == "", detail
-    assert len(lines) == 1 and lines[0].startswith("submit.py: error:") and "Traceback" not in lines[0], detail
-    for word in words:
-        assert word in lines[0], f"{word!r} missing; {detail}"
+    assert len(lines) == 1 and lines[0].startswith(prefix) and "Traceback" not in lines[0], detail
     heavy = sorted(set(HEAVY) & _imported(proc.stderr))
     assert not heavy, f"{heavy} imported before the answer; {detail}"
     assert seconds < MAX_SECONDS, detail
+    return lines[0], detail
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_mistake_answers_in_under_2s_before_torch_and_ray(name: str, workdir: Path):
+    args, words = CASES[name]
+    line, detail = _answer(args, workdir)
+    for word in words:
+        assert word in line, f"{word!r} missing; {detail}"
     assert not (workdir / "out").exists() and (workdir / "results.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("value", list(BAD_PARTITIONS))
+def test_a_bad_partition_is_the_parsers_one_line(value: str, workdir: Path):
+    flag = ["--partition" + value] if value.startswith("=") else ["--partition", value]  # "=-1/2": argparse reads "-1/2" as a flag
+    line, detail = _answer(["--dataset", "sample", "--output", "out", *flag], workdir, prefix="submit.py evaluate: error: argument --partition:")
+    assert BAD_PARTITIONS[value] in line, detail
+    assert not (workdir / "out").exists()
 
 
 def test_the_local_shape_follows_cuda_visible_devices(monkeypatch):

@@ -98,3 +98,18 @@ def test_sizing_imports_no_ray():
     code = "import sys, cluster.sizing; assert 'ray' not in sys.modules, 'cluster.sizing imported ray'"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-1500:]
+
+
+def test_a_partition_sizes_to_its_share_of_the_gpus():
+    """--partition i/n: n drivers on one GPU cluster split its GPUs (and the CPUs with them)
+    instead of each asking for all of them; a CPU-only cluster is not split."""
+    from cluster.sizing import share_of
+
+    cluster = ClusterShape(cpus=1024, gpus=64, nodes=64, node_cpus=16, cpu_nodes=64)
+    parts = [size_pipeline(share_of(cluster, i, 4), _spec()) for i in range(4)]
+    assert [(p.num_actors, p.actor_gpus, p.decode_slots) for p in parts] == [(16, 1.0, 256 - 32)] * 4
+    uneven = [share_of(cluster, i, 3) for i in range(3)]
+    assert [s.gpus for s in uneven] == [22, 21, 21] and sum(s.cpus for s in uneven) == pytest.approx(1024)
+    assert share_of(cluster, 0, 1) == cluster and share_of(TWO_CPUS, 1, 2) == TWO_CPUS
+    with pytest.raises(ClusterError, match="--partition 2/3: the cluster's 2 GPU.s. do not go round 3 drivers"):
+        share_of(ClusterShape(cpus=32, gpus=2, nodes=1, node_cpus=32, cpu_nodes=1), 2, 3)

@@ -19,7 +19,9 @@ import pytest
 import x3d
 from x3d import storage
 from jobs.datasets import resolve_dataset
+from jobs.errors import JobError
 from jobs.evaluate import EvaluateConfig, run_evaluate
+from jobs.partition import Partition
 from tests import videos
 from tests.cluster.evalset import (
     PRESET,
@@ -39,7 +41,8 @@ ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", 
 def config(ev: EvalSet, output: str, ann_file: Path | None = None, data_root: Path | None = None, **kw) -> EvaluateConfig:
     spec = resolve_dataset(None, data_root=str(data_root or ev.root), ann_file=str(ann_file or ev.ann_file))
     kw.setdefault("shard_size", 4)
-    return EvaluateConfig(dataset=spec, model=PRESET, checkpoint=str(ev.checkpoint), views=VIEWS, output=output, quiet=True, **kw)
+    kw.setdefault("quiet", True)
+    return EvaluateConfig(dataset=spec, model=PRESET, checkpoint=str(ev.checkpoint), views=VIEWS, output=output, **kw)
 
 
 def read_local(output: Path) -> dict[str, list]:
@@ -177,3 +180,42 @@ def test_bad_videos_become_error_rows(evalset: EvalSet, ray_local, tmp_path: Pat
         assert summary[f"{key}_acc_with_failures"] == pytest.approx(with_failures[key]), key
     assert summary["top1_acc_with_failures"] < summary["top1_acc"] or summary["top1_acc"] == 0
     assert json.loads((output / "summary.json").read_text())["num_failed"] == 4
+
+
+def test_two_partitions_one_after_the_other_write_the_single_runs_output(evalset: EvalSet, local_run, tmp_path: Path, capfd):
+    """--partition 0/2 then 1/2 into one output: every video's row exactly once, the single
+    run's rows and run.json, and only the partition that completes the run writes the summary."""
+    single, single_summary, _, _ = local_run
+    output = tmp_path / "parts"
+    capfd.readouterr()
+
+    # shard_size 4: shards 0, 1, 2 of 4, 4 and 2 videos; partition 0/2 owns 0 and 2 (6 videos), 1/2 owns 1 (4)
+    assert run_evaluate(config(evalset, str(output), partition=Partition(0, 2), quiet=False)) is None
+    out, err = capfd.readouterr()
+    assert sorted(p.name for p in (output / "predictions").iterdir()) == ["part-00000.parquet", "part-00002.parquet"]
+    assert (output / "run.json").read_bytes() == (single / "run.json").read_bytes()  # no partition in it: all write the same
+    assert not (output / "summary.json").exists() and not (output / "summary.md").exists()
+    assert "partition 0/2 done" in out and "1 of the run's 3 shards are still missing" in out
+    assert "partition 0/2: 6 videos in 2 shards" in err
+    assert "6/6 videos" in err and "/10 videos" not in err  # progress counts this partition's videos
+
+    with pytest.raises(JobError, match="already holds 2 shard.s. of partition 0/2; pass --resume"):
+        run_evaluate(config(evalset, str(output), partition=Partition(0, 2)))
+    with pytest.raises(JobError, match="--partition 1/2: this run differs from the one in .* in shard_size"):
+        run_evaluate(config(evalset, str(output), partition=Partition(1, 2), shard_size=5))
+
+    summary = run_evaluate(config(evalset, str(output), partition=Partition(1, 2)))
+    rows, expected = read_local(output), read_local(single)
+    assert rows["video"] == evalset.names  # each video once, in annotation order
+    for column in ("video", "label", "pred", "pred_name", "topk_classes", "num_views", "error"):
+        assert rows[column] == expected[column], column
+    np.testing.assert_allclose(np.asarray(rows["probs"]), np.asarray(expected["probs"]), atol=PROB_TOL, rtol=0)
+    assert summary is not None and json.loads((output / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    for key in ACC_KEYS + ("num_videos", "num_ok", "num_failed"):  # recomputed from every partition's files
+        assert summary[key] == single_summary[key], key
+
+    # A partition run again with --resume scores nothing and, the run being complete, writes the
+    # summary: what finishes a run whose partitions all ended at the same instant.
+    (output / "summary.json").unlink()
+    again = run_evaluate(config(evalset, str(output), partition=Partition(0, 2), resume=True))
+    assert again is not None and again["num_videos"] == 10 and (output / "summary.json").exists()
