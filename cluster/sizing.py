@@ -53,7 +53,8 @@ def size_pipeline(
     actors_per_gpu: int = 1,
 ) -> PipelineConfig:
     """Size the pipeline to a cluster: ``actors_per_gpu`` actors per GPU (each holding that
-    fraction of one, ``GPU_ACTOR_CPUS`` CPUs and two calls at once) and the remaining CPUs
+    fraction of one, ``GPU_ACTOR_CPUS`` CPUs where there are CPUs to spare, else one, and two
+    calls at once) and the remaining CPUs
     decoding; without GPUs, one CPU actor (or ``num_actors``) whose threads take its node's
     cores, each with a half-CPU decode slot beside it. Raises ``ClusterError`` when it cannot fit."""
     if actors_per_gpu < 1:
@@ -68,8 +69,12 @@ def size_pipeline(
         if actors > slots:
             raise ClusterError(f"--num-actors {actors} needs {math.ceil(actors / actors_per_gpu)} GPUs at {actors_per_gpu} "
                                f"actor(s) per GPU but the cluster has {gpus}")
-        actor_gpus, actor_cpus = 1.0 / actors_per_gpu, GPU_ACTOR_CPUS
-        actor_threads = int(GPU_ACTOR_CPUS)
+        # Two CPUs where the cluster has them to spare (at least one left per actor to decode);
+        # on small GPU nodes (2 CPUs per GPU) one, as an actor taking every CPU of its node would
+        # leave its node's decode slots unplaceable and the run waiting for them.
+        spare = shape.cpus / actors >= GPU_ACTOR_CPUS + 1
+        actor_gpus, actor_cpus = 1.0 / actors_per_gpu, (GPU_ACTOR_CPUS if spare else 1.0)
+        actor_threads = int(actor_cpus)
         concurrency = GPU_ACTOR_CONCURRENCY
         decode_slots = max(1, int(shape.cpus - actors * actor_cpus))
     else:

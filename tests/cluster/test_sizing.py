@@ -73,6 +73,17 @@ def test_units_and_calls_follow_the_models_speed():
     assert on_gpu.group_ms == GPU_GROUP_MS > size_pipeline(cpu, _spec(30)).group_ms == PipelineConfig.group_ms
 
 
+def test_small_gpu_nodes_keep_a_cpu_to_decode():
+    """Two nodes of 2 CPUs and 1 GPU (tests/cluster/test_multinode.py's shape): an actor that
+    took both CPUs of its node would leave no CPU anywhere for a decode slot, and the run would
+    wait for ever. The actor takes one; with CPUs to spare it takes two."""
+    small = size_pipeline(ClusterShape(cpus=4, gpus=2, nodes=3, node_cpus=2, cpu_nodes=2), _spec(10))
+    assert (small.actor_cpus, small.actor_threads, small.decode_slots) == (1.0, 1, 2)
+    assert small.actor_concurrency == 2
+    roomy = size_pipeline(ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1), _spec(10))
+    assert (roomy.actor_cpus, roomy.actor_threads, roomy.decode_slots) == (2.0, 2, 14)
+
+
 def test_actors_per_gpu_share_each_gpu_and_prepare_while_computing():
     """Sizing is pure: no Ray. Each GPU actor holds 1/actors_per_gpu of a GPU, two CPUs and
     threads for its copies, and two calls at once (one computing, one being prepared)."""
