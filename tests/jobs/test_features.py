@@ -10,6 +10,7 @@ them, and the backfill.
 
 from __future__ import annotations
 
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -175,19 +176,15 @@ def _library_vectors(checkpoint: str, paths: list[Path]) -> dict[str, np.ndarray
     return {p.name: x3d.extract_features(model, str(p), views=1) for p in paths}
 
 
-NEAREST = """
-WITH latest AS (
-  SELECT video, features::FLOAT[{dim}] AS f
-  FROM read_parquet('{labels}/**/*.parquet', hive_partitioning = true, union_by_name = true)
-  WHERE features IS NOT NULL
-  QUALIFY row_number() OVER (PARTITION BY video ORDER BY run_id DESC, attempt DESC) = 1
-)
-SELECT b.video, array_cosine_similarity(a.f, b.f) AS similarity
-FROM latest a JOIN latest b ON a.video <> b.video
-WHERE a.video = $query
-ORDER BY similarity DESC
-LIMIT 3
-"""
+def nearest_query_from_the_docs(labels: Path, dim: int) -> str:
+    """docs/embeddings.md's nearest-neighbour query, itself: its first ``sql`` block, pointed at
+    ``labels`` with the model's width and the video as a parameter (so the page cannot drift)."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "embeddings.md").read_text()
+    sql = page.split("```sql\n", 1)[1].split("```", 1)[0]
+    sql = sql.replace("'labels/**/*.parquet'", f"'{labels}/**/*.parquet'").replace("FLOAT[432]", f"FLOAT[{dim}]")
+    sql, count = re.subn(r"WHERE a\.video = '[^']*'", "WHERE a.video = $query", sql)
+    assert count == 1 and str(labels) in sql, "docs/embeddings.md's query changed shape: update this test"
+    return sql
 
 
 @pytest.mark.slow
@@ -224,8 +221,8 @@ def test_label_run_saves_features_and_a_rerun_adds_nothing(tmp_path, ray_local, 
 
     # docs/embeddings.md's nearest-neighbour query: the copy is the nearest, at cosine ~1
     query = str(paths[0])
-    found = duckdb.execute(NEAREST.format(dim=dim, labels=Path(out) / "labels"), {"query": query}).fetchall()
-    assert len(found) == 3
+    found = duckdb.execute(nearest_query_from_the_docs(Path(out) / "labels", dim), {"query": query}).fetchall()
+    assert len(found) == 4  # LIMIT 10 over the other four videos
     assert Path(found[0][0]).name == "copy_of_clip_00.mp4" and found[0][1] > 0.9999
     assert found[1][1] < found[0][1]
     # and numpy: one (videos, dim) block
