@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .decode import VideoSource
-from .predict import autocast_for, check_precision, model_device, preset_of, to_device, to_layout
+from .predict import autocast_for, model_inputs, preset_of
 from .presets import Preset, TestProtocol, get_preset
-from .protocol import normalize, resolve_protocol
+from .protocol import resolve_protocol
 from .views import prepare_views
 
 __all__ = ["FEATURE_KINDS", "check_features", "extract_features", "feature_dim", "forward_with_features", "fuse_features",
@@ -64,21 +64,11 @@ def predict_clips_with_features(
     on_step: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``predict_clips``, and each clip's features: float32 ``(N, classes)`` and ``(N, dim)`` on CPU."""
-    check_precision(precision)
     check_features(kind)
-    device = model_device(model)
-    data = torch.as_tensor(clips)
-    if data.ndim != 5 or data.dtype != torch.uint8:
-        raise ValueError("predict_clips_with_features expects uint8 clips of shape (N, T, H, W, 3)")
-    step = batch_size or data.shape[0] or 1
     mark = on_step or (lambda name: None)
     logits, features = [], []
-    for start in range(0, data.shape[0], step):
-        chunk = to_device(data[start : start + step], device)
-        mark("h2d")
-        x = to_layout(normalize(chunk, protocol), channels_last)
-        mark("preprocess")
-        with autocast_for(device, precision):
+    for x in model_inputs(model, clips, protocol, batch_size, channels_last, precision, mark, "predict_clips_with_features"):
+        with autocast_for(x.device, precision):
             out, feats = forward_with_features(model, x, kind)
         logits.append(out.float().cpu())
         features.append(feats.float().cpu())

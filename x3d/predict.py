@@ -10,7 +10,7 @@ job calls the halves from different workers.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from .presets import Preset, TestProtocol, get_preset
 from .protocol import fuse_views, normalize, resolve_protocol
 from .views import PreparedVideo, prepare_views  # the CPU half, torch-free; re-exported here
 
-__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "predict_video", "autocast_for", "check_precision",
+__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "model_inputs", "predict_video", "autocast_for", "check_precision",
            "max_clips_per_forward", "preset_of", "set_tf32_for", "to_device", "to_layout"]
 
 #: forward-pass precisions: ``fp32`` is the reference (and the default; on CUDA with TF32 off,
@@ -144,26 +144,43 @@ def predict_clips(
     (contiguous) as asked, whatever strides normalisation left them in. ``on_step(name)`` is called as each step ends ("h2d", "preprocess", "forward"),
     for callers that time them.
     """
-    check_precision(precision)
-    device = model_device(model)
-    data = torch.as_tensor(clips)
-    if data.ndim != 5 or data.dtype != torch.uint8:
-        raise ValueError("predict_clips expects uint8 clips of shape (N, T, H, W, 3)")
-    step = batch_size or data.shape[0] or 1
     mark = on_step or (lambda name: None)
     outputs = []
-    for start in range(0, data.shape[0], step):
-        chunk = to_device(data[start : start + step], device)
-        mark("h2d")
-        x = to_layout(normalize(chunk, protocol), channels_last)
-        mark("preprocess")
-        with autocast_for(device, precision):
+    for x in model_inputs(model, clips, protocol, batch_size, channels_last, precision, mark, "predict_clips"):
+        with autocast_for(x.device, precision):
             logits = model(x)
         outputs.append(logits.float().cpu())
         mark("forward")
     if not outputs:
         return torch.empty(0, 0)
     return torch.cat(outputs)
+
+
+def model_inputs(
+    model: nn.Module,
+    clips: np.ndarray | torch.Tensor,
+    protocol: TestProtocol,
+    batch_size: int | None,
+    channels_last: bool,
+    precision: str,
+    mark: Callable[[str], None],
+    caller: str,
+) -> Iterator[torch.Tensor]:
+    """uint8 clips ``(N, T, H, W, 3)`` as the model's inputs, ``batch_size`` at a time: each chunk
+    copied to the model's device ("h2d"), normalised there and put in the layout asked
+    ("preprocess"). Shared by ``predict_clips`` and ``x3d.features.predict_clips_with_features``."""
+    check_precision(precision)
+    device = model_device(model)
+    data = torch.as_tensor(clips)
+    if data.ndim != 5 or data.dtype != torch.uint8:
+        raise ValueError(f"{caller} expects uint8 clips of shape (N, T, H, W, 3)")
+    step = batch_size or data.shape[0] or 1
+    for start in range(0, data.shape[0], step):
+        chunk = to_device(data[start : start + step], device)
+        mark("h2d")
+        x = to_layout(normalize(chunk, protocol), channels_last)
+        mark("preprocess")
+        yield x
 
 
 def preset_of(model: nn.Module, preset: str | Preset | None = None) -> Preset:
