@@ -18,7 +18,7 @@ import numpy as np
 import ray
 import torch
 
-from cluster.config import ActorReply, ScoredVideo
+from cluster.config import ActorReply
 from worker.cpus import owned_cpus
 from worker.decode_task import DecodeResult, ModelSpec
 from worker.model_runner import ModelRunner, Payload
@@ -50,33 +50,31 @@ class ModelActor:
         its probabilities and forward time; when ``timed``, the call's record for the benchmark
         (start and end, stages, memory, accelerator use)."""
         pairs = [pair for group in groups for pair in group]
-        good = [i for i, (result, _) in enumerate(pairs) if result.error is None]
-        probs: list[np.ndarray | None] = [None] * len(pairs)
-        infer_ms = [0.0] * len(pairs)
+        results = [result for result, _ in pairs]
+        good = [payload for result, payload in pairs if result.error is None]
         timer = self.runner.timer() if timed else NULL_TIMER
         timer.skip()
         # The batch's clock starts at the timer's own mark: a thread switch (Ray's threads take
         # the GIL around calls) between two separate readings would show as unexplained time.
         started_at, start = time.time(), (timer.mark if timed else time.perf_counter())
-        features: list[np.ndarray | None] = [None] * len(pairs)
+        features = None
         if good and self.runner.features:  # the job asked for embeddings: same forward, kept
-            scored, vectors, ms = self.runner.score_with_features([pairs[i][1] for i in good], timer)
-            for i, v in zip(good, vectors):
-                features[i] = v
+            scored, vectors, ms = self.runner.score_with_features(good, timer)
+            features = np.stack(vectors)
         elif good:
-            scored, ms = self.runner.score([pairs[i][1] for i in good], timer)
-        if good:
-            for i, p, m in zip(good, scored, ms):
-                probs[i], infer_ms[i] = p, m
-        videos = [ScoredVideo(result, p, ms, f) for (result, _), p, ms, f in zip(pairs, probs, infer_ms, features)]
+            scored, ms = self.runner.score(good, timer)
+        else:
+            scored, ms = [], []
+        probs = np.stack(scored) if scored else np.zeros((0, 0), np.float32)
+        reply = ActorReply(results, probs, np.asarray(ms, np.float64), self.runner.name, features)
         if not timed:
-            return ActorReply(videos, self.runner.name)
+            return reply
         # Handing the scores over is the end of the forward stage (the logits' way back), and the
         # batch ends at that mark, for the same reason it starts at one.
         timer.charge("forward")
         wall = timer.mark - start
         cuda = self.runner.device.type == "cuda"
-        record = {
+        reply.record = {
             "t_start": started_at,
             "t_end": started_at + wall,
             "actor_wall_s": wall,
@@ -85,7 +83,7 @@ class ModelActor:
             "gpu_util": _gpu_util(self.runner.device) if cuda else None,
             "gpu_peak_mb": torch.cuda.max_memory_allocated(self.runner.device) / 2**20 if cuda else None,
         }
-        return ActorReply(videos, self.runner.name, record)
+        return reply
 
 
 def _gpu_util(device: torch.device) -> float | None:

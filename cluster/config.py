@@ -69,11 +69,30 @@ class ScoredVideo:
 
 @dataclass
 class ActorReply:
-    """What a model actor's ``score`` returns: every video of the call's groups, in order."""
+    """What a model actor's ``score`` returns: every video of the call's groups, in order, as
+    columns. The scores of the videos that decoded travel as one array per call, not one per
+    video: Ray ships each array as a buffer of its own, and the driver pays per buffer.
+    ``videos`` gives them back one ``ScoredVideo`` per video."""
 
-    videos: list[ScoredVideo]
+    results: list[DecodeResult]  # every video's decode result, errors included, in order
+    probs: np.ndarray  # (videos that decoded, classes) float32, in the order of ``results``
+    infer_ms: np.ndarray  # (videos that decoded,): each one's share of the call's forward time
     actor: str  # the runner's name (host:pid)
+    features: np.ndarray | None = None  # (videos that decoded, dim), when the job asked for them
     record: dict[str, Any] | None = None  # the benchmark's record of the call, when timed
+
+    @property
+    def videos(self) -> list[ScoredVideo]:
+        out: list[ScoredVideo] = []
+        row = 0
+        for result in self.results:
+            if result.error is not None:
+                out.append(ScoredVideo(result, None))
+                continue
+            features = None if self.features is None else self.features[row]
+            out.append(ScoredVideo(result, self.probs[row], float(self.infer_ms[row]), features))
+            row += 1
+        return out
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,13 @@ class PipelineConfig:
     # A unit sends what it decoded at least this often (ms): videos that take longer travel
     # alone, and only those that decode in a blink share one object (cluster.scheduler).
     group_ms: float = 20.0
+    # ... or once it holds this many videos (0: no cap): a call's worth on a GPU cluster, which
+    # bounds the frames a decode worker holds while its group fills
+    group_videos: int = 0
+    # How often the driver wakes at most (ms): what is ready within one wake-up (groups, replies,
+    # stream ends) is handled together. The driver's CPU is paid per wake-up as well as per
+    # event; 0 wakes at each event (CPU jobs: their model, not the driver, sets the pace).
+    wake_ms: float = 0.0
     # A decode worker whose private RSS has grown this much since its first group (decord leaks)
     # is recycled: it stops its unit after the group that shows it and refuses the next, which
     # the driver cancels (killing it); the videos it did not reach go to another unit. Measured

@@ -2,7 +2,7 @@
 
 Shape: CPU tasks decode *units* of several videos each (``worker.decode_task.decode_unit``, a
 Ray streaming task: one small header item, then one item per group of videos, a group closing
-every ``group_ms``), so a hung video times out alone, a crashed worker costs the others only a
+every ``group_ms`` or at ``group_videos``), so a hung video times out alone, a crashed worker costs the others only a
 resubmission, and a worker whose memory has grown past ``recycle_rss_mb`` is ended and replaced
 without paying a worker start where nothing leaks. A video's payload is its distinct resized
 frames, uint8; a group stays in the object store and the driver only forwards its ref to a model
@@ -15,7 +15,8 @@ What happens to each video is decided by ``cluster.scheduler.Scheduler`` (a stat
 without Ray: its docstring has the rules for deadlines, crashes, node loss, recycling and
 retries); this module is its adapter: it starts the tasks and actors the scheduler asks for,
 waits on Ray (``ray.wait`` on the streams, calls and actor starts, never fetching a group to
-the driver) and tells the scheduler what happened. Model actors are spread over the nodes; one
+the driver; at each event, or on a GPU cluster at most every ``wake_ms``, so that one wait and
+one pass of the scheduler serve all that arrived meanwhile) and tells the scheduler what happened. Model actors are spread over the nodes; one
 lost in any phase (its constructor, idle, in a call) has its calls failed at once (Ray retries
 none: ``max_restarts=0``), their groups go to the live actors and a replacement is started,
 which gets work once it answers ``describe()``. When replacements keep dying the run ends with
@@ -91,6 +92,7 @@ class _Pipeline:
 
     def run(self) -> None:
         scheduler = self.scheduler
+        wake_s = self.config.wake_ms / 1000.0
         while not scheduler.finished:
             self._carry_out(scheduler.take(time.monotonic()))
             waiting = list(self.unit_of) + list(self.calls) + list(self.describing)
@@ -100,9 +102,13 @@ class _Pipeline:
             timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
             # fetch_local=False: a stream is ready when its next group exists anywhere; the
             # driver never pulls a group's frames to its own node.
-            done, _ = ray.wait(waiting, num_returns=1, timeout=timeout, fetch_local=False)
-            if done:  # sweep everything else that is already finished too
-                done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0, fetch_local=False)
+            if wake_s > 0:  # whatever is ready by the next wake-up (or deadline), in one wait
+                wait_s = wake_s if timeout is None else min(wake_s, timeout)
+                done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=wait_s, fetch_local=False)
+            else:  # at the first event, with everything else that is ready by then
+                done, _ = ray.wait(waiting, num_returns=1, timeout=timeout, fetch_local=False)
+                if done:
+                    done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=0, fetch_local=False)
             for waitable in done:
                 if waitable in self.unit_of:
                     self._read_stream(waitable)
@@ -123,7 +129,7 @@ class _Pipeline:
             elif isinstance(decision, StartUnit):
                 config = self.config
                 stream = self.decode_task.remote(decision.items, self.spec_ref, config.timed, self.decode_fn_ref,
-                                                 decision.group_ms, decision.unit, config.recycle_rss_mb)
+                                                 decision.group_ms, decision.unit, config.recycle_rss_mb, config.group_videos)
                 self.unit_of[stream] = decision.unit
                 self.stream_of[decision.unit] = stream
             elif isinstance(decision, CancelUnit):
@@ -136,27 +142,24 @@ class _Pipeline:
     # ------------------------------------------------------------------ decode units
 
     def _read_stream(self, stream: Any) -> None:
-        """Take the stream's ready items: the header (read: it is small), then groups (not read)."""
+        """Take the stream's next item (ray.wait found it ready): the header (read: it is small)
+        or a group (not read). One a wake-up: a second ready item makes the stream ready again
+        for the next ``ray.wait``, and asking now would cost a wait of its own."""
         unit = self.unit_of[stream]
-        now = time.monotonic()
-        while stream.next_ready():
-            ref = next(stream, None)
-            if ref is None:  # it ended just now
-                break
-            if unit not in self.header_read:
-                self.header_read.add(unit)
-                try:
-                    header = ray.get(ref)
-                except RayError as exc:  # the task never ran
-                    self._ended(unit, exc)
-                    return
-                self.scheduler.on_unit_started(unit, now, retire=header == UNIT_RETIRING)
-                continue
+        ref = next(stream, None)  # None: it has ended
+        if ref is not None and unit not in self.header_read:
+            self.header_read.add(unit)
+            try:
+                header = ray.get(ref)
+            except RayError as exc:  # the task never ran
+                self._ended(unit, exc)
+                return
+            self.scheduler.on_unit_started(unit, time.monotonic(), retire=header == UNIT_RETIRING)
+        elif ref is not None:
             # Ray ends a failed stream with one error item: an item taken as the stream finishes
             # is a group only if the task succeeded.
-            if stream.is_finished() and self._failure(stream) is not None:
-                break
-            self.scheduler.on_group(unit, ref, now)
+            if not (stream.is_finished() and self._failure(stream) is not None):
+                self.scheduler.on_group(unit, ref, time.monotonic())
         if stream.is_finished() and unit in self.stream_of:
             exc = self._failure(stream)
             if exc is None:

@@ -13,8 +13,9 @@ from cluster.errors import ClusterError
 from cluster.config import PipelineConfig  # not cluster.pipeline: sizing is read before Ray is imported (jobs.preflight)
 from worker.decode_task import ModelSpec
 
-__all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "share_of",
-           "size_pipeline", "unit_videos_for"]
+__all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CALLS_PER_ACTOR", "GPU_CALLS_PER_UNIT",
+           "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "GPU_WAKE_MS", "share_of", "size_pipeline", "unit_videos_for",
+           "videos_per_call"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,12 @@ def size_pipeline(
             raise ClusterError(f"--num-actors {actors} needs {needed:g} CPUs but the cluster has {shape.cpus:g}")
     views = spec.views
     batch_views = batch_size or (max(GPU_CLIPS_PER_CALL, views) if actor_gpus else max(views, 30))
+    if actor_gpus:  # the driver's CPU is paid per event: few, large ones (see the constants)
+        per_event = dict(unit_videos=unit_videos_for(batch_views, views, calls=GPU_CALLS_PER_UNIT), group_ms=GPU_GROUP_MS,
+                         group_videos=videos_per_call(batch_views, views), wake_ms=GPU_WAKE_MS,
+                         calls_per_actor=GPU_CALLS_PER_ACTOR)
+    else:
+        per_event = dict(unit_videos=unit_videos_for(batch_views, views))
     return PipelineConfig(
         spec=spec,
         num_actors=actors,
@@ -107,8 +114,7 @@ def size_pipeline(
         batch_views=batch_views,
         batch_size=batch_size,
         decode_timeout_s=decode_timeout_s,
-        unit_videos=unit_videos_for(batch_views, views),
-        group_ms=GPU_GROUP_MS if actor_gpus else PipelineConfig.group_ms,
+        **per_event,
     )
 
 
@@ -127,20 +133,41 @@ GPU_ACTOR_CONCURRENCY = 2
 GPU_CLIPS_PER_CALL = 256
 
 
-#: How long a decode unit gathers videos into one group on a GPU cluster (ms). The driver's work
-#: is per group (a stream item, a share of an actor call); at 20 ms a real decode (75 ms for a 340x256 clip) sends every
-#: video alone and the driver spent 1.6 ms of CPU per video, at 500 ms 0.65 ms (16 decode slots,
-#: bench/RESULTS.md, "Pipeline ceiling"). The price is memory: a group's frames wait in the
-#: worker (~7 X3D-S videos, ~120 MB), and a crash sends them to a careful unit. CPU jobs keep
-#: 20 ms: their model, not the driver, sets the pace.
-GPU_GROUP_MS = 500.0
+# On a GPU cluster the driver, not the model, sets the ceiling: its CPU is paid per event (a
+# unit's start and end, a group's stream item, an actor call and its reply, a wake-up; about
+# 0.3-1.2 ms each with Ray's own threads), hardly per video. So GPU pipelines make the events
+# few and large (bench/RESULTS.md, "Driver CPU per video"); CPU jobs keep the small ones, as
+# their model sets the pace.
+
+#: How long a decode unit gathers videos into one group on a GPU cluster (ms), at most: a group
+#: also closes once it holds a call's worth of videos (``PipelineConfig.group_videos``), so at a
+#: real decode's pace (75 ms for a 340x256 clip) a group is one actor call. The price is memory:
+#: a decode worker holds up to a call's frames (X3D-S, 256 clips: ~430 MB) while its group fills,
+#: and a crash sends them to a careful unit.
+GPU_GROUP_MS = 2000.0
+
+#: Actor calls' worth of videos per decode unit on a GPU cluster: a unit's start, header and end
+#: cost the driver about 1.2 ms, paid once per 100 X3D-S videos (10 views).
+GPU_CALLS_PER_UNIT = 4
+
+#: How often the driver wakes at most on a GPU cluster (ms): what arrived in between is handled
+#: in one ``ray.wait``. A reply may so be seen up to this late ...
+GPU_WAKE_MS = 100.0
+
+#: ... so a GPU actor has three calls in flight: two running (``GPU_ACTOR_CONCURRENCY``) and one
+#: queued behind them, which covers a late-seen reply.
+GPU_CALLS_PER_ACTOR = 3
 
 
-def unit_videos_for(batch_views: int, views: int) -> int:
-    """Videos per decode unit: about two actor calls' worth, 4 to 64.
+def videos_per_call(batch_views: int, views: int) -> int:
+    """Whole videos in an actor call of about ``batch_views`` clips."""
+    return max(1, batch_views // max(views, 1))
+
+
+def unit_videos_for(batch_views: int, views: int, calls: int = 2) -> int:
+    """Videos per decode unit: about ``calls`` actor calls' worth, 4 to ``32 * calls``.
 
     Enough that the per-task cost vanishes against the model's (tiny models, GPUs), few enough
-    that a unit's frames are no burst for the object store and a CPU job starts scoring soon.
+    that a CPU job starts scoring soon and a crash sends few videos to a careful unit.
     """
-    per_call = max(1, batch_views // max(views, 1))
-    return max(4, min(64, 2 * per_call))
+    return max(4, min(32 * calls, calls * videos_per_call(batch_views, views)))

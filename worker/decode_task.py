@@ -122,18 +122,21 @@ UNIT_RETIRING = "retiring"
 _baseline_rss_mb: float | None = None  # this process's private RSS when it sent its first group
 
 
-def rss_growth_mb() -> float:
-    """How far this worker's own resident memory has grown since it sent its first group.
+def rss_growth_mb(held_mb: float = 0.0) -> float:
+    """How far this worker's own resident memory, less the ``held_mb`` of frames it holds now
+    (the group about to be sent), has grown since it sent its first group.
 
     decord leaks on some files and FFmpeg's buffers fragment the heap, so a long-lived decode
     worker may creep up; a fixed recycling count paid a worker start (~0.5-1 s of CPU) every
     N videos whether or not anything leaked, 5x the no-op pipeline's time (bench/RESULTS.md,
     "Pipeline ceiling"). Measured growth recycles only the workers that need it. The reading
     when the first group is sent (a video or more decoded) is the baseline, so the decoder's own
-    buffers count as the worker's size, not as growth.
+    buffers count as the worker's size, not as growth; the frames held are left out of both
+    readings, so a group larger than the first (groups close by time or at a call's worth, up
+    to ~430 MB for X3D-S) is not taken for a leak.
     """
     global _baseline_rss_mb
-    now = private_rss_mb()
+    now = private_rss_mb() - held_mb
     if _baseline_rss_mb is None:
         _baseline_rss_mb = now
     return max(0.0, now - _baseline_rss_mb)
@@ -147,6 +150,7 @@ def decode_unit(
     group_ms: float = 0.0,
     unit: int = -1,
     recycle_rss_mb: float = 0.0,
+    group_videos: int = 0,
 ) -> Iterator[Any]:
     """Decode several videos one after another, streaming them back in small groups.
 
@@ -157,7 +161,8 @@ def decode_unit(
     index in ``items``), so the actor's reply tells the driver what the group held. A group
     closes before a video starts once ``group_ms`` have passed since the last one was sent (0:
     every video is its own group), so slow videos travel alone and only videos that decode in a
-    blink share one object. After a group that shows this worker's private RSS grown
+    blink share one object, or once it holds ``group_videos`` videos (0: no cap; the pipeline's
+    cap is a call's worth, which bounds the frames a worker holds). After a group that shows this worker's private RSS grown
     ``recycle_rss_mb`` (0: never) the unit stops; the driver gives the videos it did not reach
     to another unit (``cluster.scheduler``). ``decode_fn`` (default ``decode_item``) is the
     pipeline's stand-in hook.
@@ -171,7 +176,7 @@ def decode_unit(
     group: list[tuple[DecodeResult, Any]] = []
     sent = time.perf_counter()
     for index, item in enumerate(items):
-        if group and (time.perf_counter() - sent) * 1000.0 >= group_ms:
+        if group and ((time.perf_counter() - sent) * 1000.0 >= group_ms or len(group) == group_videos):
             growth = _close(group)
             yield group
             if 0 < recycle_rss_mb <= growth:
@@ -190,7 +195,8 @@ def decode_unit(
 
 def _close(group: list[tuple[DecodeResult, Any]]) -> float:
     """The worker's RSS growth, noted on the group's last result (the benchmark reads it)."""
-    growth = group[-1][0].rss_growth_mb = rss_growth_mb()
+    held_mb = sum(result.payload_bytes for result, _ in group) / 2**20
+    growth = group[-1][0].rss_growth_mb = rss_growth_mb(held_mb)
     return growth
 
 

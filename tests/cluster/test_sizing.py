@@ -13,7 +13,8 @@ import pytest
 import x3d
 from cluster.config import PipelineConfig
 from cluster.errors import ClusterError
-from cluster.sizing import GPU_CLIPS_PER_CALL, GPU_GROUP_MS, ClusterShape, size_pipeline
+from cluster.sizing import (GPU_CALLS_PER_ACTOR, GPU_CALLS_PER_UNIT, GPU_CLIPS_PER_CALL, GPU_GROUP_MS, GPU_WAKE_MS, ClusterShape,
+                            size_pipeline)
 from worker.model_runner import cpu_batch_size
 from worker.decode_task import ModelSpec
 
@@ -66,11 +67,18 @@ def test_units_and_calls_follow_the_models_speed():
     assert (size_pipeline(cpu, _spec(30)).batch_views, size_pipeline(cpu, _spec(30)).unit_videos) == (30, 4)
     assert (size_pipeline(cpu, tiny).batch_views, size_pipeline(cpu, tiny).unit_videos) == (30, 60)
     on_gpu = size_pipeline(gpu, _spec(10))
-    assert on_gpu.batch_views == GPU_CLIPS_PER_CALL and on_gpu.unit_videos == 2 * (GPU_CLIPS_PER_CALL // 10)
-    assert size_pipeline(gpu, _spec(30)).unit_videos == 2 * (GPU_CLIPS_PER_CALL // 30)
+    per_call = GPU_CLIPS_PER_CALL // 10
+    assert on_gpu.batch_views == GPU_CLIPS_PER_CALL and on_gpu.unit_videos == GPU_CALLS_PER_UNIT * per_call
+    assert size_pipeline(gpu, _spec(30)).unit_videos == GPU_CALLS_PER_UNIT * (GPU_CLIPS_PER_CALL // 30)
     assert on_gpu.decode_slots == 14 and on_gpu.max_decode_calls >= 1000  # 2 CPUs to the actor
-    # groups of many videos on a GPU (the driver's events per video), a video per group on CPU
-    assert on_gpu.group_ms == GPU_GROUP_MS > size_pipeline(cpu, _spec(30)).group_ms == PipelineConfig.group_ms
+    # Few, large events on a GPU (the driver's CPU is paid per event): a group is up to a call's
+    # worth of videos, the driver wakes at most every GPU_WAKE_MS, and a third call per actor
+    # covers a reply seen that late. CPU jobs: a video per group, woken at each event.
+    cpu_config = size_pipeline(cpu, _spec(30))
+    assert on_gpu.group_ms == GPU_GROUP_MS > cpu_config.group_ms == PipelineConfig.group_ms
+    assert (on_gpu.group_videos, on_gpu.wake_ms, on_gpu.calls_per_actor) == (per_call, GPU_WAKE_MS, GPU_CALLS_PER_ACTOR)
+    assert (cpu_config.group_videos, cpu_config.wake_ms, cpu_config.calls_per_actor) == (0, 0.0, PipelineConfig.calls_per_actor)
+    assert size_pipeline(gpu, _spec(10), batch_size=64).group_videos == 6  # --batch-size: smaller calls, smaller groups
 
 
 def test_small_gpu_nodes_keep_a_cpu_to_decode():

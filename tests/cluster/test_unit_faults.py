@@ -36,7 +36,13 @@ def spec_and_weights(ev: EvalSet):
     return ModelSpec(model.preset, VIEWS), model.state_dict()
 
 
-def test_one_unit_with_a_hanging_file_a_worker_killer_and_good_videos(evalset: EvalSet, ray_local, tmp_path: Path):
+#: cluster.sizing's GPU way with events (groups of up to a call's worth, a bounded wake-up, a
+#: third call per actor), here on CPU with a call of two videos: the same rules must hold.
+GPU_EVENTS = dict(group_ms=2000.0, group_videos=2, wake_ms=100.0, calls_per_actor=3)
+
+
+@pytest.mark.parametrize("events", [{}, GPU_EVENTS], ids=["cpu-events", "gpu-events"])
+def test_one_unit_with_a_hanging_file_a_worker_killer_and_good_videos(evalset: EvalSet, ray_local, tmp_path: Path, events):
     import ray
 
     stalled = tmp_path / "stalled"
@@ -54,7 +60,7 @@ def test_one_unit_with_a_hanging_file_a_worker_killer_and_good_videos(evalset: E
              VideoItem(good[3], str(evalset.root / good[3]), None)]
     spec, state = spec_and_weights(evalset)
     config = dataclasses.replace(pipeline_config_for(spec), unit_videos=len(items), decode_timeout_s=TIMEOUT_S,
-                                 decode_fn=crashing_decode)
+                                 decode_fn=crashing_decode, **events)
     shards: dict[int, list] = {}
     seen: list[tuple[int, int]] = []
 

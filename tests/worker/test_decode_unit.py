@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 import x3d
-from worker.decode_task import UNIT_RETIRING, UNIT_STARTED, DecodeResult, ModelSpec, decode_unit
+from worker import decode_task
+from worker.decode_task import UNIT_RETIRING, UNIT_STARTED, DecodeResult, ModelSpec, decode_unit, rss_growth_mb
 from worker.items import VideoItem
 
 SPEC = ModelSpec(x3d.get_preset("x3d_s"), 1)
@@ -44,6 +45,28 @@ def test_one_item_per_group_each_result_naming_its_place():
 def test_a_unit_that_groups_sends_its_videos_in_order():
     groups = list(decode_unit(ITEMS, SPEC, decode_fn=_decode, group_ms=60_000.0, unit=3))[1:]
     assert len(groups) == 1 and _places(groups) == [(3, i) for i in range(5)]
+
+
+def test_a_group_closes_at_its_video_cap_whatever_the_time():
+    """On a GPU cluster a group is at most a call's worth of videos: it bounds the frames a
+    worker holds while the group fills (group_ms is long there)."""
+    groups = list(decode_unit(ITEMS, SPEC, decode_fn=_decode, group_ms=60_000.0, unit=4, group_videos=2))[1:]
+    assert [len(g) for g in groups] == [2, 2, 1] and _places(groups) == [(4, i) for i in range(5)]
+
+
+def test_frames_held_in_a_group_are_not_growth():
+    """The RSS growth that recycles a worker leaves out the frames of the group being sent: a
+    group larger than the worker's first (they close by time or at a call's worth) is no leak."""
+    saved = decode_task._baseline_rss_mb
+    decode_task._baseline_rss_mb = None
+    try:
+        assert rss_growth_mb() == 0.0  # the first reading is the baseline
+        big = np.ones(256 * 2**20, np.uint8)  # written: resident, and held like a group's frames
+        assert rss_growth_mb() >= 200  # counted as growth when not said to be held ...
+        assert rss_growth_mb(held_mb=big.nbytes / 2**20) < 64  # ... and not when it is
+        del big
+    finally:
+        decode_task._baseline_rss_mb = saved
 
 
 def test_a_worker_past_the_limit_stops_after_that_group_and_refuses_the_next_unit():
