@@ -143,11 +143,15 @@ class _Pipeline:
 
     def _read_stream(self, stream: Any) -> None:
         """Take the stream's next item (ray.wait found it ready): the header (read: it is small)
-        or a group (not read). One a wake-up: a second ready item makes the stream ready again
+        or a group (not read). One per wake-up: a second ready item makes the stream ready again
         for the next ``ray.wait``, and asking now would cost a wait of its own."""
         unit = self.unit_of[stream]
         ref = next(stream, None)  # None: it has ended
-        if ref is not None and unit not in self.header_read:
+        # Ray ends a failed stream with one error item: an item taken as the stream finishes is
+        # a group (or the header) only if the task succeeded. Asked once: it costs a get.
+        finished = stream.is_finished()
+        failure = self._failure(stream) if finished else None
+        if ref is not None and failure is None and unit not in self.header_read:
             self.header_read.add(unit)
             try:
                 header = ray.get(ref)
@@ -155,18 +159,14 @@ class _Pipeline:
                 self._ended(unit, exc)
                 return
             self.scheduler.on_unit_started(unit, time.monotonic(), retire=header == UNIT_RETIRING)
-        elif ref is not None:
-            # Ray ends a failed stream with one error item: an item taken as the stream finishes
-            # is a group only if the task succeeded.
-            if not (stream.is_finished() and self._failure(stream) is not None):
-                self.scheduler.on_group(unit, ref, time.monotonic())
-        if stream.is_finished() and unit in self.stream_of:
-            exc = self._failure(stream)
-            if exc is None:
+        elif ref is not None and failure is None:
+            self.scheduler.on_group(unit, ref, time.monotonic())
+        if finished and unit in self.stream_of:
+            if failure is None:
                 self._forget(unit)
                 self.scheduler.on_unit_ended(unit, DONE)
             else:
-                self._ended(unit, exc)
+                self._ended(unit, failure)
 
     @staticmethod
     def _failure(stream: Any) -> BaseException | None:
