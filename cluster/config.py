@@ -113,8 +113,9 @@ class PipelineConfig:
     # Videos per decode task: enough that the per-task cost vanishes, few enough that the frames
     # of a unit are not a burst for the object store (cluster.sizing: small on CPU, large on GPU).
     unit_videos: int = 1
-    # A unit sends what it decoded at least this often (ms): videos that take longer travel
-    # alone, and only those that decode in a blink share one object (cluster.scheduler).
+    # A unit sends what it decoded at least this often (ms): a video that takes longer travels
+    # alone (cluster.scheduler). 20 ms on CPU, where only videos that decode in a blink share
+    # an object; 2 s on a GPU cluster, where the driver's CPU per event sets the pace.
     group_ms: float = 20.0
     # ... or once it holds this many videos (0: no cap): a call's worth on a GPU cluster, which
     # bounds the frames a decode worker holds while its group fills
@@ -133,7 +134,8 @@ class PipelineConfig:
     max_decode_calls: int = 65536
     decode_retries: int = 1  # a video whose decode worker crashed is retried this often, alone, then it is a row
     actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
-    calls_per_actor: int = 2  # in-flight calls per actor: one running, one queued
+    # in-flight calls per actor: one running, one queued (3 on a GPU: cluster.sizing)
+    calls_per_actor: int = 2
     extra_video_budget: int = 4
     # The benchmark's switch: the decode tasks and model actors time their steps and every
     # actor call's record goes to ``on_batch``. Off, each step costs a no-op call.

@@ -16,10 +16,11 @@ without Ray: its docstring has the rules for deadlines, crashes, node loss, recy
 retries); this module is its adapter: it starts the tasks and actors the scheduler asks for,
 waits on Ray (``ray.wait`` on the streams, calls and actor starts, never fetching a group to
 the driver; at each event, or on a GPU cluster at most every ``wake_ms``, so that one wait and
-one pass of the scheduler serve all that arrived meanwhile) and tells the scheduler what happened. Model actors are spread over the nodes; one
-lost in any phase (its constructor, idle, in a call) has its calls failed at once (Ray retries
-none: ``max_restarts=0``), their groups go to the live actors and a replacement is started,
-which gets work once it answers ``describe()``. When replacements keep dying the run ends with
+one pass of the scheduler serve all that arrived meanwhile) and tells the scheduler what
+happened. Model actors are spread over the nodes; one lost in any phase (its constructor,
+idle, in a call) has its calls failed at once (Ray retries none: ``max_restarts=0``), their
+groups go to the live actors and a replacement is started, which gets work once it answers
+``describe()``. When replacements keep dying the run ends with
 one ``ClusterError`` line. The number of videos in flight is bounded, so memory and object-store
 use stay flat whatever the dataset size.
 """
