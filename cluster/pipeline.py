@@ -2,9 +2,9 @@
 
 Shape: CPU tasks decode *units* of several videos each (``worker.decode_task.decode_unit``, a
 Ray streaming task: one small header item, then one item per group of videos, a group closing
-every ``group_ms`` or at ``group_videos``), so a hung video times out alone, a crashed worker costs the others only a
-resubmission, and a worker whose memory has grown past ``recycle_rss_mb`` is ended and replaced
-without paying a worker start where nothing leaks. A video's payload is its distinct resized
+every ``group_ms`` or at ``group_videos``), so a hung video times out alone, a crashed worker
+costs the others only a resubmission, and a worker whose memory has grown past
+``recycle_rss_mb`` is ended and replaced without paying a worker start where nothing leaks. A video's payload is its distinct resized
 frames, uint8; a group stays in the object store and the driver only forwards its ref to a model
 actor, which gathers, crops and normalises the views on its device and answers with each video's
 ``DecodeResult`` and scores (``cluster.config.ActorReply``). An actor call carries about
@@ -20,9 +20,9 @@ one pass of the scheduler serve all that arrived meanwhile) and tells the schedu
 happened. Model actors are spread over the nodes; one lost in any phase (its constructor,
 idle, in a call) has its calls failed at once (Ray retries none: ``max_restarts=0``), their
 groups go to the live actors and a replacement is started, which gets work once it answers
-``describe()``. When replacements keep dying the run ends with
-one ``ClusterError`` line. The number of videos in flight is bounded, so memory and object-store
-use stay flat whatever the dataset size.
+``describe()``. When replacements keep dying the run ends with one ``ClusterError`` line. The
+number of videos in flight is bounded, so memory and object-store use stay flat whatever the
+dataset size.
 """
 
 from __future__ import annotations
