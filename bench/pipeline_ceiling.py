@@ -113,9 +113,9 @@ def payload_bytes(payload) -> int:
 GPU_EVENT_FIELDS = ("unit_videos", "batch_views", "group_ms", "group_videos", "wake_ms", "calls_per_actor")
 
 
-def gpu_sized(actors: int, spec: ModelSpec) -> dict:
-    """The per-event settings the job itself would use with one actor per GPU."""
-    config = size_pipeline(ClusterShape(cpus=64.0 * actors, gpus=float(actors), nodes=1, node_cpus=64.0 * actors, cpu_nodes=1), spec)
+def gpu_sized(spec: ModelSpec) -> dict:
+    """The per-event settings the job itself uses on a GPU node (they do not depend on its size)."""
+    config = size_pipeline(ClusterShape(cpus=16.0, gpus=1.0, nodes=1, node_cpus=16.0, cpu_nodes=1), spec)
     return {name: getattr(config, name) for name in GPU_EVENT_FIELDS}
 
 
@@ -183,7 +183,7 @@ def main() -> None:
     args = ap.parse_args()
     preset = x3d.get_preset(args.model)
     spec = ModelSpec(preset, args.views, preset.protocol(None).name)
-    overrides = gpu_sized(1, spec) if args.gpu_sizing else {}
+    overrides = gpu_sized(spec) if args.gpu_sizing else {}
     for pair in args.set:
         name, value = pair.split("=", 1)
         overrides[name] = float(value) if "." in value else int(value)

@@ -134,7 +134,7 @@ class PipelineConfig:
     max_decode_calls: int = 65536
     decode_retries: int = 1  # a video whose decode worker crashed is retried this often, alone, then it is a row
     actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
-    # in-flight calls per actor: one running, one queued (3 on a GPU: cluster.sizing)
+    # in-flight calls per actor: one running, one queued (4 on a GPU: cluster.sizing)
     calls_per_actor: int = 2
     extra_video_budget: int = 4
     # The benchmark's switch: the decode tasks and model actors time their steps and every

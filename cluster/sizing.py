@@ -154,9 +154,11 @@ GPU_CALLS_PER_UNIT = 4
 #: in one ``ray.wait``. A reply may so be seen up to this late ...
 GPU_WAKE_MS = 100.0
 
-#: ... so a GPU actor has three calls in flight: two running (``GPU_ACTOR_CONCURRENCY``) and one
-#: queued behind them, which covers a late-seen reply.
-GPU_CALLS_PER_ACTOR = 3
+#: ... so a GPU actor has four calls in flight: two running (``GPU_ACTOR_CONCURRENCY``) and two
+#: queued behind them, which keep it busy for a late-seen reply while a call takes 50 ms or more
+#: (X3D-S, 256 clips, up to ~5,000 clips/s; faster than that it may idle part of a wake-up: not
+#: yet measured on a GPU). The price is a call's frames more per actor in the object store.
+GPU_CALLS_PER_ACTOR = 4
 
 
 def videos_per_call(batch_views: int, views: int) -> int:

@@ -72,8 +72,8 @@ def test_units_and_calls_follow_the_models_speed():
     assert size_pipeline(gpu, _spec(30)).unit_videos == GPU_CALLS_PER_UNIT * (GPU_CLIPS_PER_CALL // 30)
     assert on_gpu.decode_slots == 14 and on_gpu.max_decode_calls >= 1000  # 2 CPUs to the actor
     # Few, large events on a GPU (the driver's CPU is paid per event): a group is up to a call's
-    # worth of videos, the driver wakes at most every GPU_WAKE_MS, and a third call per actor
-    # covers a reply seen that late. CPU jobs: a video per group, woken at each event.
+    # worth of videos, the driver wakes at most every GPU_WAKE_MS, and more calls per actor cover
+    # a reply seen that late. CPU jobs: a video per group, woken at each event.
     cpu_config = size_pipeline(cpu, _spec(30))
     assert on_gpu.group_ms == GPU_GROUP_MS > cpu_config.group_ms == PipelineConfig.group_ms
     assert (on_gpu.group_videos, on_gpu.wake_ms, on_gpu.calls_per_actor) == (per_call, GPU_WAKE_MS, GPU_CALLS_PER_ACTOR)
