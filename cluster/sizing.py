@@ -142,8 +142,8 @@ GPU_CLIPS_PER_CALL = 256
 #: How long a decode unit gathers videos into one group on a GPU cluster (ms), at most: a group
 #: also closes once it holds a call's worth of videos (``PipelineConfig.group_videos``), so at a
 #: real decode's pace (75 ms for a 340x256 clip) a group is one actor call. The price is memory:
-#: a decode worker holds up to a call's frames (X3D-S, 256 clips: ~430 MB) while its group fills,
-#: and a crash sends them to a careful unit.
+#: a decode worker holds up to a call's frames while its group fills (256 clips of 340x256
+#: video: ~320 MB for X3D-S, ~700 MB for X3D-M), and a crash sends them to a careful unit.
 GPU_GROUP_MS = 2000.0
 
 #: Actor calls' worth of videos per decode unit on a GPU cluster: a unit's start, header and end

@@ -133,7 +133,7 @@ def rss_growth_mb(held_mb: float = 0.0) -> float:
     when the first group is sent (a video or more decoded) is the baseline, so the decoder's own
     buffers count as the worker's size, not as growth; the frames held are left out of both
     readings, so a group larger than the first (groups close by time or at a call's worth, up
-    to ~430 MB for X3D-S) is not taken for a leak.
+    to ~320 MB for X3D-S at 10 views) is not taken for a leak.
     """
     global _baseline_rss_mb
     now = private_rss_mb() - held_mb
