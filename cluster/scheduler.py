@@ -51,6 +51,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from cluster.config import PipelineConfig, ScoredVideo, Shard, VideoOutcome
 from cluster.errors import ClusterError
+from cluster.sizing import videos_per_call
 from worker.decode_task import DecodeResult
 from worker.items import VideoItem
 
@@ -155,7 +156,7 @@ class Scheduler:
         self.ready: deque[_Group] = deque()
         self.calls: dict[int, _Call] = {}
         self.unit_videos = max(1, config.unit_videos)
-        self.videos_per_call = max(1, config.batch_views // max(config.spec.views, 1))
+        self.videos_per_call = videos_per_call(config.batch_views, config.spec.views)
         self.num_actors = config.num_actors
         self.generation = [0] * self.num_actors
         self.live = [False] * self.num_actors

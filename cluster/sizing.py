@@ -55,8 +55,7 @@ def size_pipeline(
 ) -> PipelineConfig:
     """Size the pipeline to a cluster: ``actors_per_gpu`` actors per GPU (each holding that
     fraction of one, ``GPU_ACTOR_CPUS`` CPUs where there are CPUs to spare, else one, and two
-    calls at once) and the remaining CPUs
-    decoding; without GPUs, one CPU actor (or ``num_actors``) whose threads take its node's
+    calls at once) and the remaining CPUs decoding; without GPUs, one CPU actor (or ``num_actors``) whose threads take its node's
     cores, each with a half-CPU decode slot beside it. Raises ``ClusterError`` when it cannot fit."""
     if actors_per_gpu < 1:
         raise ClusterError(f"--actors-per-gpu must be at least 1, got {actors_per_gpu}")

@@ -162,10 +162,10 @@ def decode_unit(
     closes before a video starts once ``group_ms`` have passed since the last one was sent (0:
     every video is its own group), so slow videos travel alone and only videos that decode in a
     blink share one object, or once it holds ``group_videos`` videos (0: no cap; the pipeline's
-    cap is a call's worth, which bounds the frames a worker holds). After a group that shows this worker's private RSS grown
-    ``recycle_rss_mb`` (0: never) the unit stops; the driver gives the videos it did not reach
-    to another unit (``cluster.scheduler``). ``decode_fn`` (default ``decode_item``) is the
-    pipeline's stand-in hook.
+    cap is a call's worth, which bounds the frames a worker holds). After a group that shows
+    this worker's private RSS grown ``recycle_rss_mb`` (0: never) the unit stops; the driver
+    gives the videos it did not reach to another unit (``cluster.scheduler``). ``decode_fn``
+    (default ``decode_item``) is the pipeline's stand-in hook.
     """
     decode = decode_fn or decode_item
     if recycle_rss_mb > 0 and _baseline_rss_mb is not None and rss_growth_mb() >= recycle_rss_mb:

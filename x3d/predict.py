@@ -21,8 +21,8 @@ from .presets import Preset, TestProtocol, get_preset
 from .protocol import fuse_views, normalize, resolve_protocol
 from .views import PreparedVideo, prepare_views  # the CPU half, torch-free; re-exported here
 
-__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "model_inputs", "predict_video", "autocast_for", "check_precision",
-           "max_clips_per_forward", "preset_of", "set_tf32_for", "to_device", "to_layout"]
+__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "model_inputs", "predict_video", "autocast_for",
+           "check_precision", "max_clips_per_forward", "preset_of", "set_tf32_for", "to_device", "to_layout"]
 
 #: forward-pass precisions: ``fp32`` is the reference (and the default; on CUDA with TF32 off,
 #: which cuDNN's convolutions otherwise use); ``bf16`` runs the forward under
