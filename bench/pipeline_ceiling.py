@@ -110,7 +110,8 @@ def payload_bytes(payload) -> int:
 
 
 #: What ``cluster.sizing`` sets per event on a GPU cluster (``--gpu-sizing``): units, groups, calls, wake-ups.
-GPU_EVENT_FIELDS = ("unit_videos", "batch_views", "group_ms", "group_videos", "wake_ms", "calls_per_actor")
+GPU_EVENT_FIELDS = ("unit_videos", "batch_views", "group_ms", "group_videos", "wake_ms", "decode_bound_wake_ms",
+                    "calls_per_actor")
 
 
 def gpu_sized(spec: ModelSpec) -> dict:

@@ -117,13 +117,19 @@ class PipelineConfig:
     # alone (cluster.scheduler). 20 ms on CPU, where only videos that decode in a blink share
     # an object; 2 s on a GPU cluster, where the driver's CPU per event sets the pace.
     group_ms: float = 20.0
-    # ... or once it holds this many videos (0: no cap): a call's worth on a GPU cluster, which
-    # bounds the frames a decode worker holds while its group fills
+    # ... or once it holds this many videos (0: no cap): 256 clips' worth on a GPU cluster
+    # (cluster.sizing.GPU_CLIPS_PER_GROUP), which bounds the frames a decode worker holds while
+    # its group fills; a GPU call takes up to two such groups
     group_videos: int = 0
     # How often the driver wakes at most (ms): what is ready within one wake-up (groups, replies,
     # stream ends) is handled together. The driver's CPU is paid per wake-up as well as per
     # event; 0 wakes at each event (CPU jobs: their model, not the driver, sets the pace).
+    # This is while groups wait for a free actor (the actors set the pace, and a reply seen late
+    # is an actor's next call sent late) ...
     wake_ms: float = 0.0
+    # ... and this while no group waits for an actor (the decode sets the pace: waking later only
+    # delays a group that no actor waits for); 0: ``wake_ms`` throughout
+    decode_bound_wake_ms: float = 0.0
     # A decode worker whose private RSS has grown this much since its first group (decord leaks)
     # is recycled: it stops its unit after the group that shows it and refuses the next, which
     # the driver cancels (killing it); the videos it did not reach go to another unit. Measured

@@ -15,8 +15,9 @@ What happens to each video is decided by ``cluster.scheduler.Scheduler`` (a stat
 without Ray: its docstring has the rules for deadlines, crashes, node loss, recycling and
 retries); this module is its adapter: it starts the tasks and actors the scheduler asks for,
 waits on Ray (``ray.wait`` on the streams, calls and actor starts, never fetching a group to
-the driver; at each event, or on a GPU cluster at most every ``wake_ms``, so that one wait and
-one pass of the scheduler serve all that arrived meanwhile) and tells the scheduler what
+the driver; at each event, or on a GPU cluster at most every ``wake_ms`` while groups wait for
+an actor and every ``decode_bound_wake_ms`` while none does, so that one wait and one pass of
+the scheduler serve all that arrived meanwhile) and tells the scheduler what
 happened. Model actors are spread over the nodes; one lost in any phase (its constructor,
 idle, in a call) has its calls failed at once (Ray retries none: ``max_restarts=0``), their
 groups go to the live actors and a replacement is started, which gets work once it answers
@@ -94,6 +95,7 @@ class _Pipeline:
     def run(self) -> None:
         scheduler = self.scheduler
         wake_s = self.config.wake_ms / 1000.0
+        decode_bound_wake_s = (self.config.decode_bound_wake_ms or self.config.wake_ms) / 1000.0
         while not scheduler.finished:
             self._carry_out(scheduler.take(time.monotonic()))
             waiting = list(self.unit_of) + list(self.calls) + list(self.describing)
@@ -104,7 +106,8 @@ class _Pipeline:
             # fetch_local=False: a stream is ready when its next group exists anywhere; the
             # driver never pulls a group's frames to its own node.
             if wake_s > 0:  # whatever is ready by the next wake-up (or deadline), in one wait
-                wait_s = wake_s if timeout is None else min(wake_s, timeout)
+                wake = wake_s if scheduler.actor_bound() else decode_bound_wake_s
+                wait_s = wake if timeout is None else min(wake, timeout)
                 done, _ = ray.wait(waiting, num_returns=len(waiting), timeout=wait_s, fetch_local=False)
             else:  # at the first event, with everything else that is ready by then
                 done, _ = ray.wait(waiting, num_returns=1, timeout=timeout, fetch_local=False)

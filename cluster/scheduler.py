@@ -199,6 +199,14 @@ class Scheduler:
             deadline = min(deadline, self.ready[0].arrived + self.hold_s)  # not while every actor is busy
         return deadline
 
+    def actor_bound(self) -> bool:
+        """Groups wait for an actor: every live actor has all its calls in flight. The driver
+        then wakes often (``wake_ms``), as an actor's next call waits for a reply to be seen."""
+        if not self.ready:
+            return False
+        busy = self._busy()
+        return all(busy[a] >= self.config.calls_per_actor for a in range(self.num_actors) if self.live[a])
+
     def _busy(self) -> list[int]:
         """Calls in flight per actor."""
         busy = [0] * self.num_actors

@@ -13,9 +13,10 @@ from cluster.errors import ClusterError
 from cluster.config import PipelineConfig  # not cluster.pipeline: sizing is read before Ray is imported (jobs.preflight)
 from worker.decode_task import ModelSpec
 
-__all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CALLS_PER_ACTOR", "GPU_CALLS_PER_UNIT",
-           "GPU_CLIPS_PER_CALL", "GPU_GROUP_MS", "GPU_WAKE_MS", "share_of", "size_pipeline", "unit_videos_for",
-           "videos_per_call"]
+__all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CALLS_PER_ACTOR", "GPU_CALL_VOXELS",
+           "GPU_CLIPS_PER_GROUP", "GPU_DECODE_BOUND_WAKE_MS", "GPU_GROUPS_PER_UNIT", "GPU_GROUP_MS",
+           "GPU_MAX_GROUPS_PER_CALL", "GPU_WAKE_MS", "gpu_groups_per_call", "share_of", "size_pipeline",
+           "unit_videos_for", "videos_per_call"]
 
 
 @dataclass(frozen=True)
@@ -94,11 +95,14 @@ def size_pipeline(
         if needed > shape.cpus:
             raise ClusterError(f"--num-actors {actors} needs {needed:g} CPUs but the cluster has {shape.cpus:g}")
     views = spec.views
-    batch_views = batch_size or (max(GPU_CLIPS_PER_CALL, views) if actor_gpus else max(views, 30))
+    batch_views = batch_size or (max(GPU_CLIPS_PER_GROUP, views) if actor_gpus else max(views, 30))
     if actor_gpus:  # the driver's CPU is paid per event: few, large ones (see the constants)
-        per_event = dict(unit_videos=unit_videos_for(batch_views, views, calls=GPU_CALLS_PER_UNIT), group_ms=GPU_GROUP_MS,
-                         group_videos=videos_per_call(batch_views, views), wake_ms=GPU_WAKE_MS,
-                         calls_per_actor=GPU_CALLS_PER_ACTOR)
+        group_clips = batch_views  # --batch-size: calls of one group, as large as asked
+        if not batch_size:
+            batch_views = group_clips * gpu_groups_per_call(spec)
+        per_event = dict(unit_videos=unit_videos_for(group_clips, views, calls=GPU_GROUPS_PER_UNIT), group_ms=GPU_GROUP_MS,
+                         group_videos=videos_per_call(group_clips, views), wake_ms=GPU_WAKE_MS,
+                         decode_bound_wake_ms=GPU_DECODE_BOUND_WAKE_MS, calls_per_actor=GPU_CALLS_PER_ACTOR)
     else:
         per_event = dict(unit_videos=unit_videos_for(batch_views, views))
     return PipelineConfig(
@@ -127,9 +131,17 @@ GPU_ACTOR_CPUS = 2.0
 GPU_ACTOR_CONCURRENCY = 2
 
 
-#: Clips per actor call on a GPU: X3D-S at 256 clips is ~330 MB of uint8 input, enough to keep
-#: an H200 busy between calls (not yet measured on one; ``submit.py benchmark`` says).
-GPU_CLIPS_PER_CALL = 256
+#: Clips per decode group on a GPU cluster: what a decode worker holds while its group fills
+#: (X3D-S at 256 clips: ~330 MB of uint8 frames) and what the driver reads as one stream item.
+GPU_CLIPS_PER_GROUP = 256
+
+#: Input voxels (clip frames x crop pixels) an actor call on a GPU may hold: X3D-M's 256 clips of
+#: 16x256x256, ~3.2 GB once normalised to fp32 on the device. A model with smaller clips takes
+#: more groups per call (X3D-S: 2, ~2.6 GB), up to ``GPU_MAX_GROUPS_PER_CALL``: the driver pays
+#: per call as well as per group, and calls of two X3D-S groups cost it ~10% less CPU per video
+#: (bench/RESULTS.md, "calls of two groups, a longer wake-up"). Not yet measured on a GPU.
+GPU_CALL_VOXELS = 256 * 16 * 256 * 256
+GPU_MAX_GROUPS_PER_CALL = 2
 
 
 # On a GPU cluster the driver, not the model, sets the ceiling: its CPU is paid per event (a
@@ -139,34 +151,50 @@ GPU_CLIPS_PER_CALL = 256
 # their model sets the pace.
 
 #: How long a decode unit gathers videos into one group on a GPU cluster (ms), at most: a group
-#: also closes once it holds a call's worth of videos (``PipelineConfig.group_videos``), so at a
-#: real decode's pace (75 ms for a 340x256 clip) a group is one actor call. The price is memory:
-#: a decode worker holds up to a call's frames while its group fills (256 clips of 340x256
-#: video: ~320 MB for X3D-S, ~700 MB for X3D-M), and a crash sends them to a careful unit.
+#: also closes once it holds ``GPU_CLIPS_PER_GROUP`` clips' worth of videos
+#: (``PipelineConfig.group_videos``), so at a real decode's pace (75 ms for a 340x256 clip) it
+#: closes full. The price is memory: a decode worker holds up to a group's frames while it fills
+#: (256 clips of 340x256 video: ~320 MB for X3D-S, ~700 MB for X3D-M), and a crash sends them to
+#: a careful unit.
 GPU_GROUP_MS = 2000.0
 
-#: Actor calls' worth of videos per decode unit on a GPU cluster: a unit's start, header and end
+#: Groups' worth of videos per decode unit on a GPU cluster: a unit's start, header and end
 #: cost the driver about 1.2 ms, paid once per 100 X3D-S videos (10 views).
-GPU_CALLS_PER_UNIT = 4
+GPU_GROUPS_PER_UNIT = 4
 
-#: How often the driver wakes at most on a GPU cluster (ms): what arrived in between is handled
-#: in one ``ray.wait``. A reply may so be seen up to this late ...
+#: How often the driver wakes at most on a GPU cluster (ms) while groups wait for an actor:
+#: what arrived in between is handled in one ``ray.wait``. A reply may so be seen up to this
+#: late ...
 GPU_WAKE_MS = 100.0
+
+#: ... and while no group waits for one (the decode sets the pace, as on a node whose GPU
+#: outruns its CPUs): a wake-up costs the driver ~0.3-0.5 ms of CPU whatever it finds (~10% of
+#: its CPU per video at 200 videos/s), and a group that arrives meanwhile waits at most this long.
+GPU_DECODE_BOUND_WAKE_MS = 250.0
 
 #: ... so a GPU actor has four calls in flight: two running (``GPU_ACTOR_CONCURRENCY``) and two
 #: queued behind them, which keep it busy for a late-seen reply while a call takes 50 ms or more
-#: (X3D-S, 256 clips, up to ~5,000 clips/s; faster than that it may idle part of a wake-up: not
+#: (X3D-S, 512 clips, up to ~10,000 clips/s; faster than that it may idle part of a wake-up: not
 #: yet measured on a GPU). The price is a call's frames more per actor in the object store.
 GPU_CALLS_PER_ACTOR = 4
 
 
+def gpu_groups_per_call(spec: ModelSpec) -> int:
+    """Decode groups per actor call on a GPU: as many as fit ``GPU_CALL_VOXELS``, 1 to
+    ``GPU_MAX_GROUPS_PER_CALL`` (X3D-S 2, X3D-M 1)."""
+    protocol = spec.test_protocol()
+    clip_voxels = protocol.clip_len * protocol.view_plan(spec.views).crop_size ** 2
+    return max(1, min(GPU_MAX_GROUPS_PER_CALL, GPU_CALL_VOXELS // (GPU_CLIPS_PER_GROUP * clip_voxels)))
+
+
 def videos_per_call(batch_views: int, views: int) -> int:
-    """Whole videos in an actor call of about ``batch_views`` clips."""
+    """Whole videos in about ``batch_views`` clips: an actor call's (or, on a GPU, a group's)."""
     return max(1, batch_views // max(views, 1))
 
 
 def unit_videos_for(batch_views: int, views: int, calls: int = 2) -> int:
-    """Videos per decode unit: about ``calls`` actor calls' worth, 4 to ``32 * calls``.
+    """Videos per decode unit: about ``calls`` times ``batch_views`` clips' worth (actor calls';
+    on a GPU, groups'), 4 to ``32 * calls``.
 
     Enough that the per-task cost vanishes against the model's (tiny models, GPUs), few enough
     that a CPU job starts scoring soon and a crash sends few videos to a careful unit.

@@ -132,7 +132,7 @@ def rss_growth_mb(held_mb: float = 0.0) -> float:
     "Pipeline ceiling"). Measured growth recycles only the workers that need it. The reading
     when the first group is sent (a video or more decoded) is the baseline, so the decoder's own
     buffers count as the worker's size, not as growth; the frames held are left out of both
-    readings, so a group larger than the first (groups close by time or at a call's worth, up
+    readings, so a group larger than the first (groups close by time or at 256 clips' worth, up
     to ~320 MB for X3D-S at 10 views) is not taken for a leak.
     """
     global _baseline_rss_mb
@@ -161,10 +161,11 @@ def decode_unit(
     index in ``items``), so the actor's reply tells the driver what the group held. A group
     closes before a video starts once ``group_ms`` have passed since the last one was sent (0:
     every video is its own group), so slow videos travel alone and only videos that decode in a
-    blink share one object, or once it holds ``group_videos`` videos (0: no cap; the pipeline's
-    cap is a call's worth, which bounds the frames a worker holds). After a group that shows
-    this worker's private RSS grown ``recycle_rss_mb`` (0: never) the unit stops; the driver
-    gives the videos it did not reach to another unit (``cluster.scheduler``). ``decode_fn``
+    blink share one object, or once it holds ``group_videos`` videos (0: no cap; on a GPU
+    cluster the pipeline's cap is 256 clips' worth, which bounds the frames a worker holds).
+    After a group that shows this worker's private RSS grown ``recycle_rss_mb`` (0: never) the
+    unit stops; the driver gives the videos it did not reach to another unit
+    (``cluster.scheduler``). ``decode_fn``
     (default ``decode_item``) is the pipeline's stand-in hook.
     """
     decode = decode_fn or decode_item

@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pytest
 
 import x3d
@@ -350,6 +351,24 @@ def test_groups_wait_a_little_for_a_full_call_but_not_for_busy_actors():
     scheduler.on_group(unit, [(DecodeResult(None, 1, place=(unit, 1)), "frames")], 2.0)
     assert scheduler.take(5.0) == []  # the only actor is busy: no deadline for the wait
     assert scheduler.next_deadline() == 2.0 + TIMEOUT_S + config.group_ms / 1000.0  # the unit's own
+
+
+def test_the_driver_wakes_often_only_while_groups_wait_for_an_actor():
+    """``actor_bound`` picks the wake-up (``wake_ms`` or the longer ``decode_bound_wake_ms``):
+    true only while a group is ready and every live actor has all its calls in flight."""
+    scheduler = Scheduler(_shards(["good"] * 8), _config(num_actors=1, unit_videos=8, batch_views=1, calls_per_actor=1))
+    unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
+    scheduler.on_actor_started(0, 0)
+    scheduler.on_unit_started(unit, 0.0)
+    assert not scheduler.actor_bound()  # nothing ready: the decode sets the pace
+    scheduler.on_group(unit, [(DecodeResult(None, 1, place=(unit, 0)), "frames")], 1.0)
+    assert not scheduler.actor_bound()  # ready, and the actor has room: sent at this wake-up
+    (call,) = [d for d in scheduler.take(1.0) if isinstance(d, CallActor)]
+    assert not scheduler.actor_bound()  # the actor is full, but no group waits for it
+    scheduler.on_group(unit, [(DecodeResult(None, 1, place=(unit, 1)), "frames")], 1.1)
+    assert scheduler.actor_bound()  # a group waits, and every actor is full
+    scheduler.on_reply(call.call, [ScoredVideo(DecodeResult(None, 1, place=(unit, 0)), np.ones(2, np.float32))], "actor")
+    assert not scheduler.actor_bound()  # the reply freed a call: the group goes at this wake-up
 
 
 def test_the_rules_and_the_sizing_load_neither_ray_nor_torch():

@@ -13,8 +13,8 @@ import pytest
 import x3d
 from cluster.config import PipelineConfig
 from cluster.errors import ClusterError
-from cluster.sizing import (GPU_CALLS_PER_ACTOR, GPU_CALLS_PER_UNIT, GPU_CLIPS_PER_CALL, GPU_GROUP_MS, GPU_WAKE_MS, ClusterShape,
-                            size_pipeline)
+from cluster.sizing import (GPU_CALLS_PER_ACTOR, GPU_CLIPS_PER_GROUP, GPU_DECODE_BOUND_WAKE_MS, GPU_GROUP_MS,
+                            GPU_GROUPS_PER_UNIT, GPU_WAKE_MS, ClusterShape, gpu_groups_per_call, size_pipeline)
 from worker.model_runner import cpu_batch_size
 from worker.decode_task import ModelSpec
 
@@ -67,18 +67,34 @@ def test_units_and_calls_follow_the_models_speed():
     assert (size_pipeline(cpu, _spec(30)).batch_views, size_pipeline(cpu, _spec(30)).unit_videos) == (30, 4)
     assert (size_pipeline(cpu, tiny).batch_views, size_pipeline(cpu, tiny).unit_videos) == (30, 60)
     on_gpu = size_pipeline(gpu, _spec(10))
-    per_call = GPU_CLIPS_PER_CALL // 10
-    assert on_gpu.batch_views == GPU_CLIPS_PER_CALL and on_gpu.unit_videos == GPU_CALLS_PER_UNIT * per_call
-    assert size_pipeline(gpu, _spec(30)).unit_videos == GPU_CALLS_PER_UNIT * (GPU_CLIPS_PER_CALL // 30)
+    per_group = GPU_CLIPS_PER_GROUP // 10
+    assert on_gpu.unit_videos == GPU_GROUPS_PER_UNIT * per_group
+    assert size_pipeline(gpu, _spec(30)).unit_videos == GPU_GROUPS_PER_UNIT * (GPU_CLIPS_PER_GROUP // 30)
     assert on_gpu.decode_slots == 14 and on_gpu.max_decode_calls >= 1000  # 2 CPUs to the actor
-    # Few, large events on a GPU (the driver's CPU is paid per event): a group is up to a call's
-    # worth of videos, the driver wakes at most every GPU_WAKE_MS, and more calls per actor cover
-    # a reply seen that late. CPU jobs: a video per group, woken at each event.
+    # Few, large events on a GPU (the driver's CPU is paid per event): a group is up to
+    # GPU_CLIPS_PER_GROUP clips' worth of videos, a call up to two groups, the driver wakes at most
+    # every GPU_WAKE_MS while groups wait for an actor (GPU_DECODE_BOUND_WAKE_MS while none does),
+    # and more calls per actor cover a reply seen that late. CPU jobs: a video per group, woken
+    # at each event.
     cpu_config = size_pipeline(cpu, _spec(30))
     assert on_gpu.group_ms == GPU_GROUP_MS > cpu_config.group_ms == PipelineConfig.group_ms
-    assert (on_gpu.group_videos, on_gpu.wake_ms, on_gpu.calls_per_actor) == (per_call, GPU_WAKE_MS, GPU_CALLS_PER_ACTOR)
+    assert (on_gpu.group_videos, on_gpu.wake_ms, on_gpu.calls_per_actor) == (per_group, GPU_WAKE_MS, GPU_CALLS_PER_ACTOR)
     assert (cpu_config.group_videos, cpu_config.wake_ms, cpu_config.calls_per_actor) == (0, 0.0, PipelineConfig.calls_per_actor)
-    assert size_pipeline(gpu, _spec(10), batch_size=64).group_videos == 6  # --batch-size: smaller calls, smaller groups
+    assert on_gpu.decode_bound_wake_ms == GPU_DECODE_BOUND_WAKE_MS > GPU_WAKE_MS and cpu_config.decode_bound_wake_ms == 0.0
+    # --batch-size: calls of one group, as large as asked
+    assert (size_pipeline(gpu, _spec(10), batch_size=64).group_videos, size_pipeline(gpu, _spec(10), batch_size=64).batch_views) == (6, 64)
+
+
+@pytest.mark.parametrize(("model", "views", "groups", "call_clips"),
+                         [("x3d_s", 10, 2, 512), ("x3d_s", 30, 2, 512), ("x3d_m", 10, 1, 256), ("x3d_tiny", 1, 2, 512)])
+def test_gpu_calls_hold_about_the_same_input_whatever_the_model(model, views, groups, call_clips):
+    """A GPU call holds up to X3D-M's 256 clips' worth of input voxels: X3D-S (13x182x182 clips)
+    fits two groups of 256 clips, X3D-M (16x256x256) one; never more than two."""
+    spec = ModelSpec(x3d.get_preset(model), views)
+    config = size_pipeline(ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1), spec)
+    assert gpu_groups_per_call(spec) == groups
+    assert config.batch_views == call_clips
+    assert config.group_videos == GPU_CLIPS_PER_GROUP // views
 
 
 def test_small_gpu_nodes_keep_a_cpu_to_decode():

@@ -36,9 +36,10 @@ def spec_and_weights(ev: EvalSet):
     return ModelSpec(model.preset, VIEWS), model.state_dict()
 
 
-#: cluster.sizing's GPU way with events (groups of up to a call's worth, a bounded wake-up,
-#: more calls per actor), here on CPU with a call of two videos: the same rules must hold.
-GPU_EVENTS = dict(group_ms=2000.0, group_videos=2, wake_ms=100.0, calls_per_actor=4)
+#: cluster.sizing's GPU way with events (large groups, calls of two groups, a bounded wake-up,
+#: more calls per actor), here on CPU with groups of two videos: the same rules must hold.
+GPU_EVENTS = dict(group_ms=2000.0, group_videos=2, batch_views=4 * VIEWS, wake_ms=100.0, decode_bound_wake_ms=250.0,
+                  calls_per_actor=4)
 
 
 @pytest.mark.parametrize("events", [{}, GPU_EVENTS], ids=["cpu-events", "gpu-events"])

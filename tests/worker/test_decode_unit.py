@@ -48,7 +48,7 @@ def test_a_unit_that_groups_sends_its_videos_in_order():
 
 
 def test_a_group_closes_at_its_video_cap_whatever_the_time():
-    """On a GPU cluster a group is at most a call's worth of videos: it bounds the frames a
+    """On a GPU cluster a group is at most 256 clips' worth of videos: it bounds the frames a
     worker holds while the group fills (group_ms is long there)."""
     groups = list(decode_unit(ITEMS, SPEC, decode_fn=_decode, group_ms=60_000.0, unit=4, group_videos=2))[1:]
     assert [len(g) for g in groups] == [2, 2, 1] and _places(groups) == [(4, i) for i in range(5)]
@@ -56,7 +56,7 @@ def test_a_group_closes_at_its_video_cap_whatever_the_time():
 
 def test_frames_held_in_a_group_are_not_growth():
     """The RSS growth that recycles a worker leaves out the frames of the group being sent: a
-    group larger than the worker's first (they close by time or at a call's worth) is no leak."""
+    group larger than the worker's first (they close by time or at 256 clips' worth) is no leak."""
     saved = decode_task._baseline_rss_mb
     decode_task._baseline_rss_mb = None
     try:
