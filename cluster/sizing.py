@@ -167,16 +167,17 @@ GPU_GROUPS_PER_UNIT = 4
 #: late ...
 GPU_WAKE_MS = 100.0
 
-#: ... and while no group waits for one (the decode sets the pace, as on a node whose GPU
-#: outruns its CPUs): a wake-up costs the driver ~0.3-0.5 ms of CPU whatever it finds (~10% of
-#: its CPU per video at 200 videos/s), and a group that arrives meanwhile waits at most this long.
-GPU_DECODE_BOUND_WAKE_MS = 250.0
-
 #: ... so a GPU actor has four calls in flight: two running (``GPU_ACTOR_CONCURRENCY``) and two
 #: queued behind them, which keep it busy for a late-seen reply while a call takes 50 ms or more
 #: (X3D-S, 512 clips, up to ~10,000 clips/s; faster than that it may idle part of a wake-up: not
 #: yet measured on a GPU). The price is a call's frames more per actor in the object store.
 GPU_CALLS_PER_ACTOR = 4
+
+#: How often the driver wakes at most on a GPU cluster (ms) while no group waits for an actor:
+#: the decode sets the pace (as on a node whose GPU outruns its CPUs), so a group that arrives
+#: meanwhile waits at most this long and no actor waits for it. A wake-up costs the driver
+#: ~0.3-0.5 ms of CPU whatever it finds (~10% of its CPU per video at 200 videos/s).
+GPU_DECODE_BOUND_WAKE_MS = 250.0
 
 
 def gpu_groups_per_call(spec: ModelSpec) -> int:
