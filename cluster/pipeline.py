@@ -53,9 +53,11 @@ class _Pipeline:
         on_shard: Callable[[int, list[VideoOutcome]], None],
         on_batch: Callable[[dict[str, Any], list[VideoOutcome]], None] | None = None,
         on_start: Callable[[list[dict[str, Any]]], None] | None = None,
+        on_notice: Callable[[str], None] = lambda line: None,
     ):
         self.config = config
         self.on_start = on_start
+        self.on_notice = on_notice
         self.state_dict_ref = state_dict_ref  # held for the whole run: restarted actors re-read it
         self.scheduler = Scheduler(shards, config, on_video, on_shard, on_batch)
         self.unit_of: dict[Any, int] = {}  # stream -> unit id
@@ -120,7 +122,11 @@ class _Pipeline:
                     self._on_call(waitable)
                 elif waitable in self.describing:
                     self._on_described(waitable)
-            scheduler.on_tick(time.monotonic())
+            now = time.monotonic()
+            scheduler.on_tick(now)
+            notice = scheduler.stall_notice(now)
+            if notice is not None:
+                self.on_notice(notice)
         if not self.started_reported:
             self._report_start()
 
@@ -242,8 +248,14 @@ class _Pipeline:
         self.scheduler.on_reply(call, reply.videos, reply.actor, reply.record)
 
     def close(self) -> None:
-        """End the actors now, not when Ray collects their handles: the next run (a benchmark's
-        next actor count) gets their GPUs and CPUs at once."""
+        """End the actors and the decode units still watched (a run that stopped early) now,
+        not when Ray collects their handles: the next run (a benchmark's next actor count) gets
+        their GPUs and CPUs at once, and no queued unit starts after the run."""
+        for stream in list(self.unit_of):
+            try:
+                ray.cancel(stream, force=True)
+            except (RayError, ValueError, TypeError):
+                pass
         for actor in self.actors:
             try:
                 ray.kill(actor, no_restart=True)
@@ -268,12 +280,15 @@ def run_pipeline(
     on_shard: Callable[[int, list[VideoOutcome]], None] = lambda i, o: None,
     on_start: Callable[[list[dict[str, Any]]], None] | None = None,
     on_batch: Callable[[dict[str, Any], list[VideoOutcome]], None] | None = None,
+    on_notice: Callable[[str], None] = lambda line: None,
 ) -> list[dict[str, Any]]:
     """Score every video of ``shards``; returns a description of the actors used.
 
-    With ``config.timed`` each actor call's record (and its videos) goes to ``on_batch``.
+    With ``config.timed`` each actor call's record (and its videos) goes to ``on_batch``;
+    ``on_notice`` gets a line for the user when the run waits on the cluster (decode units that
+    Ray cannot place: ``Scheduler.stall_notice``).
     """
-    pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard, on_batch, on_start)
+    pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard, on_batch, on_start, on_notice)
     try:
         pipeline.run()
     finally:

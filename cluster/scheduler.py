@@ -30,6 +30,9 @@ videos count as in flight.
 * Crash: the same, except the careful unit's first unsettled video is retried alone
   (``decode_retries``) before it is a row.
 * Node loss (of the unit or of a group's frames): every unsettled video goes back to the queue.
+* Waiting for a CPU: a unit Ray has not started has no deadline (it may queue behind others).
+  When units have waited ``stall_notice_s`` and none runs, ``stall_notice`` gives the user one
+  line per stall; the run goes on waiting.
 * Recycling: a decode worker stops its unit after the group that shows its private RSS past
   ``recycle_rss_mb`` and refuses the next unit in its header; the driver cancels that unit
   (which kills the worker: Ray starts a fresh one) and both units' unsettled videos go back to
@@ -108,6 +111,7 @@ class _Unit:
     entries: list[Entry]
     group_ms: float
     deadline: float = float("inf")  # none while it waits for a CPU
+    submitted: float = 0.0  # when the driver asked Ray for it
     ended: str | None = None  # why its stream ended; None while it runs
     error: str = ""
     groups_out: int = 0  # groups sent and neither answered nor lost
@@ -177,12 +181,13 @@ class Scheduler:
         self.hold_s = max(0.05, 2 * config.group_ms / 1000.0)
         self._next_id = 0
         self._decisions: list[Any] = [StartActor(a, 0) for a in range(self.num_actors)]
+        self._stall_told = False  # the current wait for a CPU has been told (stall_notice)
 
     # ------------------------------------------------------------------ the adapter's side
 
     def take(self, now: float) -> list[Any]:
         """The decisions since the last call, after starting units and calls that fit now."""
-        self._start_units()
+        self._start_units(now)
         self._dispatch(now)
         out, self._decisions = self._decisions, []
         return out
@@ -195,9 +200,31 @@ class Scheduler:
         """When ``on_tick`` (or ``take``) has something to do: a unit's deadline, or a partial
         call that has waited long enough."""
         deadline = min((u.deadline for u in self.units.values() if u.ended is None), default=float("inf"))
+        unplaced = self._unplaced_since()
+        if unplaced is not None and not self._stall_told:
+            deadline = min(deadline, unplaced + self.config.stall_notice_s)
         if self.ready and any(self._busy()[a] < self.config.calls_per_actor for a in range(self.num_actors) if self.live[a]):
             deadline = min(deadline, self.ready[0].arrived + self.hold_s)  # not while every actor is busy
         return deadline
+
+    def stall_notice(self, now: float) -> str | None:
+        """A line for the user, once per stall, when decode units have waited
+        ``stall_notice_s`` for a CPU and none runs: Ray queues a task it cannot place, so
+        without it a cluster that lost its CPUs (or never had them free) looks hung."""
+        since = self._unplaced_since()
+        if since is None or self._stall_told or now - since < self.config.stall_notice_s:
+            return None
+        self._stall_told = True
+        waiting = sum(1 for u in self.units.values() if u.ended is None)
+        return (f"{waiting} decode unit(s) have waited {now - since:.0f} s for a CPU and none runs: the cluster has no "
+                f"free CPU for one (each asks {self.config.decode_cpus:g}; `ray status` shows what it has); still waiting")
+
+    def _unplaced_since(self) -> float | None:
+        """When the oldest waiting unit was asked for, if no unit has started since; else None."""
+        waiting = [u for u in self.units.values() if u.ended is None]
+        if not waiting or any(u.deadline != float("inf") for u in waiting):
+            return None
+        return min(u.submitted for u in waiting)
 
     def actor_bound(self) -> bool:
         """Groups wait for an actor: every live actor has all its calls in flight. The driver
@@ -229,6 +256,7 @@ class Scheduler:
             self._end(unit, RECYCLED)
             return
         unit.deadline = now + self._timeout(unit)
+        self._stall_told = False  # units run again: a later wait is a new stall
 
     def on_group(self, unit_id: int, ref: Any, now: float) -> None:
         unit = self.units.get(unit_id)
@@ -430,13 +458,13 @@ class Scheduler:
             pass
         return [self.pending.popleft() for _ in range(min(self.unit_videos, len(self.pending)))], self.config.group_ms
 
-    def _start_units(self) -> None:
+    def _start_units(self, now: float) -> None:
         # One unit queued behind each running one: it starts the moment a slot frees.
         while self.running < 2 * self.config.decode_slots and self.in_flight + self.unit_videos <= self.max_in_flight:
             entries, group_ms = self._next_unit()
             if not entries:
                 return
-            unit = _Unit(self._next_id, entries, group_ms)
+            unit = _Unit(self._next_id, entries, group_ms, submitted=now)
             self._next_id += 1
             self.units[unit.id] = unit
             self.running += 1

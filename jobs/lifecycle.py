@@ -9,6 +9,7 @@ small is refused before anything is written), and only then does the job write i
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -88,6 +89,12 @@ def runner_options(opts: Any) -> dict[str, Any]:
     return options
 
 
+def _tell_waiting(line: str) -> None:
+    """The pipeline waits on the cluster (``cluster.scheduler.Scheduler.stall_notice``): said
+    even with ``--quiet``, as a run that looks hung is the one a user must not guess about."""
+    print(f"waiting: {line}", file=sys.stderr, flush=True)
+
+
 def run_model_job(
     opts: RunOptions,
     spec: ModelSpec,
@@ -107,7 +114,7 @@ def run_model_job(
         on_sized(config)
         state_ref = ray.put(weights.state_dict)  # held for the run: replacement actors re-read it
         try:
-            return run_pipeline(shards, config, state_ref, on_video=on_video, on_shard=on_shard)
+            return run_pipeline(shards, config, state_ref, on_video=on_video, on_shard=on_shard, on_notice=_tell_waiting)
         except SystemError as exc:  # a signal's JobInterrupted, wrapped by Ray's native ray.wait
             stop = interrupt_behind(exc)
             if stop is None:

@@ -4,7 +4,8 @@
 that take a second longer (as loading a large checkpoint from a slow disk, or compiling the
 model on its first batch, do), so a test can SIGKILL it while ``ray::SlowStartModelActor.__init__``
 or its first ``score`` runs. ``BrokenModelActor`` fails in its constructor every
-time (as an actor that is OOM-killed on every node while loading would).
+time (as an actor that is OOM-killed on every node while loading would). ``IdleActor`` holds no
+model: for runs in which no video reaches an actor.
 """
 
 from __future__ import annotations
@@ -32,3 +33,16 @@ class SlowStartModelActor(ModelActor):
 class BrokenModelActor(ModelActor):
     def __init__(self, *args, **kwargs):
         raise MemoryError("cannot load the model: out of memory")
+
+
+class IdleActor:
+    """A model actor's shape without a model; any call to score is a test failure."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def describe(self) -> dict:
+        return {"worker": "idle", "device": "none", "accelerator": "none"}
+
+    def score(self, *args, **kwargs):
+        raise AssertionError("no video should have reached a model actor")

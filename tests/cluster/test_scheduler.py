@@ -371,6 +371,23 @@ def test_the_driver_wakes_often_only_while_groups_wait_for_an_actor():
     assert not scheduler.actor_bound()  # the reply freed a call: the group goes at this wake-up
 
 
+def test_units_that_wait_for_a_cpu_while_none_runs_are_told_once_per_stall():
+    """Ray queues a task it cannot place without a word: after ``stall_notice_s`` with units
+    waiting and none started the user gets one line, and ``next_deadline`` wakes the driver for
+    it (no unit deadline runs yet). A unit that starts ends the stall; a later one is told again."""
+    scheduler = Scheduler(_shards(["good"] * 8), _config(decode_slots=1, unit_videos=4, stall_notice_s=60.0))
+    first, second = [d.unit for d in scheduler.take(0.0) if isinstance(d, StartUnit)]
+    assert scheduler.next_deadline() == 60.0 and scheduler.stall_notice(59.0) is None
+    line = scheduler.stall_notice(61.0)
+    assert line.startswith("2 decode unit(s) have waited 61 s for a CPU and none runs") and "each asks 1" in line
+    assert scheduler.stall_notice(200.0) is None and scheduler.next_deadline() == float("inf")  # once
+    scheduler.on_unit_started(first, 300.0)
+    assert scheduler.stall_notice(400.0) is None  # one runs: the other simply queues behind it
+    scheduler.on_unit_ended(first, CRASHED, "worker died")  # its node went, say; the other still waits
+    assert any(isinstance(d, StartUnit) for d in scheduler.take(400.0))  # the crash's videos, in a careful unit
+    assert scheduler.stall_notice(400.0).startswith("2 decode unit(s) have waited 400 s")  # since the oldest
+
+
 def test_the_rules_and_the_sizing_load_neither_ray_nor_torch():
     probe = "import sys, cluster.scheduler, cluster.sizing; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,0 +1,46 @@
+"""Decode units that Ray cannot place: the run says so, once, instead of looking hung.
+
+Ray queues a task whose resources no node has free, without a word to the driver; a cluster
+that lost its CPU nodes mid-run (or whose CPUs another job holds) would leave the job's progress
+line frozen. Real local Ray (2 CPUs), the real pipeline: decode units that each ask 3 CPUs can
+never start, and after ``stall_notice_s`` the pipeline hands one line to ``on_notice`` (the jobs
+print it as ``waiting: ...``). The callback here raises to end the run, and the pipeline then
+cancels the units it still watches, so none starts later on the session's Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import x3d
+from cluster.pipeline import Shard, run_pipeline
+from cluster.runtime import pipeline_config_for
+from tests.cluster.actor_bodies import IdleActor
+from worker.decode_task import ModelSpec
+from worker.items import VideoItem
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+class _Told(Exception):
+    pass
+
+
+def test_units_that_cannot_be_placed_are_told_once(ray_local):
+    spec = ModelSpec(x3d.get_preset("x3d_s"), 1)
+    items = [VideoItem(f"v{i}", f"/nowhere/v{i}.mp4", None) for i in range(4)]
+    config = dataclasses.replace(pipeline_config_for(spec), decode_slots=1, decode_cpus=3.0, unit_videos=2,
+                                 actor_cpus=0.25, actor_body=IdleActor, stall_notice_s=2.0)
+    told: list[str] = []
+
+    def on_notice(line: str) -> None:
+        told.append(line)
+        raise _Told
+
+    with pytest.raises(_Told):
+        run_pipeline([Shard(0, items)], config, None, on_notice=on_notice)
+    assert len(told) == 1
+    assert told[0].startswith("2 decode unit(s) have waited 2 s for a CPU and none runs"), told[0]
+    assert "each asks 3" in told[0]
