@@ -31,8 +31,9 @@ videos count as in flight.
   (``decode_retries``) before it is a row.
 * Node loss (of the unit or of a group's frames): every unsettled video goes back to the queue.
 * Waiting for a CPU: a unit Ray has not started has no deadline (it may queue behind others).
-  When units have waited ``stall_notice_s`` and none runs, ``stall_notice`` gives the user one
-  line per stall; the run goes on waiting.
+  When units have waited ``stall_notice_s`` and none runs (or model actors have not started in
+  that time and none runs), ``stall_notice`` gives the user one line per stall; the run goes on
+  waiting.
 * Recycling: a decode worker stops its unit after the group that shows its private RSS past
   ``recycle_rss_mb`` and refuses the next unit in its header; the driver cancels that unit
   (which kills the worker: Ray starts a fresh one) and both units' unsettled videos go back to
@@ -182,6 +183,8 @@ class Scheduler:
         self._next_id = 0
         self._decisions: list[Any] = [StartActor(a, 0) for a in range(self.num_actors)]
         self._stall_told = False  # the current wait for a CPU has been told (stall_notice)
+        self.actor_asked: list[float | None] = [None] * self.num_actors  # when each was last asked to start
+        self._actors_told = False  # ... and the current wait for an actor
 
     # ------------------------------------------------------------------ the adapter's side
 
@@ -190,6 +193,9 @@ class Scheduler:
         self._start_units(now)
         self._dispatch(now)
         out, self._decisions = self._decisions, []
+        for decision in out:
+            if isinstance(decision, StartActor):
+                self.actor_asked[decision.actor] = now
         return out
 
     @property
@@ -203,21 +209,36 @@ class Scheduler:
         unplaced = self._unplaced_since()
         if unplaced is not None and not self._stall_told:
             deadline = min(deadline, unplaced + self.config.stall_notice_s)
+        starting = self._actors_unplaced_since()
+        if starting is not None and not self._actors_told:
+            deadline = min(deadline, starting + self.config.stall_notice_s)
         if self.ready and any(self._busy()[a] < self.config.calls_per_actor for a in range(self.num_actors) if self.live[a]):
             deadline = min(deadline, self.ready[0].arrived + self.hold_s)  # not while every actor is busy
         return deadline
 
     def stall_notice(self, now: float) -> str | None:
         """A line for the user, once per stall, when decode units have waited
-        ``stall_notice_s`` for a CPU and none runs: Ray queues a task it cannot place, so
-        without it a cluster that lost its CPUs (or never had them free) looks hung."""
+        ``stall_notice_s`` for a CPU and none runs, or model actors that long to start and
+        none runs: Ray queues a task or actor it cannot place without a word, so without it a
+        cluster that lost its CPUs or GPUs (or never had them free) looks hung."""
+        limit = self.config.stall_notice_s
         since = self._unplaced_since()
-        if since is None or self._stall_told or now - since < self.config.stall_notice_s:
-            return None
-        self._stall_told = True
-        waiting = sum(1 for u in self.units.values() if u.ended is None)
-        return (f"{waiting} decode unit(s) have waited {now - since:.0f} s for a CPU and none runs: the cluster has no "
-                f"free CPU for one (each asks {self.config.decode_cpus:g}; `ray status` shows what it has); still waiting")
+        if since is not None and not self._stall_told and now - since >= limit:
+            self._stall_told = True
+            waiting = sum(1 for u in self.units.values() if u.ended is None)
+            return (f"{waiting} decode unit(s) have waited {now - since:.0f} s for a CPU and none runs: the cluster has "
+                    f"no free CPU for one (each asks {self.config.decode_cpus:g}; `ray status` shows what it has); "
+                    "still waiting")
+        since = self._actors_unplaced_since()
+        if since is not None and not self._actors_told and now - since >= limit:
+            self._actors_told = True
+            asks = f"{self.config.actor_cpus:g} CPU(s)"
+            if self.config.actor_gpus:
+                asks = f"{self.config.actor_gpus:g} GPU and {asks}"
+            return (f"{self.num_actors - sum(self.live)} model actor(s) have not started in {now - since:.0f} s and none "
+                    f"runs: the cluster may have no free GPU or CPU for one (each asks {asks}; `ray status` shows what it "
+                    "has); still waiting")
+        return None
 
     def _unplaced_since(self) -> float | None:
         """When the oldest waiting unit was asked for, if no unit has started since; else None."""
@@ -225,6 +246,12 @@ class Scheduler:
         if not waiting or any(u.deadline != float("inf") for u in waiting):
             return None
         return min(u.submitted for u in waiting)
+
+    def _actors_unplaced_since(self) -> float | None:
+        """When the oldest actor still starting was asked for, if none is live; else None."""
+        if any(self.live):
+            return None
+        return min((t for t in self.actor_asked if t is not None), default=None)
 
     def actor_bound(self) -> bool:
         """Groups wait for an actor: every live actor has all its calls in flight. The driver
@@ -284,6 +311,7 @@ class Scheduler:
     def on_actor_started(self, actor: int, generation: int) -> None:
         if generation == self.generation[actor]:
             self.live[actor] = True
+            self._actors_told = False  # an actor runs again: a later wait is a new stall
 
     def on_actor_lost(self, actor: int, generation: int, error: str) -> None:
         """Lost while starting or later: its calls go back to the queue and it is replaced

@@ -377,6 +377,8 @@ def test_units_that_wait_for_a_cpu_while_none_runs_are_told_once_per_stall():
     it (no unit deadline runs yet). A unit that starts ends the stall; a later one is told again."""
     scheduler = Scheduler(_shards(["good"] * 8), _config(decode_slots=1, unit_videos=4, stall_notice_s=60.0))
     first, second = [d.unit for d in scheduler.take(0.0) if isinstance(d, StartUnit)]
+    for actor in range(2):
+        scheduler.on_actor_started(actor, 0)  # the actors run: only the units wait
     assert scheduler.next_deadline() == 60.0 and scheduler.stall_notice(59.0) is None
     line = scheduler.stall_notice(61.0)
     assert line.startswith("2 decode unit(s) have waited 61 s for a CPU and none runs") and "each asks 1" in line
@@ -386,6 +388,24 @@ def test_units_that_wait_for_a_cpu_while_none_runs_are_told_once_per_stall():
     scheduler.on_unit_ended(first, CRASHED, "worker died")  # its node went, say; the other still waits
     assert any(isinstance(d, StartUnit) for d in scheduler.take(400.0))  # the crash's videos, in a careful unit
     assert scheduler.stall_notice(400.0).startswith("2 decode unit(s) have waited 400 s")  # since the oldest
+
+
+def test_actors_that_do_not_start_while_none_runs_are_told_once_per_stall():
+    """The same for model actors (no GPU left anywhere, say): one line once ``stall_notice_s``
+    has passed since the oldest was asked for with none live. An actor that starts ends the
+    stall; when the last live one is lost, the next line counts from the oldest still waiting."""
+    scheduler = Scheduler(_shards(["good"] * 8), _config(num_actors=2, stall_notice_s=60.0, actor_gpus=1.0, actor_cpus=2.0))
+    scheduler.take(0.0)
+    scheduler.on_unit_started(0, 0.0)  # units run: only the actors wait
+    assert scheduler.stall_notice(59.0) is None and scheduler.next_deadline() <= 60.0
+    line = scheduler.stall_notice(60.0)
+    assert line.startswith("2 model actor(s) have not started in 60 s and none runs") and "each asks 1 GPU and 2 CPU(s)" in line
+    assert scheduler.stall_notice(100.0) is None  # once
+    scheduler.on_actor_started(0, 0)
+    scheduler.on_actor_lost(0, 0, "node lost")
+    assert any(isinstance(d, StartActor) for d in scheduler.take(200.0))  # its replacement, asked for now
+    assert scheduler.stall_notice(230.0).startswith("2 model actor(s) have not started in 230 s")  # actor 1 since 0
+    assert scheduler.stall_notice(300.0) is None
 
 
 def test_the_rules_and_the_sizing_load_neither_ray_nor_torch():

@@ -1,11 +1,12 @@
-"""Decode units that Ray cannot place: the run says so, once, instead of looking hung.
+"""Decode units or model actors that Ray cannot place: the run says so, once, instead of looking hung.
 
 Ray queues a task whose resources no node has free, without a word to the driver; a cluster
 that lost its CPU nodes mid-run (or whose CPUs another job holds) would leave the job's progress
 line frozen. Real local Ray (2 CPUs), the real pipeline: decode units that each ask 3 CPUs can
-never start, and after ``stall_notice_s`` the pipeline hands one line to ``on_notice`` (the jobs
-print it as ``waiting: ...``). The callback here raises to end the run, and the pipeline then
-cancels the units it still watches, so none starts later on the session's Ray.
+never start (and model actors that each ask a GPU, on this CPU-only Ray), and after
+``stall_notice_s`` the pipeline hands one line to ``on_notice`` (the jobs print it as
+``waiting: ...``). The callback here raises to end the run, and the pipeline then cancels the
+units it still watches and ends its actors, so nothing starts later on the session's Ray.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ class _Told(Exception):
     pass
 
 
-def test_units_that_cannot_be_placed_are_told_once(ray_local):
-    spec = ModelSpec(x3d.get_preset("x3d_s"), 1)
-    items = [VideoItem(f"v{i}", f"/nowhere/v{i}.mp4", None) for i in range(4)]
-    config = dataclasses.replace(pipeline_config_for(spec), decode_slots=1, decode_cpus=3.0, unit_videos=2,
-                                 actor_cpus=0.25, actor_body=IdleActor, stall_notice_s=2.0)
+SPEC = ModelSpec(x3d.get_preset("x3d_s"), 1)
+ITEMS = [VideoItem(f"v{i}", f"/nowhere/v{i}.mp4", None) for i in range(4)]  # error rows: they decode at once
+
+
+def _told(**changes) -> list[str]:
+    """The lines ``on_notice`` got from a run with ``changes``; the first one ends the run."""
+    config = dataclasses.replace(pipeline_config_for(SPEC), unit_videos=2, actor_cpus=0.25, actor_body=IdleActor,
+                                 stall_notice_s=2.0, **changes)
     told: list[str] = []
 
     def on_notice(line: str) -> None:
@@ -40,7 +44,17 @@ def test_units_that_cannot_be_placed_are_told_once(ray_local):
         raise _Told
 
     with pytest.raises(_Told):
-        run_pipeline([Shard(0, items)], config, None, on_notice=on_notice)
-    assert len(told) == 1
-    assert told[0].startswith("2 decode unit(s) have waited 2 s for a CPU and none runs"), told[0]
-    assert "each asks 3" in told[0]
+        run_pipeline([Shard(0, ITEMS)], config, None, on_notice=on_notice)
+    return told
+
+
+def test_units_that_cannot_be_placed_are_told_once(ray_local):
+    (line,) = _told(decode_slots=1, decode_cpus=3.0)
+    assert line.startswith("2 decode unit(s) have waited 2 s for a CPU and none runs"), line
+    assert "each asks 3" in line
+
+
+def test_actors_that_cannot_be_placed_are_told_once(ray_local):
+    (line,) = _told(actor_gpus=1.0)
+    assert line.startswith("1 model actor(s) have not started in 2 s and none runs"), line
+    assert "each asks 1 GPU and 0.25 CPU(s)" in line
