@@ -323,6 +323,7 @@ class Scheduler:
                 del self.calls[call_id]
                 self.ready.extendleft(reversed(call.groups))
         self.live[actor] = False
+        self.actor_asked[actor] = None  # until its replacement is asked for (take): its wait starts then
         self.replacements += 1
         if self.replacements > self.config.actor_restarts * self.num_actors + 2:
             raise ClusterError(

@@ -406,6 +406,14 @@ def test_actors_that_do_not_start_while_none_runs_are_told_once_per_stall():
     assert any(isinstance(d, StartActor) for d in scheduler.take(200.0))  # its replacement, asked for now
     assert scheduler.stall_notice(230.0).startswith("2 model actor(s) have not started in 230 s")  # actor 1 since 0
     assert scheduler.stall_notice(300.0) is None
+    alone = Scheduler(_shards(["good"] * 8), _config(num_actors=1, stall_notice_s=60.0))
+    alone.take(0.0)
+    alone.on_unit_started(0, 0.0)
+    alone.on_actor_started(0, 0)
+    alone.on_actor_lost(0, 0, "node lost")
+    assert alone.stall_notice(500.0) is None  # it just died: its wait starts when its replacement is asked for
+    alone.take(500.0)
+    assert alone.stall_notice(559.0) is None and alone.stall_notice(561.0).startswith("1 model actor(s) have not started in 61 s")
 
 
 def test_the_rules_and_the_sizing_load_neither_ray_nor_torch():
