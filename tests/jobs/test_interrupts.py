@@ -64,7 +64,10 @@ def _interrupt(cmd: list[str], env: dict, cwd: Path, output: Path, sig: int, gro
 
 
 def test_sigint_then_sigterm_then_resume(evalset: EvalSet, tmp_path: Path):
-    root, ann_file, origin = replicate_evalset(evalset, tmp_path / "set", copies=2)
+    # Enough videos that neither stop can come after the last shard: the pipeline keeps up to
+    # ~22 videos in flight here (2 units of 6 per decode slot, 2 calls of 3, 4 more), and when
+    # the actor starts after they decoded, their shards land within one poll (20 of 20 once).
+    root, ann_file, origin = replicate_evalset(evalset, tmp_path / "set", copies=6)
     output = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "submit.py"), "evaluate", "--video-list", str(ann_file), "--data-root", str(root),
            "--model", PRESET, "--checkpoint", str(evalset.checkpoint), "--views", "10", "--shard-size", "1",
