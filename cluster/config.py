@@ -138,8 +138,9 @@ class PipelineConfig:
     recycle_rss_mb: float = 1024.0
     # A backstop besides: Ray ends a worker after about this many videos (whole units), leak or not.
     max_decode_calls: int = 65536
-    # After this long with decode units waiting for a CPU and none running, the user is told
-    # once (Ray queues a task it cannot place without a word); the run goes on waiting
+    # After this long with decode units waiting for a CPU and none running (or model actors not
+    # started and none running), the user is told once (Ray queues a task or actor it cannot
+    # place without a word); the run goes on waiting
     stall_notice_s: float = 60.0
     decode_retries: int = 1  # a video whose decode worker crashed is retried this often, alone, then it is a row
     actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up

@@ -285,8 +285,8 @@ def run_pipeline(
     """Score every video of ``shards``; returns a description of the actors used.
 
     With ``config.timed`` each actor call's record (and its videos) goes to ``on_batch``;
-    ``on_notice`` gets a line for the user when the run waits on the cluster (decode units that
-    Ray cannot place: ``Scheduler.stall_notice``).
+    ``on_notice`` gets a line for the user when the run waits on the cluster (decode units or
+    model actors that Ray cannot place: ``Scheduler.stall_notice``).
     """
     pipeline = _Pipeline(shards, config, state_dict_ref, on_video, on_shard, on_batch, on_start, on_notice)
     try:
