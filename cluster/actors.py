@@ -43,6 +43,7 @@ class ModelActor:
     def describe(self) -> dict[str, Any]:
         info = self.runner.describe()
         info["node"] = ray.get_runtime_context().get_node_id()
+        info["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]  # what Ray granted, CUDA or not
         return info
 
     def score(self, timed: bool, *groups: list[tuple[DecodeResult, Payload | None]]) -> ActorReply:

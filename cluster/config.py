@@ -144,6 +144,15 @@ class PipelineConfig:
     stall_notice_s: float = 60.0
     decode_retries: int = 1  # a video whose decode worker crashed is retried this often, alone, then it is a row
     actor_restarts: int = 3  # lost model actors replaced, per actor, before the run gives up
+    # The pool follows the cluster's GPUs: an actor is added for each GPU that joins (the run
+    # wants whatever GPUs the cluster has, ``--gpus auto``); off, it stays at ``num_actors``
+    actors_grow: bool = False
+    # A run whose actors ask for GPUs ends with one line when none of them has started this long
+    # after they were asked for (a cluster that never brings a GPU); 0: it waits for ever
+    gpu_wait_s: float = 0.0
+    # The part of the cluster's CPUs this run's decode slots follow: 1, or a partition's share
+    # (``--partition``: its share of the GPUs, ``cluster.sizing.share_of``)
+    cpu_share: float = 1.0
     # in-flight calls per actor: one running, one queued (4 on a GPU: cluster.sizing)
     calls_per_actor: int = 2
     extra_video_budget: int = 4

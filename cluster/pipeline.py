@@ -42,6 +42,10 @@ from worker.decode_task import UNIT_RETIRING, decode_unit
 
 __all__ = ["PipelineConfig", "Shard", "VideoOutcome", "run_pipeline"]
 
+#: How often the driver reads the cluster's size (s): one GCS call, so an autoscaled node's CPUs
+#: decode and its GPU gets an actor within this long of joining.
+CAPACITY_READ_S = 2.0
+
 
 class _Pipeline:
     def __init__(
@@ -65,7 +69,9 @@ class _Pipeline:
         self.header_read: set[int] = set()
         self.calls: dict[Any, tuple[int, int, int, list[Any]]] = {}  # ref -> (call, actor, generation, groups)
         self.describing: dict[Any, tuple[int, int]] = {}  # describe() ref -> (actor, generation)
-        self.actors: list[Any] = [None] * config.num_actors
+        self.actors: list[Any] = []  # by slot; the pool grows as GPUs join (Scheduler.on_capacity)
+        self.capacity: tuple[float, float] | None = None  # the cluster's (CPUs, GPUs) when last read
+        self.capacity_read = float("-inf")
         self.described: list[dict[str, Any]] = []
         self.started_reported = False
         # decode_unit lives in a module without torch, so decode workers start without loading
@@ -99,11 +105,12 @@ class _Pipeline:
         wake_s = self.config.wake_ms / 1000.0
         decode_bound_wake_s = (self.config.decode_bound_wake_ms or self.config.wake_ms) / 1000.0
         while not scheduler.finished:
+            self._read_capacity(time.monotonic())
             self._carry_out(scheduler.take(time.monotonic()))
             waiting = list(self.unit_of) + list(self.calls) + list(self.describing)
             if not waiting:
                 continue
-            deadline = scheduler.next_deadline()
+            deadline = min(scheduler.next_deadline(), self.capacity_read + CAPACITY_READ_S)
             timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
             # fetch_local=False: a stream is ready when its next group exists anywhere; the
             # driver never pulls a group's frames to its own node.
@@ -148,6 +155,18 @@ class _Pipeline:
                     ray.cancel(stream, force=True)  # kills the worker (stuck in decord, or grown)
             elif isinstance(decision, StartActor):
                 self._start_actor(decision.actor, decision.generation)
+
+    def _read_capacity(self, now: float) -> None:
+        """Tell the scheduler when the cluster grew or shrank (an autoscaler adding GPU nodes for
+        the run's waiting actors, a node lost or scaled down), read every ``CAPACITY_READ_S``."""
+        if now < self.capacity_read + CAPACITY_READ_S:
+            return
+        self.capacity_read = now
+        total = ray.cluster_resources()
+        capacity = (float(total.get("CPU", 0)), float(total.get("GPU", 0)))
+        if capacity != self.capacity:
+            self.capacity = capacity
+            self.scheduler.on_capacity(*capacity)
 
     # ------------------------------------------------------------------ decode units
 
@@ -201,6 +220,8 @@ class _Pipeline:
     # ------------------------------------------------------------------ model actors
 
     def _start_actor(self, index: int, generation: int) -> None:
+        if index == len(self.actors):
+            self.actors.append(None)  # a slot the pool grew
         if self.actors[index] is not None:
             try:
                 ray.kill(self.actors[index], no_restart=True)  # if it only lost touch, it holds a GPU
@@ -223,7 +244,7 @@ class _Pipeline:
         except RayError as exc:  # lost while starting, or its constructor failed: again
             self.scheduler.on_actor_lost(index, generation, _short(exc))
             return
-        self.scheduler.on_actor_started(index, generation)
+        self.scheduler.on_actor_started(index, generation, time.monotonic())
         if not self.started_reported and not self.scheduler.starting():
             self._report_start()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -17,7 +18,8 @@ from cluster.pipeline import PipelineConfig
 from cluster.sizing import ClusterShape, share_of, size_pipeline
 from worker.decode_task import ModelSpec
 
-__all__ = ["ClusterError", "ClusterShape", "connect", "cluster_shape", "pipeline_config_for", "start_cluster", "stop_cluster"]
+__all__ = ["GPUS_ENV", "ClusterError", "ClusterShape", "connect", "cluster_shape", "gpus_wanted", "pipeline_config_for",
+           "start_cluster", "stop_cluster"]
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -152,11 +154,47 @@ def _check_reachable(address: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
 
 
 def pipeline_config_for(spec: ModelSpec, num_actors: int | None = None, batch_size: int | None = None,
-                        decode_timeout_s: float = 300.0, actors_per_gpu: int = 1, share: tuple[int, int] = (0, 1)) -> PipelineConfig:
-    """The pipeline sized to the cluster this process is connected to (``cluster.sizing``);
-    ``share`` (i, n): to driver i of n's part of it (``sizing.share_of``)."""
-    return size_pipeline(share_of(cluster_shape(), *share), spec, num_actors=num_actors, batch_size=batch_size,
-                         decode_timeout_s=decode_timeout_s, actors_per_gpu=actors_per_gpu)
+                        decode_timeout_s: float = 300.0, actors_per_gpu: int = 1, share: tuple[int, int] = (0, 1),
+                        gpus: int | str = "auto", gpu_wait_s: float = 0.0) -> PipelineConfig:
+    """The pipeline sized to the cluster this process is connected to (``cluster.sizing``) and
+    to the GPUs the run wants (``gpus_wanted``); ``share`` (i, n): to driver i of n's part of it
+    (``sizing.share_of``). Actors for GPUs the cluster does not have yet wait for them: Ray's
+    autoscaler starts nodes for actors it cannot place."""
+    shape = cluster_shape()
+    wanted, follow = gpus_wanted(gpus, shape.gpus)
+    config = size_pipeline(share_of(dataclasses.replace(shape, gpus=float(wanted)), *share), spec, num_actors=num_actors,
+                           batch_size=batch_size, decode_timeout_s=decode_timeout_s, actors_per_gpu=actors_per_gpu)
+    if config.actor_gpus and wanted > shape.gpus:
+        # GPU nodes still to come: how many CPUs they bring is unknown, so an actor asks for one
+        # (it fits any GPU node), and decode slots start on the CPUs there are; more join with
+        # the nodes (Scheduler.on_capacity)
+        config = dataclasses.replace(config, actor_cpus=1.0, actor_threads=1,
+                                     decode_slots=max(1, int(shape.cpus - config.num_actors)))
+    partitioned = share[1] > 1
+    mine = config.num_actors * config.actor_gpus
+    return dataclasses.replace(config, actors_grow=follow and not partitioned and num_actors is None, gpu_wait_s=gpu_wait_s,
+                               cpu_share=mine / wanted if partitioned and config.actor_gpus else 1.0)
+
+
+#: The GPUs a run wants by default where the cluster says so (``--gpus auto``): the launch files
+#: in cluster/ set it to their autoscaling GPU pool's size, which a cluster scaled to zero
+#: cannot show at the start.
+GPUS_ENV = "X3D_GPUS"
+
+
+def gpus_wanted(gpus: int | str, present: float) -> tuple[int, bool]:
+    """The GPUs a run wants, and whether its pool follows the cluster's GPUs as they join:
+    ``--gpus N`` is N; ``auto`` is $X3D_GPUS where it is set, else every GPU the cluster has
+    now and each one that joins."""
+    if gpus != "auto":
+        return int(gpus), False
+    env = os.environ.get(GPUS_ENV, "").strip()
+    if env:
+        try:
+            return max(0, int(env)), False
+        except ValueError:
+            raise ClusterError(f"${GPUS_ENV}={env!r} is not a whole number of GPUs; fix it or pass --gpus N") from None
+    return int(present), present >= 1
 
 
 def cluster_shape() -> ClusterShape:

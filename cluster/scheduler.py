@@ -53,9 +53,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from cluster.actor_pool import ActorPool, StartActor
 from cluster.config import PipelineConfig, ScoredVideo, Shard, VideoOutcome
 from cluster.errors import ClusterError
-from cluster.sizing import videos_per_call
+from cluster.sizing import capacity_for, videos_per_call
 from worker.decode_task import DecodeResult
 from worker.items import VideoItem
 
@@ -95,12 +96,6 @@ class CallActor:
     call: int
     actor: int
     groups: list[Any]  # the groups' refs, unopened
-
-
-@dataclass(frozen=True)
-class StartActor:
-    actor: int  # (re)start the actor of this index; a previous one there is to be killed
-    generation: int
 
 
 # ---------------------------------------------------------------------------- state
@@ -162,29 +157,41 @@ class Scheduler:
         self.calls: dict[int, _Call] = {}
         self.unit_videos = max(1, config.unit_videos)
         self.videos_per_call = videos_per_call(config.batch_views, config.spec.views)
-        self.num_actors = config.num_actors
-        self.generation = [0] * self.num_actors
-        self.live = [False] * self.num_actors
-        self.replacements = 0
+        self.pool = ActorPool(config.num_actors, config.actor_restarts)
+        self.decode_slots = config.decode_slots  # grows and shrinks with the cluster (on_capacity)
         self.in_flight = 0  # videos of unsettled units, less those settled
-        self.max_in_flight = max(
+        # How long groups wait for a full call while units still run. The driver's CPU is paid
+        # per call, and at a real decode's pace an idle actor used to take every group alone
+        # (bench/RESULTS.md, "Driver CPU per video"); short, so that a hung video does not hold
+        # the others until its deadline.
+        self.hold_s = max(0.05, 2 * config.group_ms / 1000.0)
+        self._next_id = 0
+        self._decisions: list[Any] = []
+        self._stall_told = False  # the current wait for a CPU has been told (stall_notice)
+
+    @property
+    def num_actors(self) -> int:
+        return self.pool.size
+
+    @property
+    def generation(self) -> list[int]:
+        return self.pool.generation
+
+    @property
+    def live(self) -> list[bool]:
+        return self.pool.live
+
+    @property
+    def max_in_flight(self) -> int:
+        """Videos decoding, waiting or being scored at most: what keeps memory and the object
+        store flat whatever the dataset's size (it follows the cluster's size)."""
+        config = self.config
+        return max(
             self.unit_videos,
-            2 * config.decode_slots * self.unit_videos
+            2 * self.decode_slots * self.unit_videos
             + self.num_actors * config.calls_per_actor * self.videos_per_call
             + config.extra_video_budget,
         )
-        # Videos per group, learnt from the replies (groups are not opened): sizes the calls.
-        self.videos_seen, self.groups_seen = 1, 1
-        # How long groups wait for a full call while units still run. The driver's CPU is paid
-        # per call, and at a real decode's pace an idle actor used to take every group alone
-        # (232 calls for 1,500 videos in bench/pipeline_ceiling.py's real-pace run, 6 videos a
-        # call); short, so that a hung video does not hold the others until its deadline.
-        self.hold_s = max(0.05, 2 * config.group_ms / 1000.0)
-        self._next_id = 0
-        self._decisions: list[Any] = [StartActor(a, 0) for a in range(self.num_actors)]
-        self._stall_told = False  # the current wait for a CPU has been told (stall_notice)
-        self.actor_asked: list[float | None] = [None] * self.num_actors  # when each was last asked to start
-        self._actors_told = False  # ... and the current wait for an actor
 
     # ------------------------------------------------------------------ the adapter's side
 
@@ -192,10 +199,7 @@ class Scheduler:
         """The decisions since the last call, after starting units and calls that fit now."""
         self._start_units(now)
         self._dispatch(now)
-        out, self._decisions = self._decisions, []
-        for decision in out:
-            if isinstance(decision, StartActor):
-                self.actor_asked[decision.actor] = now
+        out, self._decisions = self.pool.take_starts(now) + self._decisions, []
         return out
 
     @property
@@ -209,10 +213,9 @@ class Scheduler:
         unplaced = self._unplaced_since()
         if unplaced is not None and not self._stall_told:
             deadline = min(deadline, unplaced + self.config.stall_notice_s)
-        starting = self._actors_unplaced_since()
-        if starting is not None and not self._actors_told:
-            deadline = min(deadline, starting + self.config.stall_notice_s)
-        if self.ready and any(self._busy()[a] < self.config.calls_per_actor for a in range(self.num_actors) if self.live[a]):
+        deadline = min(deadline, self.pool.stall_deadline(self.config.stall_notice_s),
+                       self.pool.gpu_deadline(self._gpu_wait_s))
+        if self.ready and any(self._busy()[a] < self.config.calls_per_actor for a in self.pool.live_actors()):
             deadline = min(deadline, self.ready[0].arrived + self.hold_s)  # not while every actor is busy
         return deadline
 
@@ -229,16 +232,10 @@ class Scheduler:
             return (f"{waiting} decode unit(s) have waited {now - since:.0f} s for a CPU and none runs: the cluster has "
                     f"no free CPU for one (each asks {self.config.decode_cpus:g}; `ray status` shows what it has); "
                     "still waiting")
-        since = self._actors_unplaced_since()
-        if since is not None and not self._actors_told and now - since >= limit:
-            self._actors_told = True
-            asks = f"{self.config.actor_cpus:g} CPU(s)"
-            if self.config.actor_gpus:
-                asks = f"{self.config.actor_gpus:g} GPU and {asks}"
-            return (f"{self.num_actors - sum(self.live)} model actor(s) have not started in {now - since:.0f} s and none "
-                    f"runs: the cluster may have no free GPU or CPU for one (each asks {asks}; `ray status` shows what it "
-                    "has); still waiting")
-        return None
+        asks = f"{self.config.actor_cpus:g} CPU(s)"
+        if self.config.actor_gpus:
+            asks = f"{self.config.actor_gpus:g} GPU and {asks}"
+        return self.pool.stall_notice(now, limit, asks)
 
     def _unplaced_since(self) -> float | None:
         """When the oldest waiting unit was asked for, if no unit has started since; else None."""
@@ -247,19 +244,13 @@ class Scheduler:
             return None
         return min(u.submitted for u in waiting)
 
-    def _actors_unplaced_since(self) -> float | None:
-        """When the oldest actor still starting was asked for, if none is live; else None."""
-        if any(self.live):
-            return None
-        return min((t for t in self.actor_asked if t is not None), default=None)
-
     def actor_bound(self) -> bool:
         """Groups wait for an actor: every live actor has all its calls in flight. The driver
         then wakes often (``wake_ms``), as an actor's next call waits for a reply to be seen."""
         if not self.ready:
             return False
         busy = self._busy()
-        return all(busy[a] >= self.config.calls_per_actor for a in range(self.num_actors) if self.live[a])
+        return all(busy[a] >= self.config.calls_per_actor for a in self.pool.live_actors())
 
     def _busy(self) -> list[int]:
         """Calls in flight per actor."""
@@ -269,7 +260,11 @@ class Scheduler:
         return busy
 
     def starting(self) -> bool:
-        return not all(self.live)
+        return self.pool.starting()
+
+    @property
+    def _gpu_wait_s(self) -> float:
+        return self.config.gpu_wait_s if self.config.actor_gpus else 0.0
 
     # ------------------------------------------------------------------ events: decode units
 
@@ -301,45 +296,46 @@ class Scheduler:
             self._end(unit, why)
 
     def on_tick(self, now: float) -> None:
-        """Cancel the units whose deadline has passed."""
+        """Cancel the units whose deadline has passed; end a run meant for GPUs when none came."""
+        wait_s = self._gpu_wait_s
+        if now >= self.pool.gpu_deadline(wait_s):
+            raise ClusterError(
+                f"no GPU came for a model actor in {wait_s:g} s (each asks {self.config.actor_gpus:g} GPU and "
+                f"{self.config.actor_cpus:g} CPU(s)); check `ray status` and the autoscaler's GPU node types, "
+                "raise --gpu-wait, or pass --gpus 0 to score on CPU"
+            )
         for unit in [u for u in self.units.values() if u.ended is None and u.deadline <= now]:
             self._decisions.append(CancelUnit(unit.id))
             self._end(unit, TIMED_OUT)
 
     # ------------------------------------------------------------------ events: model actors
 
-    def on_actor_started(self, actor: int, generation: int) -> None:
-        if generation == self.generation[actor]:
-            self.live[actor] = True
-            self._actors_told = False  # an actor runs again: a later wait is a new stall
+    def on_actor_started(self, actor: int, generation: int, now: float = 0.0) -> None:
+        self.pool.on_started(actor, generation, now)
 
     def on_actor_lost(self, actor: int, generation: int, error: str) -> None:
         """Lost while starting or later: its calls go back to the queue and it is replaced
         (a bounded number of times). Late replies of its calls are ignored."""
-        if generation != self.generation[actor]:
+        if generation != self.pool.generation[actor]:
             return
         for call_id, call in list(self.calls.items()):
             if call.actor == actor:
                 del self.calls[call_id]
                 self.ready.extendleft(reversed(call.groups))
-        self.live[actor] = False
-        self.actor_asked[actor] = None  # until its replacement is asked for (take): its wait starts then
-        self.replacements += 1
-        if self.replacements > self.config.actor_restarts * self.num_actors + 2:
-            raise ClusterError(
-                f"model actors keep dying ({self.replacements} lost; last: {error}); "
-                "see the Ray logs (ray logs / dashboard) for the cause"
-            )
-        self.generation[actor] += 1
-        self._decisions.append(StartActor(actor, self.generation[actor]))
+        self.pool.on_lost(actor, generation, error)
+
+    def on_capacity(self, cpus: float, gpus: float) -> None:
+        """The cluster grew or shrank to ``cpus`` and ``gpus``: decode slots follow its CPUs, and a
+        pool sized to the cluster's GPUs (``PipelineConfig.actors_grow``) gets an actor for each
+        new one. Actors are not taken away: one whose node left is lost and replaced."""
+        actors, self.decode_slots = capacity_for(self.config, cpus, gpus, self.num_actors)
+        self.pool.grow_to(actors)
 
     def on_reply(self, call_id: int, videos: Sequence[ScoredVideo], actor_name: str, record: dict[str, Any] | None = None) -> None:
         """A call answered: every video of its groups, in order, each tagged with its place."""
         call = self.calls.pop(call_id, None)
         if call is None:
             return  # a call given up on (its actor was replaced): the first outcome stands
-        self.videos_seen += len(videos)
-        self.groups_seen += len(call.groups)
         scored: list[VideoOutcome] = []
         for video in videos:
             found = self._entry(video.decode)
@@ -489,7 +485,7 @@ class Scheduler:
 
     def _start_units(self, now: float) -> None:
         # One unit queued behind each running one: it starts the moment a slot frees.
-        while self.running < 2 * self.config.decode_slots and self.in_flight + self.unit_videos <= self.max_in_flight:
+        while self.running < 2 * self.decode_slots and self.in_flight + self.unit_videos <= self.max_in_flight:
             entries, group_ms = self._next_unit()
             if not entries:
                 return
@@ -500,18 +496,43 @@ class Scheduler:
             self.in_flight += len(entries)
             self._decisions.append(StartUnit(unit.id, [e.item for e in entries], group_ms))
 
+    def _group_bound(self, group: _Group) -> int:
+        """The most videos ``group`` can hold, known without opening it: its unit's videos, and
+        at most ``group_videos`` (a careful unit's groups hold one)."""
+        unit = self.units.get(group.unit)
+        if unit is None:
+            return 1  # its unit settled (lost): it holds nothing the driver still counts
+        if unit.careful:
+            return 1
+        cap = self.config.group_videos or len(unit.entries)
+        return min(cap, len(unit.entries))
+
+    def _next_call(self) -> tuple[int, bool]:
+        """How many of the ready groups, from the front, the next call takes, and whether that
+        call is full. A call never holds more than ``videos_per_call`` videos by the groups'
+        bounds (one group at least): the first call after a slow actor start included, when many
+        groups wait (the sizing's clips per call is the device's memory budget)."""
+        taken, videos = 0, 0
+        for group in self.ready:
+            bound = self._group_bound(group)
+            if taken and videos + bound > self.videos_per_call:
+                return taken, True
+            taken, videos = taken + 1, videos + bound
+            if videos >= self.videos_per_call:
+                return taken, True
+        return taken, False
+
     def _dispatch(self, now: float) -> None:
         if not self.ready:
             return
         more_coming = self.running > 0 and self.ready[0].arrived + self.hold_s > now
         busy = self._busy()
-        per_group = self.videos_seen / self.groups_seen
-        groups_per_call = max(1, round(self.videos_per_call / per_group))
-        for actor in sorted((a for a in range(self.num_actors) if self.live[a]), key=busy.__getitem__):
+        for actor in sorted(self.pool.live_actors(), key=busy.__getitem__):
             while self.ready and busy[actor] < self.config.calls_per_actor:
-                if more_coming and len(self.ready) < groups_per_call:
+                count, full = self._next_call()
+                if more_coming and not full:
                     break  # wait for a fuller call, a little
-                groups = [self.ready.popleft() for _ in range(min(groups_per_call, len(self.ready)))]
+                groups = [self.ready.popleft() for _ in range(count)]
                 call = _Call(actor, groups)
                 self.calls[self._next_id] = call
                 self._decisions.append(CallActor(self._next_id, actor, [g.ref for g in groups]))

@@ -15,7 +15,7 @@ from worker.decode_task import ModelSpec
 
 __all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CALLS_PER_ACTOR", "GPU_CALL_VOXELS",
            "GPU_CLIPS_PER_GROUP", "GPU_DECODE_BOUND_WAKE_MS", "GPU_GROUPS_PER_UNIT", "GPU_GROUP_MS",
-           "GPU_MAX_GROUPS_PER_CALL", "GPU_WAKE_MS", "gpu_groups_per_call", "share_of", "size_pipeline",
+           "GPU_MAX_GROUPS_PER_CALL", "GPU_WAKE_MS", "capacity_for", "gpu_groups_per_call", "share_of", "size_pipeline",
            "unit_videos_for", "videos_per_call"]
 
 
@@ -103,8 +103,8 @@ def size_pipeline(
         per_event = dict(unit_videos=unit_videos_for(group_clips, views, calls=GPU_GROUPS_PER_UNIT), group_ms=GPU_GROUP_MS,
                          group_videos=videos_per_call(group_clips, views), wake_ms=GPU_WAKE_MS,
                          decode_bound_wake_ms=GPU_DECODE_BOUND_WAKE_MS, calls_per_actor=GPU_CALLS_PER_ACTOR)
-    else:
-        per_event = dict(unit_videos=unit_videos_for(batch_views, views))
+    else:  # a group never holds more than a call's videos, so no call needs to (Scheduler._next_call)
+        per_event = dict(unit_videos=unit_videos_for(batch_views, views), group_videos=videos_per_call(batch_views, views))
     return PipelineConfig(
         spec=spec,
         num_actors=actors,
@@ -178,6 +178,18 @@ GPU_CALLS_PER_ACTOR = 4
 #: meanwhile waits at most this long and no actor waits for it. A wake-up costs the driver
 #: ~0.3-0.5 ms of CPU whatever it finds (~10% of its CPU per video at 200 videos/s).
 GPU_DECODE_BOUND_WAKE_MS = 250.0
+
+
+def capacity_for(config: PipelineConfig, cpus: float, gpus: float, actors: int) -> tuple[int, int]:
+    """Model actors and decode slots for a cluster that now has ``cpus`` and ``gpus``, given the
+    ``actors`` the run has: on GPUs, an actor per GPU share when the pool follows the cluster
+    (``actors_grow``), and every CPU the actors leave decoding; on CPU, the sizing's own
+    (each CPU actor's threads take its node's cores, a half-CPU slot beside each)."""
+    if not config.actor_gpus:
+        return actors, config.decode_slots
+    if config.actors_grow:
+        actors = max(actors, int(gpus) * round(1 / config.actor_gpus))
+    return actors, max(1, int(cpus * config.cpu_share - actors * config.actor_cpus))
 
 
 def gpu_groups_per_call(spec: ModelSpec) -> int:

@@ -71,6 +71,29 @@ def _partition(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _gpus(text: str) -> str | int:
+    """``--gpus``: ``auto`` or a whole number of GPUs, 0 for a run on CPUs."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number of GPUs, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be auto or at least 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -163,6 +186,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--num-actors",), "run", "model actors", SCORING, shown="one per GPU; one on a CPU-only cluster",
          options={"type": _positive_int}),
     Flag(("--shard-size",), "run", "videos per Parquet file", SCORING, default=256, options={"type": _positive_int}),
+    Flag(("--gpus",), "run",
+         "GPUs the run wants: N (0: score on CPUs), or auto: $X3D_GPUS where the cluster sets it (cluster/ launch files set "
+         "it to their GPU pool's size), else every GPU the cluster has, an actor added for each that joins mid-run. "
+         "Actors for GPUs not yet there wait for the autoscaler (docs/cluster.md)", SCORING, default="auto",
+         options={"type": _gpus, "metavar": "N|auto"}),
+    Flag(("--gpu-wait",), "run", "seconds a run meant for GPUs waits for its first GPU before it stops with one line",
+         SCORING, default=600.0, options={"type": _positive_float}),
     # ---- evaluate
     Flag(("--label-map",), "evaluate", "class names, one per line", ("evaluate",), shown="the dataset's, else the model's"),
     Flag(("--output",), "evaluate", "output folder or s3://bucket/prefix", ("evaluate",),
@@ -281,7 +311,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 #: job config field -> the flag's dest, where the two names differ
-FIELD_FOR_DEST = {"local_cpus": "num_cpus", "decode_timeout_s": "decode_timeout", "duration_s": "duration", "warmup_s": "warmup"}
+FIELD_FOR_DEST = {"local_cpus": "num_cpus", "decode_timeout_s": "decode_timeout", "gpu_wait_s": "gpu_wait", "duration_s": "duration", "warmup_s": "warmup"}
 
 
 def job_config(cls, args: argparse.Namespace, **values):

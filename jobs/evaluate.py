@@ -28,7 +28,7 @@ from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_ite
 from jobs.errors import JobError, JobInterrupted
 from jobs.features import FeatureLayout, FeatureOptions, feature_layout, vector_values
 from jobs.interrupts import pause_point
-from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_job
+from jobs.lifecycle import LoadedWeights, check_model, load_weights, pool_line, run_model_job
 from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
@@ -272,7 +272,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
             _log(cfg, f"evaluate: partition {part}: {total_videos} videos in {len(mine)} shards (numbers {part.index} modulo {part.count})")
         if done_mine:
             _log(cfg, f"evaluate: resuming, {len(done_mine)} shards{share} already finished")
-        _log(cfg, f"evaluate: {pipe_cfg.num_actors} model actor(s), {pipe_cfg.decode_slots} decode slot(s)")
+        _log(cfg, f"evaluate: {pool_line(pipe_cfg)}")
         warning = bf16_cpu_warning(cfg.precision, pipe_cfg.actor_gpus)
         if warning:
             print(f"evaluate: {warning}", file=sys.stderr, flush=True)  # even with --quiet: it is about the result's cost

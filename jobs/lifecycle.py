@@ -71,9 +71,18 @@ def size_for(opts: ClusterOptions, spec: ModelSpec, num_actors: int | None) -> P
     partition (evaluate's ``--partition i/n``) sizes to its share of the GPUs."""
     part = getattr(opts, "partition", None)
     config = pipeline_config_for(spec, num_actors=num_actors, batch_size=opts.batch_size, decode_timeout_s=opts.decode_timeout_s,
-                                 actors_per_gpu=opts.actors_per_gpu, share=(part.index, part.count) if part else (0, 1))
+                                 actors_per_gpu=opts.actors_per_gpu, share=(part.index, part.count) if part else (0, 1),
+                                 gpus=getattr(opts, "gpus", "auto"), gpu_wait_s=getattr(opts, "gpu_wait_s", 0.0))
     options = runner_options(opts)
     return dataclasses.replace(config, runner_options=options) if options else config
+
+
+def pool_line(config: PipelineConfig) -> str:
+    """What the run asked the cluster for, for its log: where its actors score, and whether the
+    pool follows the cluster."""
+    where = "on GPUs" if config.actor_gpus else "on CPUs (no GPU on the cluster, or --gpus 0)"
+    grows = ", one more per GPU that joins" if config.actors_grow else ""
+    return f"{config.num_actors} model actor(s) {where}{grows}, {config.decode_slots} decode slot(s) to start"
 
 
 def runner_options(opts: Any) -> dict[str, Any]:

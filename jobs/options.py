@@ -45,6 +45,8 @@ class RunOptions(ModelOptions, ClusterOptions):
 
     num_actors: int | None = None  # None: one per GPU, one on a CPU-only cluster
     shard_size: int = 256  # videos per Parquet file
+    gpus: int | str = "auto"  # GPUs the run wants (cluster.runtime.gpus_wanted); 0: on CPUs
+    gpu_wait_s: float = 600.0  # a run meant for GPUs stops when none has come this long
     # time.monotonic() when the command started (submit.py sets it), so the times a job reports
     # cover the whole process, imports and start-up included; None: when the job was called
     started_at: float | None = None

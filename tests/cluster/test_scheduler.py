@@ -9,6 +9,7 @@ its file, and that the work in flight stays within the scheduler's bound.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 import x3d
 from cluster.config import PipelineConfig, ScoredVideo, Shard, VideoOutcome
 from cluster.errors import ClusterError
+from cluster.sizing import GPU_CLIPS_PER_GROUP, ClusterShape, size_pipeline
 from cluster.scheduler import CRASHED, DONE, NODE_LOST, CallActor, CancelUnit, Scheduler, StartActor, StartUnit
 from worker.decode_task import DecodeResult, ModelSpec
 from worker.items import VideoItem
@@ -73,7 +75,8 @@ class Sim:
         self.units: dict[int, _SimUnit] = {}
         self.calls: dict[int, tuple[int, int, list[Any]]] = {}  # call -> (actor, generation, groups)
         self.starting: list[tuple[int, int]] = []  # actors asked to start, not yet answered
-        self.generation = [0] * self.config.num_actors
+        self.slots_seen = 0  # the most decode slots the cluster has had: a shrink lets running units finish
+        self.bound_seen = 0  # ... and the largest bound on the videos in flight
         self.late: list[tuple[int, list[Any]]] = []  # calls of lost actors, which may still answer
         self.max_in_flight = 0
 
@@ -96,9 +99,12 @@ class Sim:
                 self.starting = [s for s in self.starting if s[0] != decision.actor] + [(decision.actor, decision.generation)]
         s = self.scheduler
         self.max_in_flight = max(self.max_in_flight, s.in_flight)
-        assert 0 <= s.in_flight <= s.max_in_flight, (s.in_flight, s.max_in_flight)
-        assert s.running <= 2 * self.config.decode_slots
-        assert len(s.ready) + sum(len(c.groups) for c in s.calls.values()) <= s.max_in_flight
+        self.slots_seen, self.bound_seen = max(self.slots_seen, s.decode_slots), max(self.bound_seen, s.max_in_flight)
+        assert 0 <= s.in_flight <= self.bound_seen, (s.in_flight, self.bound_seen)
+        assert s.running <= 2 * self.slots_seen
+        assert len(s.ready) + sum(len(c.groups) for c in s.calls.values()) <= self.bound_seen
+        for call in s.calls.values():  # no call of several groups holds more than the sized videos
+            assert len(call.groups) == 1 or sum(len(g.ref) for g in call.groups) <= s.videos_per_call
 
     # ------------------------------------------------------------------ what the cluster does
 
@@ -125,7 +131,8 @@ class Sim:
         result = DecodeResult(error=f"{item.key}: broken" if kind == "bad" else None, num_views=1, place=(unit.id, unit.next))
         unit.group.append((result, None if kind == "bad" else "frames"))
         unit.next += 1
-        if unit.careful or self.rng.random() < 0.5:
+        full = 0 < self.config.group_videos <= len(unit.group)  # the decode task closes a full group
+        if unit.careful or full or self.rng.random() < 0.5:
             self._send(unit)
             if self.rng.random() < 0.05 * self.chaos:  # grew too big: stops after this group
                 del self.units[unit.id]
@@ -159,6 +166,7 @@ class Sim:
                 choices.append(lambda: self._lose_unit(rng.choice(list(self.units.values()))))
             if self.late:
                 choices.append(self._late_answer)
+            choices.append(self._capacity)
         if not choices:
             return False
         rng.choice(choices)()
@@ -178,8 +186,13 @@ class Sim:
         else:
             self.scheduler.on_actor_started(actor, generation)
 
+    def _capacity(self) -> None:
+        """The cluster grew or shrank (nodes joined or left; a leaving node's actors and units
+        are lost by their own events)."""
+        self.scheduler.on_capacity(cpus=self.rng.choice([1, 2, 3, 5]), gpus=self.rng.choice([0, 1, 2, 3]))
+
     def _lose_actor(self) -> None:
-        actor = self.rng.randrange(self.config.num_actors)
+        actor = self.rng.randrange(self.scheduler.num_actors)
         generation = self.scheduler.generation[actor]
         if (actor, generation) in self.starting:
             self.starting.remove((actor, generation))
@@ -321,14 +334,17 @@ INTERLEAVINGS = 2000
 def test_random_interleavings_of_every_event():
     """Seeded: each seed is one interleaving of unit progress, groups, replies (some twice),
     actor losses and starts, failed calls, lost frames, node losses, recycling, deadlines and
-    late answers, over a mix of good, broken, hanging and worker-killing videos."""
+    late answers, the cluster growing and shrinking (a pool that follows its GPUs gains actors,
+    decode slots follow its CPUs), over a mix of good, broken, hanging and worker-killing videos."""
     bound = 0
     for seed in range(INTERLEAVINGS):
         rng = random.Random(seed)
         kinds = KINDS[:]
         rng.shuffle(kinds)
         config = _config(unit_videos=rng.choice([1, 3, 5]), decode_slots=rng.choice([1, 2]),
-                         num_actors=rng.choice([1, 2]), batch_views=rng.choice([1, 4]))
+                         num_actors=rng.choice([1, 2]), batch_views=rng.choice([1, 4]), group_videos=rng.choice([0, 1, 2]))
+        if seed % 2:  # a GPU pool that follows the cluster
+            config = dataclasses.replace(config, actor_gpus=1.0, actor_cpus=1.0, actors_grow=True)
         sim = Sim(kinds, rng, config, chaos=1.0)
         sim.run()
         sim.check(kinds)
@@ -337,7 +353,8 @@ def test_random_interleavings_of_every_event():
 
 
 def test_groups_wait_a_little_for_a_full_call_but_not_for_busy_actors():
-    config = _config(num_actors=1, unit_videos=8, batch_views=4, calls_per_actor=1, group_ms=20.0)
+    # groups of up to two videos: a call (four) takes two, so one alone is not a full call
+    config = _config(num_actors=1, unit_videos=8, batch_views=4, calls_per_actor=1, group_ms=20.0, group_videos=2)
     scheduler = Scheduler(_shards(["good"] * 8), config)
     unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
     scheduler.on_actor_started(0, 0)
@@ -351,6 +368,75 @@ def test_groups_wait_a_little_for_a_full_call_but_not_for_busy_actors():
     scheduler.on_group(unit, [(DecodeResult(None, 1, place=(unit, 1)), "frames")], 2.0)
     assert scheduler.take(5.0) == []  # the only actor is busy: no deadline for the wait
     assert scheduler.next_deadline() == 2.0 + TIMEOUT_S + config.group_ms / 1000.0  # the unit's own
+
+
+def test_the_first_call_after_a_slow_actor_start_holds_no_more_than_the_sized_clips():
+    """While a GPU actor loads its model, full groups pile up; its first call must still carry
+    at most the clips the sizing chose (the device's memory budget), not every waiting group.
+    The job's own GPU sizing, X3D-S at 10 views on 1 GPU and 16 CPUs, with 80 groups waiting."""
+    spec = ModelSpec(x3d.get_preset("x3d_s"), 10)
+    config = size_pipeline(ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1), spec)
+    per_group = config.group_videos
+    assert per_group * 10 <= GPU_CLIPS_PER_GROUP < config.batch_views
+    scheduler = Scheduler(_shards(["good"] * 80 * per_group, per_shard=per_group), config)
+    units = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)]
+    waiting = []
+    while len(waiting) < 80 and units:
+        for unit in units:
+            scheduler.on_unit_started(unit.unit, 0.0)
+            for g in range(0, len(unit.items), per_group):
+                group = [(DecodeResult(None, 10, place=(unit.unit, i)), "frames")
+                         for i in range(g, min(g + per_group, len(unit.items)))]
+                scheduler.on_group(unit.unit, group, 1.0)
+                waiting.append(group)
+        assert not any(isinstance(d, CallActor) for d in scheduler.take(1.0))  # no actor is live yet
+        units = [d for d in scheduler.take(1.0) if isinstance(d, StartUnit)]
+    assert len(waiting) >= 10
+    scheduler.on_actor_started(0, 0)
+    calls = [d for d in scheduler.take(100.0) if isinstance(d, CallActor)]
+    for call in calls:
+        clips = sum(result.num_views for group in call.groups for result, _ in group)
+        assert clips <= config.batch_views, f"a call of {len(call.groups)} groups, {clips} clips: sized {config.batch_views}"
+        assert len(call.groups) == 2  # as many as fit: two full X3D-S groups
+    assert len(calls) == config.calls_per_actor
+
+
+def test_decode_slots_follow_the_cluster_and_a_gpu_pool_grows_with_it():
+    """Capacity events: a GPU joining adds a model actor to a pool that follows the cluster
+    (``actors_grow``), the CPUs left over decode; a shrink lowers the decode slots only."""
+    spec = ModelSpec(x3d.get_preset("x3d_s"), 10)
+    config = dataclasses.replace(size_pipeline(ClusterShape(cpus=2, gpus=1, nodes=1, node_cpus=2, cpu_nodes=1), spec),
+                                 actors_grow=True)
+    assert config.actor_cpus == 1
+    scheduler = Scheduler(_shards(["good"] * 400, per_shard=50), config)
+    assert [d.actor for d in scheduler.take(0.0) if isinstance(d, StartActor)] == [0]
+    assert scheduler.decode_slots == config.decode_slots == 1  # 2 CPUs less the actor's one
+    scheduler.on_capacity(cpus=4, gpus=2)  # a node with a GPU and 2 CPUs joined
+    assert [d for d in scheduler.take(0.0) if isinstance(d, StartActor)] == [StartActor(1, 0)]
+    assert scheduler.decode_slots == 2 and scheduler.num_actors == 2
+    assert scheduler.running <= 2 * scheduler.decode_slots
+    scheduler.on_capacity(cpus=3, gpus=1)  # a node left: its actor's loss is its own event
+    assert scheduler.num_actors == 2 and scheduler.decode_slots == 1
+    fixed = Scheduler(_shards(["good"] * 8), dataclasses.replace(config, actors_grow=False))
+    fixed.on_capacity(cpus=4, gpus=2)
+    assert fixed.num_actors == 1 and fixed.decode_slots == 3
+
+
+def test_a_run_meant_for_gpus_ends_when_none_comes():
+    config = _config(num_actors=1, actor_gpus=1.0, gpu_wait_s=30.0)
+    scheduler = Scheduler(_shards(["good"] * 4), config)
+    scheduler.take(5.0)
+    assert scheduler.next_deadline() <= 35.0
+    scheduler.on_tick(34.0)
+    with pytest.raises(ClusterError, match=r"no GPU came for a model actor in 30 s .* --gpus 0"):
+        scheduler.on_tick(35.0)
+    started = Scheduler(_shards(["good"] * 4), config)
+    started.take(5.0)
+    started.on_actor_started(0, 0, now=20.0)
+    started.on_tick(1000.0)  # one came: no deadline any more, whatever happens later
+    on_cpu = Scheduler(_shards(["good"] * 4), _config(num_actors=1, gpu_wait_s=30.0))
+    on_cpu.take(5.0)
+    on_cpu.on_tick(1000.0)  # a CPU run has nothing to wait for
 
 
 def test_the_driver_wakes_often_only_while_groups_wait_for_an_actor():

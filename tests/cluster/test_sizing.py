@@ -79,7 +79,7 @@ def test_units_and_calls_follow_the_models_speed():
     cpu_config = size_pipeline(cpu, _spec(30))
     assert on_gpu.group_ms == GPU_GROUP_MS > cpu_config.group_ms == PipelineConfig.group_ms
     assert (on_gpu.group_videos, on_gpu.wake_ms, on_gpu.calls_per_actor) == (per_group, GPU_WAKE_MS, GPU_CALLS_PER_ACTOR)
-    assert (cpu_config.group_videos, cpu_config.wake_ms, cpu_config.calls_per_actor) == (0, 0.0, PipelineConfig.calls_per_actor)
+    assert (cpu_config.group_videos, cpu_config.wake_ms, cpu_config.calls_per_actor) == (1, 0.0, PipelineConfig.calls_per_actor)
     assert on_gpu.decode_bound_wake_ms == GPU_DECODE_BOUND_WAKE_MS > GPU_WAKE_MS and cpu_config.decode_bound_wake_ms == 0.0
     # --batch-size: calls of one group, as large as asked
     assert (size_pipeline(gpu, _spec(10), batch_size=64).group_videos, size_pipeline(gpu, _spec(10), batch_size=64).batch_views) == (6, 64)
