@@ -43,6 +43,7 @@ from jobs.cli import EXIT_USAGE, job_config, parse_args, prog_name, with_command
 
 EXIT_OK = 0
 EXIT_NOTHING_SCORED = 3  # the job ran, but every video failed
+EXIT_INFRASTRUCTURE = 4  # the storage or the cluster stayed down: stopped, rerun to finish
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as shells report it
 
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
@@ -111,7 +112,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
         _fail(f"--partition {args.partition} needs --output: every partition of a run writes into the same folder")
     _preflight(args, model, args.output, dataset=spec)
 
-    from cluster.errors import ClusterError
+    from cluster.errors import ClusterError, InfrastructureDown
     from jobs.datasets import DatasetError
     from jobs.errors import JobError
     from jobs.evaluate import EvaluateConfig, first_error, run_evaluate
@@ -120,6 +121,8 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     cfg = job_config(EvaluateConfig, args, dataset=spec, model=model)
     try:
         summary = run_evaluate(cfg)
+    except InfrastructureDown as exc:
+        _infrastructure_down(str(exc), resume=True)
     except (DatasetError, JobError, ClusterError, StorageError) as exc:
         _fail(str(exc))
     if summary is None:  # a partition's part is done; another partition writes the summary
@@ -130,6 +133,17 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
             f"each has an error row in {summary['output']}/predictions"
         )
     return EXIT_OK
+
+
+def _infrastructure_down(message: str, resume: bool) -> None:
+    """The infrastructure stayed down (``cluster.errors.InfrastructureDown``): what was written
+    stays, the videos not scored are not failures, and the same command (with --resume for
+    evaluate) finishes the run. One line, exit 4."""
+    argv = [a for a in sys.argv[1:]]
+    if resume and "--resume" not in argv:
+        argv.append("--resume")
+    command = " ".join([prog_name() if prog_name() == "x3d-ray" else "python submit.py", *map(shlex.quote, argv)])
+    _fail(f"{message}; finish the run with: {command}", EXIT_INFRASTRUCTURE)
 
 
 def _nothing_scored(message: str) -> int:
@@ -150,7 +164,7 @@ def run_label_command(args: argparse.Namespace) -> int:
         _fail(f"--target-file-mb must be positive, got {args.target_file_mb}")
     _preflight(args, model, args.output)
 
-    from cluster.errors import ClusterError
+    from cluster.errors import ClusterError, InfrastructureDown
     from jobs.errors import JobError
     from jobs.label import LabelConfig, compact_labels, first_failure, plan_label, rebuild_label_index, run_label
     from x3d.storage import StorageError
@@ -177,6 +191,8 @@ def run_label_command(args: argparse.Namespace) -> int:
             manifest = run_label(cfg)
         if args.compact:
             compact_labels(cfg.output, args.target_file_mb, quiet=cfg.quiet)
+    except InfrastructureDown as exc:
+        _infrastructure_down(str(exc), resume=False)
     except (JobError, ClusterError, StorageError, ValueError) as exc:
         _fail(str(exc))
     if manifest and manifest["failed"] and not manifest["labelled"]:

@@ -17,7 +17,11 @@ import numpy as np
 from worker.decode_task import DecodeResult, ModelSpec
 from worker.items import VideoItem
 
-__all__ = ["ActorReply", "PipelineConfig", "ScoredVideo", "Shard", "VideoOutcome"]
+__all__ = ["INFRASTRUCTURE", "VIDEO", "ActorReply", "PipelineConfig", "ScoredVideo", "Shard", "VideoOutcome"]
+
+#: A failed video's kind (``VideoOutcome.failure``, the rows' ``failure`` column): the video's own
+#: fault, which a rerun repeats, or the infrastructure's, which a rerun may not
+VIDEO, INFRASTRUCTURE = "video", "infrastructure"
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,9 @@ class VideoOutcome:
     infer_ms: float = 0.0
     actor: str = ""  # the runner that scored it (host:pid); "" when it was not scored
     features: np.ndarray | None = None  # the video's embedding, when the job asked for one
+    # whose failure it is when ``error`` is set: ``VIDEO`` (it cannot be decoded, is too short,
+    # hangs in a careful retry) or ``INFRASTRUCTURE`` (storage, a failed call, after the retries)
+    failure: str | None = None
 
     @property
     def num_views(self) -> int:
@@ -150,6 +157,18 @@ class PipelineConfig:
     # A run whose actors ask for GPUs ends with one line when none of them has started this long
     # after they were asked for (a cluster that never brings a GPU); 0: it waits for ever
     gpu_wait_s: float = 0.0
+    # Infrastructure failures (a store that cannot serve, a failed actor call) are retried, not
+    # outcomes: a video whose storage read failed goes back to the queue after a backoff, up to
+    # this many times, then it is an ``INFRASTRUCTURE`` error row (redone by a later run)
+    infra_retries: int = 5
+    infra_backoff_s: float = 2.0  # the first wait; doubled per retry, at most 30 s
+    # A store that has failed every read this long (no video read since) stops the run:
+    # ``InfrastructureDown``, its own exit status; the rows written stay, a rerun finishes
+    storage_outage_s: float = 120.0
+    # A call whose scoring failed (out of memory, a CUDA error) has its groups retried in other
+    # calls, up to this many failures each (then its videos are ``INFRASTRUCTURE`` rows); an
+    # actor with this many failed calls in a row is replaced (a poisoned CUDA context)
+    call_retries: int = 2
     # The part of the cluster's CPUs this run's decode slots follow: 1, or a partition's share
     # (``--partition``: its share of the GPUs, ``cluster.sizing.share_of``)
     cpu_share: float = 1.0

@@ -5,11 +5,16 @@ Importing it loads no Ray: the command line imports it before its name checks.
 
 from __future__ import annotations
 
-__all__ = ["ClusterError", "cause_of", "caused_by", "lost_input", "node_lost", "short_error"]
+__all__ = ["ClusterError", "InfrastructureDown", "cause_of", "caused_by", "lost_input", "node_lost", "short_error"]
 
 
 class ClusterError(Exception):
     """Ray could not be reached or cannot run the job; one line for the user."""
+
+
+class InfrastructureDown(ClusterError):
+    """The storage (or the model actors' device) failed every request for the stated time: the
+    run stops, and the videos it could not score are not outcomes; rerunning finishes them."""
 
 
 def short_error(exc: BaseException) -> str:

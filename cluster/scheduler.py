@@ -54,8 +54,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from cluster.actor_pool import ActorPool, StartActor
-from cluster.config import PipelineConfig, ScoredVideo, Shard, VideoOutcome
-from cluster.errors import ClusterError
+from cluster.config import INFRASTRUCTURE, VIDEO, PipelineConfig, ScoredVideo, Shard, VideoOutcome
+from cluster.errors import ClusterError, InfrastructureDown
 from cluster.sizing import capacity_for, videos_per_call
 from worker.decode_task import DecodeResult
 from worker.items import VideoItem
@@ -125,6 +125,7 @@ class _Group:
     unit: int
     ref: Any
     arrived: float = 0.0
+    failures: int = 0  # calls with it that failed to score (not by a lost actor)
 
 
 @dataclass
@@ -168,6 +169,13 @@ class Scheduler:
         self._next_id = 0
         self._decisions: list[Any] = []
         self._stall_told = False  # the current wait for a CPU has been told (stall_notice)
+        self.clock = 0.0  # the latest time an event or ``take`` was given
+        # Infrastructure failures: videos whose storage read failed wait out a backoff here
+        # (when, entry); their tries so far; when the store last began failing every read
+        self.later: list[tuple[float, Entry]] = []
+        self.infra_tries: dict[Key, int] = {}
+        self.storage_down_since: float | None = None
+        self.failed_calls: dict[int, int] = {}  # actor -> its calls that failed in a row
 
     @property
     def num_actors(self) -> int:
@@ -197,6 +205,7 @@ class Scheduler:
 
     def take(self, now: float) -> list[Any]:
         """The decisions since the last call, after starting units and calls that fit now."""
+        self.clock = max(self.clock, now)
         self._start_units(now)
         self._dispatch(now)
         out, self._decisions = self.pool.take_starts(now) + self._decisions, []
@@ -204,7 +213,8 @@ class Scheduler:
 
     @property
     def finished(self) -> bool:
-        return not (self.shards is not None or self.pending or self.careful or self.solo or self.units or self.ready or self.calls)
+        return not (self.shards is not None or self.pending or self.careful or self.solo or self.units or self.ready
+                    or self.calls or self.later)
 
     def next_deadline(self) -> float:
         """When ``on_tick`` (or ``take``) has something to do: a unit's deadline, or a partial
@@ -214,7 +224,9 @@ class Scheduler:
         if unplaced is not None and not self._stall_told:
             deadline = min(deadline, unplaced + self.config.stall_notice_s)
         deadline = min(deadline, self.pool.stall_deadline(self.config.stall_notice_s),
-                       self.pool.gpu_deadline(self._gpu_wait_s))
+                       self.pool.gpu_deadline(self._gpu_wait_s), min((t for t, _ in self.later), default=float("inf")))
+        if self.storage_down_since is not None:
+            deadline = min(deadline, self.storage_down_since + self.config.storage_outage_s)
         if self.ready and any(self._busy()[a] < self.config.calls_per_actor for a in self.pool.live_actors()):
             deadline = min(deadline, self.ready[0].arrived + self.hold_s)  # not while every actor is busy
         return deadline
@@ -296,7 +308,15 @@ class Scheduler:
             self._end(unit, why)
 
     def on_tick(self, now: float) -> None:
-        """Cancel the units whose deadline has passed; end a run meant for GPUs when none came."""
+        """Cancel the units whose deadline has passed; end a run meant for GPUs when none came,
+        or one whose storage has failed every read for ``storage_outage_s``."""
+        self.clock = max(self.clock, now)
+        down = self.storage_down_since
+        if down is not None and now - down >= self.config.storage_outage_s:
+            raise InfrastructureDown(
+                f"the storage has failed every read for {now - down:.0f} s (last: {self._last_infra_error}); "
+                "stopped, nothing of it counted as the videos' failure"
+            )
         wait_s = self._gpu_wait_s
         if now >= self.pool.gpu_deadline(wait_s):
             raise ClusterError(
@@ -336,6 +356,7 @@ class Scheduler:
         call = self.calls.pop(call_id, None)
         if call is None:
             return  # a call given up on (its actor was replaced): the first outcome stands
+        self.failed_calls.pop(call.actor, None)
         scored: list[VideoOutcome] = []
         for video in videos:
             found = self._entry(video.decode)
@@ -343,11 +364,17 @@ class Scheduler:
                 continue
             unit, entry = found
             if video.decode.error is None:
+                self.storage_down_since = None  # a video was read: the store serves
                 outcome = VideoOutcome(entry.key[0], entry.key[1], entry.item, video.decode, video.probs, None,
                                        video.infer_ms, actor_name, features=video.features)
                 scored.append(outcome)
+            elif video.decode.unavailable:  # the store's failure: the video is read again later
+                self._settle(unit, video.decode.place[1], None, report=False)
+                self._storage_failed(entry, video.decode)
+                continue
             else:
-                outcome = VideoOutcome(entry.key[0], entry.key[1], entry.item, video.decode, None, video.decode.error)
+                outcome = VideoOutcome(entry.key[0], entry.key[1], entry.item, video.decode, None, video.decode.error,
+                                       failure=VIDEO)
             self._settle(unit, video.decode.place[1], outcome, report=video.decode.error is not None)
         if self.on_batch is not None and record is not None and scored:
             self.on_batch(record, scored)
@@ -358,30 +385,52 @@ class Scheduler:
     def on_call_failed(self, call_id: int, error: str, lost: bool = False,
                        contents: Sequence[Sequence[DecodeResult] | str | None] = ()) -> None:
         """A call failed, not by its actor's loss: its groups' frames were ``lost`` with a node
-        (decoded again), or scoring failed: the adapter read the groups (``contents``: each
-        group's results; None for one whose frames were lost; the error text for one that was its
-        stream's error, not a group) and each video that decoded is an error row."""
+        (decoded again), or scoring failed (out of memory, a CUDA error): the infrastructure's
+        failure, so its groups go to other calls, each up to ``call_retries`` failures, after
+        which the adapter's reading of them (``contents``: each group's results; None for one
+        whose frames were lost; the error text for one that was its stream's error) gives
+        ``INFRASTRUCTURE`` rows. An actor whose calls keep failing is replaced."""
         call = self.calls.pop(call_id, None)
         if call is None:
             return
-        for group, results in zip(call.groups, contents if not lost else [None] * len(call.groups)):
+        contents = list(contents) if not lost else [None] * len(call.groups)
+        contents += [None] * (len(call.groups) - len(contents))
+        retry: list[_Group] = []
+        done: list[_Group] = []
+        for group, results in zip(call.groups, contents):
             unit = self.units.get(group.unit)
             if unit is None:
+                done.append(group)
                 continue
-            if results is None:
+            if lost or results is None:
                 unit.lost_groups = True  # which videos it held died with it: requeued at settling
+                done.append(group)
                 continue
             if isinstance(results, str):  # not a group but its stream's error: the unit failed
                 unit.failed_group, unit.error = True, results
+                done.append(group)
                 continue
+            group.failures += 1
+            if group.failures < self.config.call_retries:
+                retry.append(group)
+                continue
+            done.append(group)
             for result in results:
                 found = self._entry(result)
                 if found is None:
                     continue
                 unit, entry = found
+                kind = VIDEO if result.error else INFRASTRUCTURE
                 text = result.error or f"{entry.item.key}: inference failed ({error})"
-                self._settle(unit, result.place[1], VideoOutcome(entry.key[0], entry.key[1], entry.item, result, None, text))
-        self._groups_done(call.groups)
+                self._settle(unit, result.place[1], VideoOutcome(entry.key[0], entry.key[1], entry.item, result, None, text,
+                                                                 failure=kind))
+        self.ready.extendleft(reversed(retry))
+        self._groups_done(done)
+        if not lost:
+            failures = self.failed_calls[call.actor] = self.failed_calls.get(call.actor, 0) + 1
+            if failures >= self.config.call_retries and self.pool.live[call.actor]:
+                del self.failed_calls[call.actor]
+                self.on_actor_lost(call.actor, self.pool.generation[call.actor], f"{failures} calls failed in a row: {error}")
 
     # ------------------------------------------------------------------ the rules
 
@@ -437,14 +486,30 @@ class Scheduler:
             return None
         return unit, unit.entries[index]
 
-    def _settle(self, unit: _Unit, index: int, outcome: VideoOutcome, report: bool = True) -> None:
+    def _settle(self, unit: _Unit, index: int, outcome: VideoOutcome | None, report: bool = True) -> None:
         unit.settled.add(index)
         self.in_flight -= 1
         if report:
             self._finish(outcome)
 
-    def _fail(self, entry: Entry, error: str) -> None:
-        self._finish(VideoOutcome(entry.key[0], entry.key[1], entry.item, DecodeResult(error=error, worker=""), None, error))
+    def _fail(self, entry: Entry, error: str, kind: str = VIDEO) -> None:
+        self._finish(VideoOutcome(entry.key[0], entry.key[1], entry.item, DecodeResult(error=error, worker=""), None, error,
+                                  failure=kind))
+
+    _last_infra_error = ""
+
+    def _storage_failed(self, entry: Entry, result: DecodeResult) -> None:
+        """A video the store could not serve: read again after a backoff, ``infra_retries``
+        times, then an ``INFRASTRUCTURE`` row. A store failing every read trips ``on_tick``."""
+        self._last_infra_error = result.error or ""
+        if self.storage_down_since is None:
+            self.storage_down_since = self.clock
+        tries = self.infra_tries[entry.key] = self.infra_tries.get(entry.key, 0) + 1
+        if tries > self.config.infra_retries:
+            self._fail(entry, result.error or f"{entry.item.key}: storage unavailable", INFRASTRUCTURE)
+            return
+        wait = min(30.0, self.config.infra_backoff_s * 2 ** (tries - 1))
+        self.later.append((self.clock + wait, entry))
 
     def _finish(self, outcome: VideoOutcome) -> None:
         done = self.outcomes.get(outcome.shard)
@@ -475,6 +540,11 @@ class Scheduler:
 
     def _next_unit(self) -> tuple[list[Entry], float]:
         """The next unit's videos, and how long it may gather them into one group (0: careful)."""
+        if self.later:
+            due = [e for t, e in self.later if t <= self.clock]
+            if due:
+                self.later = [(t, e) for t, e in self.later if t > self.clock]
+                self.pending.extendleft(reversed(due))
         if self.solo:
             return [self.solo.popleft()], 0.0
         if self.careful:

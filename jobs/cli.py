@@ -191,6 +191,10 @@ FLAGS: tuple[Flag, ...] = (
          "it to their GPU pool's size), else every GPU the cluster has, an actor added for each that joins mid-run. "
          "Actors for GPUs not yet there wait for the autoscaler (docs/cluster.md)", SCORING, default="auto",
          options={"type": _gpus, "metavar": "N|auto"}),
+    Flag(("--storage-outage",), "run",
+         "seconds the storage may fail every read before the run stops (exit 4, docs/exit-codes.md); until then videos it "
+         "cannot serve are retried, never error rows of their own", SCORING, default=120.0,
+         options={"type": _positive_float}),
     Flag(("--gpu-wait",), "run", "seconds a run meant for GPUs waits for its first GPU before it stops with one line",
          SCORING, default=600.0, options={"type": _positive_float}),
     # ---- evaluate
@@ -261,7 +265,7 @@ DESCRIPTIONS = {
     "benchmark": "throughput per model-actor count and where the time goes",
 }
 EPILOG = ("exit status: 0 done, 2 a mistake in the request (nothing written), "
-          "3 every video failed, 130/143 interrupted (SIGINT/SIGTERM)")
+          "3 every video failed, 4 the storage stayed down (rerun to finish), 130/143 interrupted (SIGINT/SIGTERM)")
 
 
 def flags_of(command: str) -> list[Flag]:
@@ -311,7 +315,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 #: job config field -> the flag's dest, where the two names differ
-FIELD_FOR_DEST = {"local_cpus": "num_cpus", "decode_timeout_s": "decode_timeout", "gpu_wait_s": "gpu_wait", "duration_s": "duration", "warmup_s": "warmup"}
+FIELD_FOR_DEST = {"local_cpus": "num_cpus", "decode_timeout_s": "decode_timeout", "gpu_wait_s": "gpu_wait", "storage_outage_s": "storage_outage", "duration_s": "duration", "warmup_s": "warmup"}
 
 
 def job_config(cls, args: argparse.Namespace, **values):

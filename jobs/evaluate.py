@@ -190,6 +190,7 @@ def outcome_row(outcome, classes: Sequence[str], save_probs: bool, features: Fea
         "label": outcome.item.label,
         "num_views": outcome.num_views,
         "error": outcome.error,
+        "failure": outcome.failure if outcome.error is not None else None,
         "decode_ms": float(outcome.decode_ms),
         "infer_ms": float(outcome.infer_ms),
         "worker": outcome.worker or "",

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 import x3d
+from cluster.config import INFRASTRUCTURE
 from cluster.pipeline import Shard
 from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
@@ -398,7 +399,9 @@ def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], s
         "scores": [],
         "pred": None,
         "error": outcome.error,
-        "attempt": todo.attempt,
+        "failure": outcome.failure if outcome.error is not None else None,
+        # an infrastructure failure is not the video's: it uses up none of its --max-attempts
+        "attempt": todo.attempt - 1 if outcome.error is not None and outcome.failure == INFRASTRUCTURE else todo.attempt,
         "etag": todo.info.etag,
         "size": todo.info.size if todo.info.size >= 0 else None,
         "mtime": todo.info.mtime,

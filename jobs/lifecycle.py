@@ -73,6 +73,7 @@ def size_for(opts: ClusterOptions, spec: ModelSpec, num_actors: int | None) -> P
     config = pipeline_config_for(spec, num_actors=num_actors, batch_size=opts.batch_size, decode_timeout_s=opts.decode_timeout_s,
                                  actors_per_gpu=opts.actors_per_gpu, share=(part.index, part.count) if part else (0, 1),
                                  gpus=getattr(opts, "gpus", "auto"), gpu_wait_s=getattr(opts, "gpu_wait_s", 0.0))
+    config = dataclasses.replace(config, storage_outage_s=getattr(opts, "storage_outage_s", config.storage_outage_s))
     options = runner_options(opts)
     return dataclasses.replace(config, runner_options=options) if options else config
 

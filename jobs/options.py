@@ -47,6 +47,7 @@ class RunOptions(ModelOptions, ClusterOptions):
     shard_size: int = 256  # videos per Parquet file
     gpus: int | str = "auto"  # GPUs the run wants (cluster.runtime.gpus_wanted); 0: on CPUs
     gpu_wait_s: float = 600.0  # a run meant for GPUs stops when none has come this long
+    storage_outage_s: float = 120.0  # a storage failing every read this long stops the run (exit 4)
     # time.monotonic() when the command started (submit.py sets it), so the times a job reports
     # cover the whole process, imports and start-up included; None: when the job was called
     started_at: float | None = None

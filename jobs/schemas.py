@@ -51,6 +51,9 @@ PREDICTION_COLUMNS = (
     Column("probs", pa.list_(pa.float32()), True, "the whole fused score vector; null on error and with `--no-save-probs`"),
     Column("num_views", pa.int16(), False, "clips x crops fused into the scores; 0 on error"),
     Column("error", pa.string(), True, "one line saying why the video was not scored; null if it was"),
+    Column("failure", pa.string(), True, "whose failure the error is: `video` (it cannot be decoded, is too short, hung in a "
+           "careful retry) or `infrastructure` (storage unavailable or a failed model call, after the retries; a rerun may "
+           "succeed); null if it was scored"),
     Column("decode_ms", pa.float32(), False, "wall time spent reading and decoding the video"),
     Column("infer_ms", pa.float32(), False, "this video's share of the model's forward time (0 on error)"),
     Column("worker", pa.string(), False, "`host:pid` of the process that scored it (or failed it)"),
@@ -63,7 +66,10 @@ LABEL_COLUMNS = (
     Column("scores", pa.list_(pa.float32()), False, "their fused scores, same order; empty on error"),
     Column("pred", pa.int32(), True, "the best class index; null on error"),
     Column("error", pa.string(), True, "one line saying why the video was not labelled; null if it was"),
-    Column("attempt", pa.int16(), False, "1 for the first try of this version, counting up on each retry"),
+    Column("failure", pa.string(), True, "whose failure the error is: `video` or `infrastructure` (not counted against "
+           "`--max-attempts`: a later run retries it); null if it was labelled"),
+    Column("attempt", pa.int16(), False, "1 for the first try of this version, counting up on each retry; an "
+           "`infrastructure` failure counts no try (it repeats the tries so far, 0 if none)"),
     Column("etag", pa.string(), True, "the S3 ETag as listed; null for files"),
     Column("size", pa.int64(), True, "bytes as listed; null when the listed path could not be read"),
     Column("mtime", pa.float64(), True, "modification time as listed, seconds since the epoch"),
@@ -139,6 +145,7 @@ SUMMARY_KEYS = (
     Key("num_videos", "int", "rows in the predictions: every video of the dataset (or of `--limit`)"),
     Key("num_ok", "int", "videos scored"),
     Key("num_failed", "int", "videos with an error row"),
+    Key("failed_by_kind", "object", "`video` and `infrastructure`: the error rows by their `failure` column"),
     Key("num_labelled", "int", "videos with a ground-truth label (the accuracy's denominator with failures)"),
     Key("top1_acc", "float or null", "top-1 accuracy, a fraction (0-1) over the scored labelled videos, as MMAction2 computes it; null if none"),
     Key("top5_acc", "float or null", "top-5 accuracy, a fraction, same videos"),
@@ -155,6 +162,8 @@ SUMMARY_KEYS = (
     Key("clips_per_s", "float or null", "clips (videos x views) this run / `scoring_s`"),
     Key("num_workers", "int", "model actors that scored"),
     Key("accelerators", "list", "their device names (`cpu` or the GPU's)"),
+    Key("workers", "list", "each model actor of this run: `worker` (host:pid, the rows' `worker`), `node` (Ray node id), "
+        "`device`, `gpu_ids` (the GPUs Ray granted it; empty on CPU)"),
     Key("versions", "object", "python, torch, ray, decord versions of the driver"),
     Key("output", "string", "the output folder or prefix"),
 )

@@ -21,13 +21,18 @@ __all__ = ["FAILURES_SHOWN", "accuracy_from_table", "failure_lines", "build_summ
 
 def accuracy_from_table(table: pa.Table) -> dict[str, Any]:
     """top-1 / top-5 / mean-class, over decoded videos and with failures counted as misses."""
-    cols = table.select(["label", "pred", "topk_classes", "error"]).to_pydict()
+    names = ["label", "pred", "topk_classes", "error"] + (["failure"] if "failure" in table.column_names else [])
+    cols = table.select(names).to_pydict()
+    kinds = cols.get("failure") or [None] * table.num_rows
     labelled = [i for i, label in enumerate(cols["label"]) if label is not None]
     ok = [i for i in labelled if cols["error"][i] is None]
     out: dict[str, Any] = {
         "num_videos": table.num_rows,
         "num_ok": sum(1 for e in cols["error"] if e is None),
         "num_failed": sum(1 for e in cols["error"] if e is not None),
+        # whose failures they are (rows written before the column existed count as the video's)
+        "failed_by_kind": {kind: sum(1 for e, k in zip(cols["error"], kinds) if e is not None and (k or "video") == kind)
+                           for kind in ("video", "infrastructure")},
         "num_labelled": len(labelled),
     }
     labels_ok = [cols["label"][i] for i in ok]
@@ -139,6 +144,7 @@ def build_summary(
         "clips_per_s": round(clips_done / rate_s, 3) if rate_s > 0 and videos_done else None,
         "num_workers": len(workers),
         "accelerators": sorted({w.get("accelerator", "cpu") for w in workers}),
+        "workers": [{k: w.get(k) for k in ("worker", "node", "device", "gpu_ids")} for w in workers],
         "versions": dict(versions),
         "output": output,
     }

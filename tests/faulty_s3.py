@@ -8,7 +8,9 @@ when the counter says so:
   is what a load balancer dropping a connection looks like to the client;
 * ``truncate``: the same half answer, then a clean close (FIN) before the promised length;
 * ``shorten``: ``Content-Length`` rewritten to half and half the body sent: a response
-  that looks complete and is silently short, caught only by an ETag/size check.
+  that looks complete and is silently short, caught only by an ETag/size check;
+* ``unavailable``: a well-formed ``503 SlowDown`` instead of the answer, as a store under an
+  outage or throttling sends (with ``share=1`` and a time-bounded ``matches``, an outage).
 
 A response without a body (HEAD, most PUTs) is cut in the middle of its headers instead.
 Which responses are damaged is decided by counting, not by chance: with ``share = 0.25``
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
-MODES = ("reset", "truncate", "shorten")
+MODES = ("reset", "truncate", "shorten", "unavailable")
 
 #: (method, path) -> whether this request's response may be damaged
 Matcher = Callable[[str, str], bool]
@@ -147,6 +149,10 @@ class FaultyS3Proxy:
     def _reply(self, client: socket.socket, method: str, response: tuple, damaged: bool) -> bool:
         """Send the answer (whole or damaged); False when the connection is finished."""
         status, reason, headers, body = response
+        if damaged and self.mode == "unavailable":
+            body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+                    b"<Message>Please reduce your request rate.</Message></Error>")
+            status, reason, headers, damaged = 503, "Slow Down", [("Content-Type", "application/xml")], False
         if damaged and self.mode == "shorten" and len(body) > 1:
             body = body[: len(body) // 2]
             damaged = False  # from here on it is a well-formed, short, answer

@@ -204,7 +204,7 @@ def test_readme_links_the_flag_reference_and_exit_codes_and_names_the_entry_poin
     assert scripts == {"x3d-ray": "submit:main"}
     codes = (ROOT / "docs" / "exit-codes.md").read_text()
     rows = set(re.findall(r"^\| ([0-9, ]+) \|", codes, flags=re.M))
-    statuses = (submit.EXIT_OK, submit.EXIT_USAGE, submit.EXIT_NOTHING_SCORED)
+    statuses = (submit.EXIT_OK, submit.EXIT_USAGE, submit.EXIT_NOTHING_SCORED, submit.EXIT_INFRASTRUCTURE)
     assert rows == {*map(str, statuses), f"{submit.EXIT_SIGINT}, {submit.EXIT_SIGTERM}"}
 
 

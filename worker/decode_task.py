@@ -57,6 +57,9 @@ class DecodeResult:
     # sent (on the group's last result; 0 on the others): the driver recycles a worker past
     # ``PipelineConfig.recycle_rss_mb`` (``rss_growth_mb``).
     rss_growth_mb: float = 0.0
+    # the error is the storage's (it could not serve, after its retries), not the video's: the
+    # driver retries the video later instead of writing its row (``cluster.scheduler``)
+    unavailable: bool = False
     # (unit, index): the driver's name for the video, set by ``decode_unit`` and echoed back in
     # the model actor's reply, so the driver learns what a group held without opening it.
     place: tuple[int, int] = (-1, -1)
@@ -102,7 +105,9 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
         timer.charge("read")
         prepared = x3d.views.prepare_frames(source, spec.preset, spec.views, spec.protocol, on_step=timer.charge)
     except (x3d.DecodeError, storage.StorageError) as exc:  # decoded from memory: name the video
-        return _failed(str(exc).replace("<in-memory video>", item.key), start, timer, timed), None
+        failed = _failed(str(exc).replace("<in-memory video>", item.key), start, timer, timed)
+        failed.unavailable = getattr(exc, "unavailable", False)
+        return failed, None
     except Exception as exc:  # an unexpected decoder failure must still be a row, not a crash
         return _failed(f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], start, timer, timed), None
     views = spec.test_protocol().view_plan(spec.views).views

@@ -88,7 +88,16 @@ BACKOFF_CAP_S = 5.0
 
 
 class StorageError(Exception):
-    """A read or write failed; the message is one line naming the URI and the reason."""
+    """A read or write failed; the message is one line naming the URI and the reason.
+
+    ``unavailable``: the store's failure, not the object's: it did not answer, or answered that
+    it cannot serve now (5xx, throttling, damaged answers), after the retries. The same request
+    may succeed later; a missing key or a denied one will not.
+    """
+
+    def __init__(self, message: str, unavailable: bool = False):
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 @dataclass(frozen=True)
@@ -205,6 +214,9 @@ if hasattr(os, "register_at_fork"):
 # --------------------------------------------------------------------------- errors
 
 _MISSING_KEY = {"NoSuchKey", "404", "NotFound"}
+#: error codes of a store that cannot serve now (besides any 5xx answer)
+_UNAVAILABLE = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "RequestTimeout",
+                "ServiceUnavailable", "InternalError"}
 _DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
 _BAD_CREDENTIALS = {
     "InvalidAccessKeyId",
@@ -249,18 +261,19 @@ def _s3_error(uri: str, err: Exception) -> StorageError:
             return StorageError(f"{uri}: credentials rejected by S3 ({code})")
         message = str(err.response.get("Error", {}).get("Message", "")).splitlines()
         detail = f": {message[0]}" if message and message[0] else ""
-        return StorageError(f"{uri}: S3 error {code or 'unknown'}{detail}")
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return StorageError(f"{uri}: S3 error {code or 'unknown'}{detail}", unavailable=status >= 500 or code in _UNAVAILABLE)
     if isinstance(err, (NoCredentialsError, PartialCredentialsError)):
         return StorageError(
             f"{uri}: no usable AWS credentials "
             "(set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)"
         )
     if isinstance(err, ConnectionClosedError):  # botocore has already retried it max_attempts() times
-        return StorageError(f"{uri}: S3 closed the connection before answering ({max_attempts()} attempts)")
+        return StorageError(f"{uri}: S3 closed the connection before answering ({max_attempts()} attempts)", unavailable=True)
     if isinstance(err, ReadTimeoutError):
-        return StorageError(f"{uri}: S3 did not answer in time ({max_attempts()} attempts)")
+        return StorageError(f"{uri}: S3 did not answer in time ({max_attempts()} attempts)", unavailable=True)
     if isinstance(err, EndpointConnectionError):
-        return StorageError(f"{uri}: cannot reach S3 endpoint {err.kwargs.get('endpoint_url', '')}")
+        return StorageError(f"{uri}: cannot reach S3 endpoint {err.kwargs.get('endpoint_url', '')}", unavailable=True)
     if isinstance(err, BotoCoreError):  # messages are built from endpoints and parameters only
         return StorageError(f"{uri}: {' '.join(str(err).split())}")
     return StorageError(f"{uri}: {type(err).__name__}: {err}")
@@ -390,7 +403,7 @@ def _fetch(uri: str, request: Callable[[], dict], check: Callable[[dict], T]) ->
                     body.close()  # a half-read connection must not go back to the pool
         if attempt < attempts:
             time.sleep(_backoff(attempt))
-    raise StorageError(f"{uri}: S3 answer still damaged after {attempts} attempts ({reason})")
+    raise StorageError(f"{uri}: S3 answer still damaged after {attempts} attempts ({reason})", unavailable=True)
 
 
 _MD5_ETAG = re.compile(r"[0-9a-f]{32}")
