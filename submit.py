@@ -108,6 +108,8 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     spec = _dataset_from_args(args)
     model = args.model or spec.model or "x3d_s"
     _check_model_names(model, args.protocol, args.views)
+    if args.retry_failed and not args.resume:
+        _fail("--retry-failed scores a finished run's failed videos again: add --resume (and the run's --output)")
     if args.partition is not None and not args.output:  # each would make its own timestamped folder
         _fail(f"--partition {args.partition} needs --output: every partition of a run writes into the same folder")
     _preflight(args, model, args.output, dataset=spec)

@@ -166,8 +166,9 @@ class PipelineConfig:
     # ``InfrastructureDown``, its own exit status; the rows written stay, a rerun finishes
     storage_outage_s: float = 120.0
     # A call whose scoring failed (out of memory, a CUDA error) has its groups retried in other
-    # calls, up to this many failures each (then its videos are ``INFRASTRUCTURE`` rows); an
-    # actor with this many failed calls in a row is replaced (a poisoned CUDA context)
+    # calls; a group that failed on this many actors while other calls were answered is
+    # ``INFRASTRUCTURE`` rows. An actor with this many failed calls in a row is replaced (a
+    # poisoned CUDA context)
     call_retries: int = 2
     # The part of the cluster's CPUs this run's decode slots follow: 1, or a partition's share
     # (``--partition``: its share of the GPUs, ``cluster.sizing.share_of``)

@@ -125,7 +125,8 @@ class _Group:
     unit: int
     ref: Any
     arrived: float = 0.0
-    failures: int = 0  # calls with it that failed to score (not by a lost actor)
+    failed_on: set[tuple[int, int]] = field(default_factory=set)  # (actor, generation) whose calls with it failed
+    ok_since_failed: int = -1  # the run's answered calls when it first failed
 
 
 @dataclass
@@ -176,6 +177,7 @@ class Scheduler:
         self.infra_tries: dict[Key, int] = {}
         self.storage_down_since: float | None = None
         self.failed_calls: dict[int, int] = {}  # actor -> its calls that failed in a row
+        self.calls_answered = 0
 
     @property
     def num_actors(self) -> int:
@@ -357,6 +359,7 @@ class Scheduler:
         if call is None:
             return  # a call given up on (its actor was replaced): the first outcome stands
         self.failed_calls.pop(call.actor, None)
+        self.calls_answered += 1
         scored: list[VideoOutcome] = []
         for video in videos:
             found = self._entry(video.decode)
@@ -387,9 +390,10 @@ class Scheduler:
         """A call failed, not by its actor's loss: its groups' frames were ``lost`` with a node
         (decoded again), or scoring failed (out of memory, a CUDA error): the infrastructure's
         failure, so its groups go to other calls, each up to ``call_retries`` failures, after
-        which the adapter's reading of them (``contents``: each group's results; None for one
-        whose frames were lost; the error text for one that was its stream's error) gives
-        ``INFRASTRUCTURE`` rows. An actor whose calls keep failing is replaced."""
+        which (and only while other calls are answered) the adapter's reading of them
+        (``contents``: each group's results; None for one whose frames were lost; the error text
+        for one that was its stream's error) gives ``INFRASTRUCTURE`` rows. An actor with
+        ``call_retries`` failed calls in a row is replaced."""
         call = self.calls.pop(call_id, None)
         if call is None:
             return
@@ -410,8 +414,13 @@ class Scheduler:
                 unit.failed_group, unit.error = True, results
                 done.append(group)
                 continue
-            group.failures += 1
-            if group.failures < self.config.call_retries:
+            if not group.failed_on:
+                group.ok_since_failed = self.calls_answered
+            group.failed_on.add((call.actor, self.pool.generation[call.actor]))
+            # Its videos are rows only when it failed on ``call_retries`` actors while other calls
+            # were answered: the group's own trouble. A fleet whose every call fails is replaced
+            # actor by actor until the run ends with one line (ActorPool.on_lost).
+            if len(group.failed_on) < self.config.call_retries or self.calls_answered <= group.ok_since_failed:
                 retry.append(group)
                 continue
             done.append(group)

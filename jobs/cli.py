@@ -204,6 +204,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--limit",), "evaluate", "only the first N videos", ("evaluate",), options={"type": _positive_int}),
     Flag(("--resume",), "evaluate", "continue an interrupted run (same --output)", ("evaluate",), default=False,
          options={"action": "store_true"}),
+    Flag(("--retry-failed",), "evaluate",
+         "with --resume: score the finished shards that hold error rows again (either kind of failure)", ("evaluate",),
+         default=False, options={"action": "store_true"}),
     Flag(("--partition",), "evaluate",
          "score only part I of N of the run (shards whose number is I modulo N), so N drivers share one --output; "
          "the last to finish writes the summary (docs/scaling.md)", ("evaluate",), shown="the whole run",
@@ -237,6 +240,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--partition",), "label",
          "not taken: concurrent label runs on one --output would race on its index of what is done; "
          "give each driver its own --input and --output", ("label",), shown="refused", options={"metavar": "I/N"}),
+    Flag(("--retry-failed",), "label", "try the videos given up after --max-attempts once more", ("label",), default=False,
+         options={"action": "store_true"}),
     Flag(("--compact",), "label", "merge small label files into big ones (after the run, if --input is given)", ("label",),
          default=False, options={"action": "store_true"}),
     Flag(("--target-file-mb",), "label", "--compact: size of the merged files in MB", ("label",), default=128.0,

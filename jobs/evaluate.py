@@ -50,6 +50,7 @@ class EvaluateConfig(RunOptions, FeatureOptions):
     output: str | None = None
     limit: int | None = None
     resume: bool = False
+    retry_failed: bool = False  # with resume: shards holding error rows are scored again
     save_probs: bool = True
     partition: Partition | None = None  # --partition i/n: only the shards numbered i modulo n; None: all
 
@@ -247,6 +248,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
     part = cfg.partition
     mine = shards if part is None else [(i, items) for i, items in shards if part.owns(i)]  # this driver's share
     done = set(results.list_shards(job.output)) if cfg.resume else set()
+    if cfg.retry_failed:  # their good videos give the same rows again; the failed ones a new try
+        done -= results.shards_with_errors(job.output, done)
     if cfg.resume:  # the interrupted run's half-written shards: they are about to be written again
         # only those untouched for 10 minutes: another partition's write in progress stays
         storage.remove_stale_temp_files(storage.join(job.output, "predictions"))

@@ -64,6 +64,7 @@ class LabelConfig(RunOptions, FeatureOptions):
     min_score: float = 0.0
     since: str | None = None
     max_attempts: int = 3
+    retry_failed: bool = False  # videos given up after --max-attempts are tried once more
 
 
 def version_of(info: storage.ObjectInfo) -> str:
@@ -178,7 +179,7 @@ def _select(cfg: LabelConfig, history: _History, counts: dict[str, int]) -> Iter
                 continue
             chunk.append(info)
         versions = [version_of(info) for info in chunk]
-        for info, version, (todo, attempts, backfill) in zip(chunk, versions, history.needs_work(chunk, versions, cfg.max_attempts)):
+        for info, version, (todo, attempts, backfill) in zip(chunk, versions, history.needs_work(chunk, versions, _attempts_allowed(cfg))):
             if not todo:
                 counts["skipped"] += 1
                 continue
@@ -388,6 +389,11 @@ def first_failure(output: str, run_id: str) -> str | None:
     failed = (ds.field("run_id") == run_id) & ~ds.field("error").is_null()
     errors = read_labels(output, latest_only=False, filter=failed, columns=["error"]).column("error").to_pylist()
     return errors[0] if errors else None
+
+
+def _attempts_allowed(cfg: LabelConfig) -> int:
+    """--max-attempts, or with --retry-failed one more than any video has had."""
+    return 2**15 - 1 if cfg.retry_failed else cfg.max_attempts
 
 
 def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], sha: str, run_id: str,

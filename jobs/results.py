@@ -77,6 +77,19 @@ def list_shards(output: str) -> dict[int, str]:
     return dict(sorted(shards.items()))
 
 
+def shards_with_errors(output: str, indexes: set[int]) -> set[int]:
+    """Which of the finished shards ``indexes`` hold an error row (``--retry-failed``)."""
+    found = set()
+    for index, uri in list_shards(output).items():
+        if index not in indexes:
+            continue
+        data = storage.read_bytes(uri) if storage.is_remote(uri) else storage.local_path(uri)
+        source = pa.BufferReader(data) if isinstance(data, bytes) else data
+        if pq.read_table(source, columns=["error"]).column("error").null_count < pq.read_metadata(source).num_rows:
+            found.add(index)
+    return found
+
+
 def read_predictions(output: str) -> pa.Table:
     """All finished shards as one table, in shard order."""
     uris = list(list_shards(output).values())

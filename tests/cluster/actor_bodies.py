@@ -10,6 +10,7 @@ model: for runs in which no video reaches an actor.
 
 from __future__ import annotations
 
+import os
 import time
 
 from cluster.actors import ModelActor
@@ -46,3 +47,21 @@ class IdleActor:
 
     def score(self, *args, **kwargs):
         raise AssertionError("no video should have reached a model actor")
+
+
+class PoisonedModelActor(ModelActor):
+    def __init__(self, spec, state_dict, threads, batch_size, options=None):
+        options = dict(options or {})
+        marker = options.pop("poison_marker", None)
+        self.poisoned = True
+        if marker is not None:
+            try:  # the first actor of the run creates the marker, and is the poisoned one
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                self.poisoned = False
+        super().__init__(spec, state_dict, threads, batch_size, options or None)
+
+    def score(self, *args, **kwargs):
+        if self.poisoned:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return super().score(*args, **kwargs)

@@ -24,7 +24,7 @@ import x3d
 from cluster.errors import ClusterError
 from cluster.pipeline import Shard, run_pipeline
 from cluster.runtime import pipeline_config_for
-from tests.cluster.actor_bodies import BrokenModelActor, SlowStartModelActor
+from tests.cluster.actor_bodies import BrokenModelActor, PoisonedModelActor, SlowStartModelActor
 from tests.cluster.crashing_decode import SLOW_MARK, slow_first_decode
 from tests.cluster.evalset import PRESET, PROB_TOL, VIEWS, EvalSet
 from worker.decode_task import ModelSpec
@@ -126,3 +126,40 @@ def test_every_replacement_failing_is_one_cluster_error(evalset: EvalSet, ray_lo
     message = str(err.value)
     assert "\n" not in message and message.startswith("model actors keep dying (4 lost; last: ")
     assert "cannot load the model: out of memory" in message
+
+
+def test_an_actor_whose_calls_fail_is_replaced_and_no_video_is_a_row_for_it(evalset: EvalSet, ray_local, tmp_path: Path):
+    """A call that fails, not by a lost actor (a CUDA error, an out-of-memory), is the
+    infrastructure's failure: its videos go to other calls and the actor whose calls keep failing
+    is replaced (its CUDA context may be poisoned). Before, every video of the call was an error
+    row and the actor kept failing every later call while the run ended normally."""
+    import ray
+
+    model = x3d.load_model(PRESET, str(evalset.checkpoint))
+    spec = ModelSpec(model.preset, VIEWS)
+    items = [VideoItem(n, str(evalset.root / n), None) for n in evalset.names]
+    marker = tmp_path / "poisoned"
+    config = dataclasses.replace(pipeline_config_for(spec), actor_body=PoisonedModelActor,
+                                 runner_options={"poison_marker": str(marker)})
+    outcomes = []
+    actors = run_pipeline([Shard(0, items)], config, ray.put(model.state_dict()), on_video=outcomes.append)
+    assert marker.exists()  # the first actor was the poisoned one
+    assert len(actors) >= 2  # ... and it was replaced
+    assert sorted(o.item.key for o in outcomes) == sorted(evalset.names)
+    for o in outcomes:
+        assert o.error is None, o.error
+        assert np.abs(o.probs - evalset.probs[o.item.key]).max() < PROB_TOL, o.item.key
+
+
+def test_actors_whose_every_call_fails_end_the_run_with_one_line(evalset: EvalSet, ray_local):
+    import ray
+
+    model = x3d.load_model(PRESET, str(evalset.checkpoint))
+    spec = ModelSpec(model.preset, VIEWS)
+    items = [VideoItem(n, str(evalset.root / n), None) for n in evalset.names[:4]]
+    config = dataclasses.replace(pipeline_config_for(spec), actor_body=PoisonedModelActor, actor_restarts=1)
+    with pytest.raises(ClusterError) as err:
+        run_pipeline([Shard(0, items)], config, ray.put(model.state_dict()))
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("model actors keep dying (")
+    assert "calls failed in a row: " in message and "illegal memory access" in message

@@ -506,3 +506,34 @@ def test_the_rules_and_the_sizing_load_neither_ray_nor_torch():
     probe = "import sys, cluster.scheduler, cluster.sizing; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_failed_calls_are_retried_and_an_actor_whose_calls_keep_failing_is_replaced():
+    """Scoring that fails (a CUDA error, an out-of-memory) is the infrastructure's failure: the
+    groups go to another call, the actor with ``call_retries`` failed calls in a row is replaced,
+    and a group's videos are rows only once it failed on that many actors while others worked."""
+    config = _config(num_actors=1, unit_videos=2, batch_views=1, group_videos=1, calls_per_actor=2, call_retries=2)
+    scheduler = Scheduler(_shards(["good"] * 2), config)
+    seen: list[VideoOutcome] = []
+    scheduler.on_video = seen.append
+    unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
+    scheduler.on_actor_started(0, 0)
+    scheduler.on_unit_started(unit, 0.0)
+    groups = [[(DecodeResult(None, 1, place=(unit, i)), "frames")] for i in range(2)]
+    for group in groups:
+        scheduler.on_group(unit, group, 0.0)
+    scheduler.on_unit_ended(unit, DONE)
+    first, second = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+    contents = lambda call: [[r for r, _ in g] for g in call.groups]  # noqa: E731
+    scheduler.on_call_failed(first.call, "CUDA error", contents=contents(first))
+    assert seen == [] and len(scheduler.ready) == 1  # its group waits for another call
+    scheduler.on_call_failed(second.call, "CUDA error", contents=contents(second))
+    (restart,) = [d for d in scheduler.take(0.0) if isinstance(d, StartActor)]
+    assert restart == StartActor(0, 1) and seen == []  # replaced after two failed calls in a row
+    scheduler.on_actor_started(0, 1)
+    again = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+    scheduler.on_reply(again[0].call, [ScoredVideo(r, [1.0]) for r, _ in again[0].groups[0]], "new")
+    scheduler.on_call_failed(again[1].call, "CUDA error", contents=contents(again[1]))  # its second actor, others work
+    assert sorted((o.error is None, o.failure) for o in seen) == [(False, "infrastructure"), (True, None)]
+    assert "inference failed (CUDA error)" in next(o.error for o in seen if o.error)
+    assert scheduler.finished
