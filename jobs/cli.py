@@ -84,24 +84,21 @@ def _gpus(text: str) -> str | int:
     return value
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
+def _at_least(convert: type, low: float, noun: str, strict: bool = False):
+    """An argparse type: ``convert``'s value of the text, at least ``low`` (above it: ``strict``)."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {'more than' if strict else 'at least'} {low:g}, got {text}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+_positive_int = _at_least(int, 1, "a whole number")
+_positive_float = _at_least(float, 0, "a number of seconds", strict=True)
 
 
 @dataclass(frozen=True)

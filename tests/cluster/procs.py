@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
-__all__ = ["RAY", "free_ports", "descendants", "processes_mentioning", "comm", "kill", "tail"]
+__all__ = ["RAY", "free_ports", "descendants", "processes_mentioning", "comm", "kill", "tail", "wait_ray_started"]
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` CLI of this interpreter
 
@@ -96,3 +98,16 @@ def tail(path: Path, chars: int = 2500) -> str:
         return path.read_text(errors="replace")[-chars:]
     except OSError:
         return ""
+
+
+def wait_ray_started(proc: subprocess.Popen, log: Path, deadline: float, name: str) -> None:
+    """Until ``ray start`` (``proc``, writing ``log``) prints that its node registered with the
+    GCS; a test failure with the log's end if it exits or ``deadline`` passes first."""
+    import pytest
+
+    while b"Ray runtime started" not in log.read_bytes():
+        if proc.poll() is not None:
+            pytest.fail(f"`ray start` of {name} exited with {proc.returncode}:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name} did not start in time:\n{tail(log)}")
+        time.sleep(0.3)

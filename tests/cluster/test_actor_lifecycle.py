@@ -114,18 +114,30 @@ def test_actor_lost_at_start_is_replaced(phase: str, evalset: EvalSet, ray_local
         assert kill["pid"] not in described  # it never answered
 
 
-def test_every_replacement_failing_is_one_cluster_error(evalset: EvalSet, ray_local):
+def _inputs(evalset: EvalSet, count: int) -> tuple[object, ModelSpec, list[VideoItem]]:
+    """The weights (in the object store), the spec and the first ``count`` videos of a run."""
     import ray
 
     model = x3d.load_model(PRESET, str(evalset.checkpoint))
-    spec = ModelSpec(model.preset, VIEWS)
-    items = [VideoItem(n, str(evalset.root / n), None) for n in evalset.names[:2]]
-    config = dataclasses.replace(pipeline_config_for(spec), actor_body=BrokenModelActor, actor_restarts=1)
+    items = [VideoItem(n, str(evalset.root / n), None) for n in evalset.names[:count]]
+    return ray.put(model.state_dict()), ModelSpec(model.preset, VIEWS), items
+
+
+@pytest.mark.parametrize("body, expected", [
+    # every replacement dies in its constructor
+    (BrokenModelActor, ("model actors keep dying (4 lost; last: ", "cannot load the model: out of memory")),
+    # every call of every actor fails (a fleet whose CUDA contexts are all poisoned): each actor is
+    # replaced after its failed calls, and the run ends instead of writing every video as a row
+    (PoisonedModelActor, ("model actors keep dying (", "calls failed in a row: ", "illegal memory access")),
+])
+def test_every_replacement_failing_is_one_cluster_error(body, expected, evalset: EvalSet, ray_local):
+    weights, spec, items = _inputs(evalset, 4)
+    config = dataclasses.replace(pipeline_config_for(spec), actor_body=body, actor_restarts=1)
     with pytest.raises(ClusterError) as err:
-        run_pipeline([Shard(0, items)], config, ray.put(model.state_dict()))
+        run_pipeline([Shard(0, items)], config, weights)
     message = str(err.value)
-    assert "\n" not in message and message.startswith("model actors keep dying (4 lost; last: ")
-    assert "cannot load the model: out of memory" in message
+    assert "\n" not in message and message.startswith(expected[0])
+    assert all(part in message for part in expected[1:]), message
 
 
 def test_an_actor_whose_calls_fail_is_replaced_and_no_video_is_a_row_for_it(evalset: EvalSet, ray_local, tmp_path: Path):
@@ -133,33 +145,15 @@ def test_an_actor_whose_calls_fail_is_replaced_and_no_video_is_a_row_for_it(eval
     infrastructure's failure: its videos go to other calls and the actor whose calls keep failing
     is replaced (its CUDA context may be poisoned). Before, every video of the call was an error
     row and the actor kept failing every later call while the run ended normally."""
-    import ray
-
-    model = x3d.load_model(PRESET, str(evalset.checkpoint))
-    spec = ModelSpec(model.preset, VIEWS)
-    items = [VideoItem(n, str(evalset.root / n), None) for n in evalset.names]
+    weights, spec, items = _inputs(evalset, len(evalset.names))
     marker = tmp_path / "poisoned"
     config = dataclasses.replace(pipeline_config_for(spec), actor_body=PoisonedModelActor,
                                  runner_options={"poison_marker": str(marker)})
     outcomes = []
-    actors = run_pipeline([Shard(0, items)], config, ray.put(model.state_dict()), on_video=outcomes.append)
+    actors = run_pipeline([Shard(0, items)], config, weights, on_video=outcomes.append)
     assert marker.exists()  # the first actor was the poisoned one
     assert len(actors) >= 2  # ... and it was replaced
     assert sorted(o.item.key for o in outcomes) == sorted(evalset.names)
     for o in outcomes:
         assert o.error is None, o.error
         assert np.abs(o.probs - evalset.probs[o.item.key]).max() < PROB_TOL, o.item.key
-
-
-def test_actors_whose_every_call_fails_end_the_run_with_one_line(evalset: EvalSet, ray_local):
-    import ray
-
-    model = x3d.load_model(PRESET, str(evalset.checkpoint))
-    spec = ModelSpec(model.preset, VIEWS)
-    items = [VideoItem(n, str(evalset.root / n), None) for n in evalset.names[:4]]
-    config = dataclasses.replace(pipeline_config_for(spec), actor_body=PoisonedModelActor, actor_restarts=1)
-    with pytest.raises(ClusterError) as err:
-        run_pipeline([Shard(0, items)], config, ray.put(model.state_dict()))
-    message = str(err.value)
-    assert "\n" not in message and message.startswith("model actors keep dying (")
-    assert "calls failed in a row: " in message and "illegal memory access" in message

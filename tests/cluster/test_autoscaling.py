@@ -39,7 +39,7 @@ import pytest
 
 from cluster.runtime import IDLE_WORKER_KEEP_MS
 from tests.cluster.evalset import PRESET, PROB_TOL, VIEWS, EvalSet, replicate_evalset
-from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail
+from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail, wait_ray_started
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -157,11 +157,7 @@ def fake_cluster() -> Iterator[FakeCluster]:
         head = subprocess.Popen(cmd, cwd=base, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     c = FakeCluster(base, env, head, log, f"127.0.0.1:{gcs}")
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while b"Ray runtime started" not in log.read_bytes():
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the fake autoscaling head did not start:\n{tail(log)}")
-            time.sleep(0.3)
+        wait_ray_started(head, log, time.monotonic() + START_TIMEOUT_S, "the fake autoscaling head")
         yield c
     finally:
         stray = c.stop()

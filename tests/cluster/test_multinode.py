@@ -44,7 +44,7 @@ import pytest
 
 from cluster.runtime import IDLE_WORKER_KEEP_MS
 
-from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail
+from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail, wait_ray_started
 from tests.cluster.evalset import (
     PRESET,
     PROB_TOL,
@@ -125,13 +125,7 @@ class Cluster:
         return node
 
     def wait_started(self, node: Node, deadline: float) -> None:
-        """``ray start`` prints this once the node has registered with the GCS."""
-        while b"Ray runtime started" not in node.log.read_bytes():
-            if node.proc.poll() is not None:
-                pytest.fail(f"`ray start` of {node.name} exited with {node.proc.returncode}:\n{tail(node.log)}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{node.name} did not start in {START_TIMEOUT_S:g} s:\n{tail(node.log)}")
-            time.sleep(0.3)
+        wait_ray_started(node.proc, node.log, deadline, node.name)
 
     def dashboard_up(self) -> bool:
         token = self.env["RAY_AUTH_TOKEN"]
