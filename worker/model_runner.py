@@ -206,8 +206,20 @@ class ModelRunner:
         with self._compute_lock:
             return self._compute(prepared, timer)
 
+    def logits(self, prepared: Prepared, timer: StageTimer = NULL_TIMER) -> torch.Tensor:
+        """A prepared call's per-clip logits, float32 on the host, under the runner's lock:
+        what ``compute`` fuses (the device checks compare them across devices)."""
+        with self._compute_lock:
+            return self._logits(prepared, timer)
+
     @torch.inference_mode()
     def _compute(self, prepared: Prepared, timer: StageTimer) -> list[np.ndarray]:
+        probs = self._fuse(self._logits(prepared, timer), prepared.counts)
+        timer.charge("forward")  # the fusion of views is part of the forward stage
+        return probs
+
+    @torch.inference_mode()
+    def _logits(self, prepared: Prepared, timer: StageTimer) -> torch.Tensor:
         collected = getattr(self._local, "features", None)
         cuda = self._copy_stream is not None
         stream = torch.cuda.current_stream(self.device) if cuda else None
@@ -239,10 +251,7 @@ class ModelRunner:
                 x, ready = self._make_input(prepared, step + 1, timer, cache)
         if collected is not None and feats:
             collected.append(torch.cat(feats).cpu())
-        logits = torch.cat(out).cpu() if out else torch.empty(0, 0)
-        probs = self._fuse(logits, prepared.counts)
-        timer.charge("forward")  # the fusion of views is part of the forward stage
-        return probs
+        return torch.cat(out).cpu() if out else torch.empty(0, 0)
 
     def _make_input(self, prepared: Prepared, step: int, timer: StageTimer, cache: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         """One forward's input on the device: its videos' frames copied, its views gathered and
