@@ -71,16 +71,7 @@ def weights(preset: x3d.Preset) -> dict:
 
 
 def logits_of(runner: ModelRunner, payloads: list) -> np.ndarray:
-    prepared = runner.prepare(payloads)
-    with torch.inference_mode():
-        clips = prepared.clips
-        if runner.device.type == "cpu":
-            return runner._forward(clips, runner.timer()).numpy()
-        if prepared.ready is not None:
-            torch.cuda.current_stream(runner.device).wait_event(prepared.ready)
-        with x3d.predict.autocast_for(runner.device, runner.spec.precision):
-            return torch.cat([runner.model(clips[i : i + runner.batch_size]).float()
-                              for i in range(0, clips.shape[0], runner.batch_size)]).cpu().numpy()
+    return runner.logits(runner.prepare(payloads)).numpy()
 
 
 class Report:
@@ -218,6 +209,30 @@ def runner_checks(args, report: Report) -> None:
         return "two threads x 3 rounds, each call its own scores"
 
     report.check("two calls at once", concurrent)
+
+    def bounded():
+        """A call's device memory follows its forwards, not its size (docs/scaling.md): the
+        peak of a 16-forward call against that of a 2-forward one, 8 clips per forward."""
+        if not device.startswith("cuda"):
+            return "n/a on the CPU (tests/worker/test_model_runner_chunks.py watches every clip tensor there)"
+        runner = ModelRunner(spec, state, device=device, batch_size=8)
+        clips = runner.plan.views  # per video
+
+        def peak(videos: list) -> int:
+            runner.score(videos)  # tuned kernels and cached constants first
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            runner.score(videos)
+            torch.cuda.synchronize(device)
+            return torch.cuda.max_memory_allocated(device) - base
+
+        small = peak([batch[0]] * max(1, 16 // clips))
+        large = peak([batch[0]] * max(1, 128 // clips))
+        assert large <= 1.5 * small, f"{large / 2**20:.0f} MB for 128 clips against {small / 2**20:.0f} MB for 16"
+        return f"peak {small / 2**20:.0f} MB for a call of 16 clips, {large / 2**20:.0f} MB for 128 (8 per forward)"
+
+    report.check("a call's device memory does not grow with its size", bounded)
 
     if args.cap_model not in ("", "none"):
         def over_cap():

@@ -50,6 +50,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _forward(runner: ModelRunner, clips: torch.Tensor) -> torch.Tensor:
+    """The runner's model on uint8 clips already on its device, ``runner.batch_size`` a forward:
+    ``x3d.predict_clips`` (normalise, layout, forward, logits to the host)."""
+    return x3d.predict_clips(runner.model, clips, runner.protocol, runner.batch_size, channels_last=runner.channels_last,
+                             precision=runner.spec.precision)
+
+
 def run_cell(preset: x3d.Preset, precision: str, layout: str, compiled: bool, batch: int, device: str,
              warmup: int, repeats: int, cell_s: float) -> dict:
     spec = ModelSpec(preset, 1, precision=precision)
@@ -61,13 +68,13 @@ def run_cell(preset: x3d.Preset, precision: str, layout: str, compiled: bool, ba
     if runner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runner.device)
     for _ in range(warmup):
-        runner._forward(clips, runner.timer())
+        _forward(runner, clips)
     _sync(runner.device)
     rates = []
     started = time.perf_counter()
     while len(rates) < repeats and (len(rates) < 2 or time.perf_counter() - started < cell_s):
         t0 = time.perf_counter()
-        runner._forward(clips, runner.timer())  # the logits come back to the host: synchronised
+        _forward(runner, clips)  # the logits come back to the host: synchronised
         _sync(runner.device)
         rates.append(batch / (time.perf_counter() - t0))
     peak = torch.cuda.max_memory_allocated(runner.device) / 2**30 if runner.device.type == "cuda" else None

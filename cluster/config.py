@@ -186,3 +186,5 @@ class PipelineConfig:
     actor_body: type | None = None
     # ModelRunner keyword arguments (channels_last, compile): the GPU benchmark's switches
     runner_options: dict[str, Any] | None = None
+    # The ``run`` tag of the run's Ray metrics (cluster.run_metrics); "": the Ray job's id
+    run_name: str = ""

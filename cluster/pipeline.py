@@ -37,6 +37,7 @@ from ray.exceptions import RayActorError, RayError
 from cluster.actors import ModelActor
 from cluster.config import PipelineConfig, Shard, VideoOutcome
 from cluster.errors import lost_input, node_lost, short_error as _short
+from cluster.run_metrics import RunMetrics
 from cluster.scheduler import CRASHED, DONE, NODE_LOST, CallActor, CancelUnit, Scheduler, StartActor, StartUnit
 from worker.decode_task import UNIT_RETIRING, decode_unit
 
@@ -63,7 +64,8 @@ class _Pipeline:
         self.on_start = on_start
         self.on_notice = on_notice
         self.state_dict_ref = state_dict_ref  # held for the whole run: restarted actors re-read it
-        self.scheduler = Scheduler(shards, config, on_video, on_shard, on_batch)
+        self.metrics = RunMetrics(config.run_name or ray.get_runtime_context().get_job_id())
+        self.scheduler = Scheduler(shards, config, self.metrics.counting(on_video), on_shard, on_batch)
         self.unit_of: dict[Any, int] = {}  # stream -> unit id
         self.stream_of: dict[int, Any] = {}
         self.header_read: set[int] = set()
@@ -110,7 +112,8 @@ class _Pipeline:
             waiting = list(self.unit_of) + list(self.calls) + list(self.describing)
             if not waiting:
                 continue
-            deadline = min(scheduler.next_deadline(), self.capacity_read + CAPACITY_READ_S)
+            # the cluster's next read and the metrics' next report too
+            deadline = min(scheduler.next_deadline(), self.capacity_read + CAPACITY_READ_S, self.metrics.next_update)
             timeout = None if deadline == float("inf") else max(0.0, deadline - time.monotonic())
             # fetch_local=False: a stream is ready when its next group exists anywhere; the
             # driver never pulls a group's frames to its own node.
@@ -131,6 +134,7 @@ class _Pipeline:
                     self._on_described(waitable)
             now = time.monotonic()
             scheduler.on_tick(now)
+            self.metrics.update(scheduler.gauges(), now)
             notice = scheduler.stall_notice(now)
             if notice is not None:
                 self.on_notice(notice)
@@ -272,6 +276,7 @@ class _Pipeline:
         """End the actors and the decode units still watched (a run that stopped early) now,
         not when Ray collects their handles: the next run (a benchmark's next actor count) gets
         their GPUs and CPUs at once, and no queued unit starts after the run."""
+        self.metrics.close(time.monotonic())
         for stream in list(self.unit_of):
             try:
                 ray.cancel(stream, force=True)

@@ -273,6 +273,22 @@ class Scheduler:
             busy[call.actor] += 1
         return busy
 
+    def gauges(self) -> dict[str, float]:
+        """The run's state as an operator watches it (``cluster.run_metrics``): read about once
+        a second. A unit waits until its first item is read (Ray had no CPU, or its worker was
+        starting); GPUs are counted for the actors that answer."""
+        units = [u for u in self.units.values() if u.ended is None]
+        running = sum(1 for u in units if u.deadline != float("inf"))
+        live = sum(self.live)
+        return {
+            "actors_live": live,
+            "actors_wanted": self.num_actors,
+            "gpus_held": live * self.config.actor_gpus,
+            "units_running": running,
+            "units_waiting": len(units) - running,
+            "videos_in_flight": self.in_flight,
+        }
+
     def starting(self) -> bool:
         return self.pool.starting()
 

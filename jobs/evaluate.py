@@ -297,7 +297,8 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
     workers: list[dict[str, Any]] = []
     if todo:
         try:
-            workers = run_model_job(cfg, job.spec, job.weights, todo, on_shard, on_video=on_video, on_sized=on_sized)
+            workers = run_model_job(cfg, job.spec, job.weights, todo, on_shard, on_video=on_video, on_sized=on_sized,
+                                    run_name=f"evaluate {job.output}")
         except JobInterrupted as stop:  # Ray is down again; say what is safe and how to go on
             if saved["run.json"]:
                 stop.output = job.output

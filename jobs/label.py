@@ -307,6 +307,7 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
             on_shard,
             on_video=lambda o: progress.update(1, int(o.error is not None)),
             on_sized=on_sized,
+            run_name=f"label {cfg.output}",
         )
     except JobInterrupted as stop:  # every finished shard is saved; the next run folds them into the index
         stop.output = cfg.output

@@ -113,14 +113,15 @@ def run_model_job(
     on_shard: Callable[[int, list[VideoOutcome]], None],
     on_video: Callable[[VideoOutcome], None] = lambda outcome: None,
     on_sized: Callable[[PipelineConfig], None] = lambda config: None,
+    run_name: str = "",
 ) -> list[dict[str, Any]]:
     """Join (or start) the cluster, size the pipeline, then ``on_sized`` (the job's first write),
     then score every shard; Ray is stopped again if this call started it. Returns the actors'
-    descriptions."""
+    descriptions. ``run_name`` tags the run's Ray metrics (docs/metrics.md)."""
     started = start_cluster(opts.address, opts.local_cpus)
     try:
         pause_point("startup")  # test hook (jobs.interrupts): a stop once the cluster is up, nothing written
-        config = size_for(opts, spec, opts.num_actors)
+        config = dataclasses.replace(size_for(opts, spec, opts.num_actors), run_name=run_name)
         on_sized(config)
         state_ref = ray.put(weights.state_dict)  # held for the run: replacement actors re-read it
         try:

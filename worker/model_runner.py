@@ -19,7 +19,7 @@ import x3d
 from worker.decode_task import ModelSpec, ms_since, worker_name
 from worker.stages import NULL_TIMER, StageTimer
 from x3d.bn_fold import fold_batchnorm
-from x3d.features import check_features, forward_with_features, fuse_features, predict_clips_with_features
+from x3d.features import check_features, forward_with_features, fuse_features
 from x3d.predict import autocast_for, check_precision, max_clips_per_forward, set_tf32_for, to_device, to_layout
 from x3d.protocol import fuse_views, gather_views, normalize
 
@@ -27,7 +27,7 @@ from x3d.protocol import fuse_views, gather_views, normalize
 #: payload) the distinct resized frames and the clip index into them (``x3d.views.PreparedFrames``)
 Payload = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]
 
-__all__ = ["CPU_VOXELS_PER_FORWARD", "ModelRunner", "Prepared", "cpu_batch_size"]
+__all__ = ["CPU_VOXELS_PER_FORWARD", "ModelRunner", "Prepared", "cpu_batch_size", "plan_forwards"]
 
 
 #: On CPUs X3D is fastest when a forward is a couple of X3D-S clips, not all 30 views: its
@@ -41,24 +41,54 @@ def cpu_batch_size(protocol: x3d.TestProtocol) -> int:
     return max(1, CPU_VOXELS_PER_FORWARD // (protocol.clip_len * protocol.crop_size**2))
 
 
+#: one forward's clips: (video in the call, first view, end view) spans, in the call's order
+Spans = list[tuple[int, int, int]]
+
+
 @dataclass
 class Prepared:
-    """A call's clips on the device, normalised and in the model's layout, and where they end:
-    ``ready`` (CUDA) is recorded on the copy stream once they are there."""
+    """A call cut into forwards: each forward's spans of views (``plan_forwards``), and the
+    first forward's input already on the device (normalised, in the model's layout); ``ready``
+    (CUDA) is recorded on the copy stream once it is there. The other forwards' inputs are made
+    one ahead while the call computes, so a call never holds more than two of them."""
 
-    clips: torch.Tensor
+    payloads: Sequence[Payload]
     counts: list[int]  # clips per video, in order
+    forwards: list[Spans]
+    first: torch.Tensor | None = None
     ready: Any = None
+
+
+def plan_forwards(counts: Sequence[int], size: int) -> list[Spans]:
+    """The call's clips (every video's views, in order) cut every ``size`` clips: the forwards
+    a whole-call tensor sliced by ``size`` would give, so the scores are the same bytes."""
+    forwards: list[Spans] = []
+    current: Spans = []
+    room = size
+    for video, count in enumerate(counts):
+        begin = 0
+        while begin < count:
+            take = min(room, count - begin)
+            current.append((video, begin, begin + take))
+            begin, room = begin + take, room - take
+            if room == 0:
+                forwards.append(current)
+                current, room = [], size
+    if current:
+        forwards.append(current)
+    return forwards
 
 
 class ModelRunner:
     """Holds one X3D on one device and scores batches that mix views of several videos.
 
-    A call is two steps: ``prepare`` (copy to the device, gather the clips, normalise) and
-    ``compute`` (the forwards, fusion and the one wait for the results). Only ``compute`` holds
-    the runner's lock, so with two calls in flight (a Ray actor with ``max_concurrency`` 2) the
-    next call is prepared while this one's forwards run; on CUDA ``prepare`` runs on a side
-    stream, and ``compute`` waits for its event on the device, not on the host.
+    A call is two steps: ``prepare`` (its first forward's input: frames copied to the device,
+    clips gathered, cropped and normalised there) and ``compute`` (the forwards, each next
+    input made while the one before runs, fusion, and the one wait for the results). Inputs
+    are made a forward at a time, so a call's device memory does not grow with its size. Only
+    ``compute`` holds the runner's lock, so with two calls in flight (a Ray actor with
+    ``max_concurrency`` 2) the next call is prepared while this one's forwards run; on CUDA
+    inputs are made on a side stream, and ``compute`` waits for their events on the device.
     """
 
     def __init__(
@@ -144,25 +174,6 @@ class ModelRunner:
             return StageTimer(sync=lambda: torch.cuda.current_stream(self.device).synchronize())
         return StageTimer()
 
-    def views_on_device(self, payload: Payload, timer: StageTimer = NULL_TIMER) -> torch.Tensor:
-        """One video's uint8 views on the model's device.
-
-        Frames cross to the device as they came (pinned and non-blocking on CUDA), and the clip
-        gather and crops run there (``x3d.protocol.gather_views``): the same bytes as
-        ``x3d.prepare_views``, with only the distinct frames copied.
-        """
-        if isinstance(payload, np.ndarray):
-            data = to_device(_host_tensor(payload), self.device)
-            timer.charge("h2d")
-            return data
-        frames, inverse = payload
-        data = to_device(_host_tensor(frames), self.device)
-        index = to_device(_host_tensor(np.asarray(inverse, dtype=np.int64)), self.device)
-        timer.charge("h2d")
-        views = gather_views(data, index, self.plan)
-        timer.charge("preprocess")
-        return views
-
     def score(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> tuple[list[np.ndarray], list[float]]:
         """Fused probabilities per video, and each video's share of the call's time.
 
@@ -177,29 +188,17 @@ class ModelRunner:
 
     @torch.inference_mode()
     def prepare(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> Prepared:
-        """The call's clips on the device, normalised, in the model's layout; no lock held.
-        On CUDA everything runs on the copy stream and nothing waits for the device."""
-        if self._copy_stream is None:
-            views = [self.views_on_device(p, timer) for p in payloads]
-            if self.device.type == "cpu":  # the CPU path normalises per forward, in predict_clips
-                clips = torch.cat(views)
-                timer.charge("preprocess")
-                return Prepared(clips, [v.shape[0] for v in views])
-            clips = to_layout(normalize(torch.cat(views), self.protocol), self.channels_last)
-            timer.charge("preprocess")
-            return Prepared(clips, [v.shape[0] for v in views])
-        with torch.cuda.stream(self._copy_stream):
-            # every copy first, then every gather: a timed call waits for the stream twice, not per video
-            arrived = [self.views_on_device(p) if isinstance(p, np.ndarray) else
-                       (to_device(_host_tensor(p[0]), self.device),
-                        to_device(_host_tensor(np.asarray(p[1], dtype=np.int64)), self.device)) for p in payloads]
-            timer.charge("h2d")
-            views = [a if isinstance(a, torch.Tensor) else gather_views(a[0], a[1], self.plan) for a in arrived]
-            clips = to_layout(normalize(torch.cat(views), self.protocol), self.channels_last)
-            timer.charge("preprocess")
-            ready = torch.cuda.Event()
-            ready.record(self._copy_stream)
-        return Prepared(clips, [v.shape[0] for v in views], ready)
+        """The call's first forward on the device, and the plan of the rest; no lock held.
+
+        A call's device memory is bounded by its forwards, not by its size: ``compute`` makes
+        each later forward's input while the one before runs (docs/scaling.md states the bound).
+        On CUDA everything here runs on the copy stream and nothing waits for the device.
+        """
+        counts = [self._views_of(p) for p in payloads]
+        prepared = Prepared(payloads, counts, plan_forwards(counts, self.batch_size))
+        if prepared.forwards:
+            prepared.first, prepared.ready = self._make_input(prepared, 0, timer, {})
+        return prepared
 
     def compute(self, prepared: Prepared, timer: StageTimer = NULL_TIMER) -> list[np.ndarray]:
         """Fused probabilities per video of a prepared call: its forwards, ``batch_size`` clips
@@ -207,33 +206,91 @@ class ModelRunner:
         with self._compute_lock:
             return self._compute(prepared, timer)
 
+    def logits(self, prepared: Prepared, timer: StageTimer = NULL_TIMER) -> torch.Tensor:
+        """A prepared call's per-clip logits, float32 on the host, under the runner's lock:
+        what ``compute`` fuses (the device checks compare them across devices)."""
+        with self._compute_lock:
+            return self._logits(prepared, timer)
+
     @torch.inference_mode()
     def _compute(self, prepared: Prepared, timer: StageTimer) -> list[np.ndarray]:
-        if self.device.type == "cpu":  # uint8 clips: predict_clips normalises per forward
-            logits = self._forward(prepared.clips, timer)
-        else:
-            clips = prepared.clips
-            if prepared.ready is not None:
-                stream = torch.cuda.current_stream(self.device)
-                stream.wait_event(prepared.ready)
-                clips.record_stream(stream)  # made on the copy stream, read on this one
-            collected = getattr(self._local, "features", None)
-            out, feats = [], []
-            with autocast_for(self.device, self.spec.precision):
-                for begin in range(0, clips.shape[0], self.batch_size):
-                    chunk = clips[begin : begin + self.batch_size]
-                    if collected is None:
-                        out.append(self.model(chunk).float())
-                    else:  # inside score_with_features: the same forward gives the features
-                        logits, features = forward_with_features(self.model, chunk, self.features)
-                        out.append(logits.float())
-                        feats.append(features.float())
-            if collected is not None and feats:
-                collected.append(torch.cat(feats).cpu())
-            logits = torch.cat(out).cpu() if out else torch.empty(0, 0)
-        probs = self._fuse(logits, prepared.counts)
+        probs = self._fuse(self._logits(prepared, timer), prepared.counts)
         timer.charge("forward")  # the fusion of views is part of the forward stage
         return probs
+
+    @torch.inference_mode()
+    def _logits(self, prepared: Prepared, timer: StageTimer) -> torch.Tensor:
+        collected = getattr(self._local, "features", None)
+        cuda = self._copy_stream is not None
+        stream = torch.cuda.current_stream(self.device) if cuda else None
+        cache: dict[str, Any] = {}  # the straddling video's frames on the device, for the next forward
+        out, feats, done = [], [], None
+        x, ready = prepared.first, prepared.ready
+        prepared.first = prepared.ready = None  # the call's tensors live only in this loop
+        for step in range(len(prepared.forwards)):
+            if ready is not None:
+                stream.wait_event(ready)  # made on the copy stream, read on this one
+                x.record_stream(stream)
+            with autocast_for(self.device, self.spec.precision):
+                if collected is None:
+                    out.append(self.model(x).float())
+                else:  # inside score_with_features: the same forward gives the features
+                    logits, features = forward_with_features(self.model, x, self.features)
+                    out.append(logits.float())
+                    feats.append(features.float())
+            x = None
+            if cuda:
+                # The next input is made while this forward runs, once the one before has
+                # ended: without that wait the host runs ahead and each input takes new memory.
+                if done is not None:
+                    done.synchronize()
+                done = torch.cuda.Event()
+                done.record(stream)
+            timer.charge("forward")  # (the benchmark's timer waits for this forward: no overlap when timed)
+            if step + 1 < len(prepared.forwards):
+                x, ready = self._make_input(prepared, step + 1, timer, cache)
+        if collected is not None and feats:
+            collected.append(torch.cat(feats).cpu())
+        return torch.cat(out).cpu() if out else torch.empty(0, 0)
+
+    def _make_input(self, prepared: Prepared, step: int, timer: StageTimer, cache: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """One forward's input on the device: its videos' frames copied, its views gathered and
+        cropped, normalised, in the model's layout; on CUDA on the copy stream, with the event
+        that marks it ready. ``cache`` keeps the last video's frames there: a video cut between
+        two forwards crosses once."""
+        if self._copy_stream is None:
+            return self._input(prepared, step, timer, cache), None
+        with torch.cuda.stream(self._copy_stream):
+            x = self._input(prepared, step, timer, cache)
+            ready = torch.cuda.Event()
+            ready.record(self._copy_stream)
+        return x, ready
+
+    def _input(self, prepared: Prepared, step: int, timer: StageTimer, cache: dict[str, Any]) -> torch.Tensor:
+        spans = prepared.forwards[step]
+        arrived = []
+        for video, _, _ in spans:  # every copy first, then every gather: a timed call waits twice, not per video
+            if cache.get("video") != video:
+                payload = prepared.payloads[video]
+                if isinstance(payload, np.ndarray):
+                    cache["data"] = payload  # whole views: only the span asked crosses
+                else:
+                    cache["data"] = (to_device(_host_tensor(payload[0]), self.device),
+                                     to_device(_host_tensor(np.asarray(payload[1], dtype=np.int64)), self.device))
+                cache["video"] = video
+            arrived.append(cache["data"])
+        timer.charge("h2d")
+        views = []
+        for (video, begin, end), data in zip(spans, arrived):
+            if isinstance(data, np.ndarray):
+                views.append(to_device(_host_tensor(data[begin:end]), self.device))
+            else:
+                views.append(gather_views(data[0], data[1], self.plan, begin, end))
+        clips = views[0] if len(views) == 1 else torch.cat(views)
+        del views, arrived
+        x = to_layout(normalize(clips, self.protocol), self.channels_last)
+        timer.charge("preprocess")
+        return x
 
     def score_with_features(
         self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER
@@ -258,34 +315,6 @@ class ModelRunner:
         if isinstance(payload, np.ndarray):
             return payload.shape[0]
         return np.asarray(payload[1]).shape[0] * self.plan.num_crops
-
-    def _forward(self, clips: torch.Tensor, timer: StageTimer) -> torch.Tensor:
-        """Logits on the host of uint8 clips on the device: ``x3d.predict_clips`` (normalise,
-        layout, forward), ``batch_size`` clips per forward; inside ``score_with_features`` the
-        same forwards' features are kept for it."""
-        collected = getattr(self._local, "features", None)
-        if collected is not None:  # inside score_with_features: keep the features, return the logits
-            logits, features = predict_clips_with_features(
-                self.model,
-                clips,
-                self.protocol,
-                self.features,
-                self.batch_size,
-                channels_last=self.channels_last,
-                precision=self.spec.precision,
-                on_step=timer.charge,
-            )
-            collected.append(features)
-            return logits
-        return x3d.predict_clips(
-            self.model,
-            clips,
-            self.protocol,
-            self.batch_size,
-            channels_last=self.channels_last,
-            precision=self.spec.precision,
-            on_step=timer.charge,
-        )
 
     @staticmethod
     def _fuse(logits: torch.Tensor, counts: list[int]) -> list[np.ndarray]:

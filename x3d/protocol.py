@@ -224,22 +224,34 @@ def make_views(clips: np.ndarray, plan: ViewPlan) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate(crops, axis=0))
 
 
-def gather_views(frames: torch.Tensor, inverse: torch.Tensor, plan: ViewPlan) -> torch.Tensor:
-    """``make_views(frames[inverse], plan)`` in torch, on the frames' device (the model's).
+def gather_views(
+    frames: torch.Tensor, inverse: torch.Tensor, plan: ViewPlan, start: int = 0, stop: int | None = None
+) -> torch.Tensor:
+    """``make_views(frames[inverse], plan)[start:stop]`` in torch, on the frames' device (the model's).
 
     ``frames`` ``(n, H, W, C)`` are a video's distinct resized frames and ``inverse``
     ``(clips, T)`` indexes them. Pure indexing, so the result is the very bytes ``make_views``
     gives (tests hold them equal); run on a GPU it moves the crops next to the model, and only
-    the distinct frames cross the host-device link.
+    the distinct frames cross the host-device link. Views are crop-major (every clip's first
+    crop, then every clip's second...); each crop is cut before the gather, so only the views
+    asked are made (a model call takes a video's views in forward-sized pieces).
     """
     import torch
 
     clips_n, length = inverse.shape
-    clips = frames.index_select(0, inverse.reshape(-1).to(device=frames.device, dtype=torch.long))
-    clips = clips.view(clips_n, length, *frames.shape[1:])
+    offsets = crop_offsets(frames.shape[1], frames.shape[2], plan)
+    stop = clips_n * len(offsets) if stop is None else stop
+    index = inverse.to(device=frames.device, dtype=torch.long)
     size = plan.crop_size
-    crops = [clips[:, :, y : y + size, x : x + size] for y, x in crop_offsets(frames.shape[1], frames.shape[2], plan)]
-    return torch.cat(crops, dim=0).contiguous()
+    parts = []
+    for crop, (y, x) in enumerate(offsets):
+        first, end = max(start - crop * clips_n, 0), min(stop - crop * clips_n, clips_n)
+        if first < end:
+            cut = frames[:, y : y + size, x : x + size].index_select(0, index[first:end].reshape(-1))
+            parts.append(cut.view(end - first, length, size, size, frames.shape[3]))
+    if not parts:
+        return frames.new_empty((0, length, size, size, frames.shape[3]))
+    return parts[0].contiguous() if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -263,8 +275,8 @@ def normalize(views: torch.Tensor, protocol: TestProtocol) -> torch.Tensor:
     import torch
 
     mean, std = _mean_std(tuple(protocol.mean), tuple(protocol.std), views.device)
-    x = views.permute(0, 4, 1, 2, 3).to(torch.float32)
-    return (x - mean) / std
+    x = views.permute(0, 4, 1, 2, 3).to(torch.float32, copy=True)  # a new tensor: the input is never written
+    return x.sub_(mean).div_(std)  # in place, the same values: one float32 copy of the views, not three
 
 
 def fuse_views(logits: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@
 * ``ray-cluster.yaml`` against the schema the Ray cluster launcher itself validates with
   (``ray/autoscaler/ray-schema.json`` of the installed Ray), plus what the launcher checks
   beyond it and what this project needs (a GPU worker type, matching head/worker ports).
+* Both scale GPU workers from zero for a run and back after it (autoscaler on, minimum 0, an
+  idle timeout that docs/cluster.md states).
 * ``Dockerfile``: the project goes in, with every runtime dependency of pyproject.toml, and
   the image tag and Ray version are the ones the manifests name.
 """
@@ -48,6 +50,12 @@ WORKER_GROUP_FIELDS = {
     "replicas", "scaleStrategy", "suspend", "template",
 }  # fmt: skip
 WORKER_GROUP_REQUIRED = {"groupName", "maxReplicas", "minReplicas", "template", "rayStartParams"}
+# spec.rayClusterSpec.autoscalerOptions (KubeRay v1.4.2), and its upscalingMode enum
+AUTOSCALER_OPTIONS_FIELDS = {
+    "env", "envFrom", "idleTimeoutSeconds", "image", "imagePullPolicy", "resources", "securityContext",
+    "upscalingMode", "volumeMounts",
+}  # fmt: skip
+UPSCALING_MODES = {"Default", "Aggressive", "Conservative"}
 SUBMISSION_MODES = {"K8sJobMode", "HTTPMode", "InteractiveMode"}
 INT_FIELDS = ("activeDeadlineSeconds", "backoffLimit", "ttlSecondsAfterFinished")
 DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -224,6 +232,30 @@ def test_rayjob_workers_have_a_gpu_each(rayjob: dict):
     assert head["rayStartParams"].get("num-gpus", "0") == "0"  # no model actor on the head
 
 
+def _gpu_groups(rayjob: dict) -> list[dict]:
+    return [g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+            if any(str(c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", "0")) != "0" for c in _containers(g["template"]))]
+
+
+def test_rayjob_scales_gpu_workers_from_zero_and_back(rayjob: dict):
+    """KubeRay's autoscaler is on, no GPU worker runs before the run asks for one, and an idle
+    one is removed after a stated time; docs/cluster.md states the same time."""
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    assert cluster.get("enableInTreeAutoscaling") is True
+    options = cluster["autoscalerOptions"]
+    assert set(options) <= AUTOSCALER_OPTIONS_FIELDS, set(options) - AUTOSCALER_OPTIONS_FIELDS
+    assert options.get("upscalingMode", "Default") in UPSCALING_MODES
+    idle = options["idleTimeoutSeconds"]
+    assert isinstance(idle, int) and not isinstance(idle, bool) and 0 < idle <= 900, idle
+    groups = _gpu_groups(rayjob)
+    assert groups, "no GPU worker group"
+    for group in groups:
+        assert group["minReplicas"] == 0 and group.get("replicas", 0) == 0, group["groupName"]
+        assert group["maxReplicas"] >= 1
+    assert rayjob["spec"].get("shutdownAfterJobFinishes") is True  # and the cluster goes after the run
+    assert f"idleTimeoutSeconds: {idle}" in (ROOT / "docs" / "cluster.md").read_text()
+
+
 # ----------------------------------------------------------------------------- cluster launcher
 
 
@@ -266,6 +298,24 @@ def test_launcher_node_types_and_start_commands(launcher: dict):
     setup = " ".join(launcher.get("setup_commands", []))
     for package in sorted(shipped_top_level() - {"submit"}):  # every package the code imports
         assert re.search(rf"\b{package}\b", setup), f"setup_commands never check that {package} is installed"
+
+
+def test_launcher_scales_gpu_workers_from_zero_and_back(launcher: dict):
+    """The head alone between runs: every GPU worker type starts at zero, declares what it gives
+    (so the autoscaler can start one for an actor asking a GPU before any exists), and a node
+    idle for the stated time is terminated; docs/cluster.md states the same time."""
+    types = launcher["available_node_types"]
+    gpu_types = {name: t for name, t in types.items() if t.get("resources", {}).get("GPU", 0) > 0}
+    assert gpu_types, "no worker type declares its GPUs"
+    assert launcher["head_node_type"] not in gpu_types
+    for name, node in gpu_types.items():
+        assert node.get("min_workers", 0) == 0, name
+        assert node["max_workers"] >= 1 and node["resources"].get("CPU", 0) >= 1, name
+    idle = launcher["idle_timeout_minutes"]
+    assert 0 < idle <= 15, idle
+    assert launcher.get("upscaling_speed", 1.0) > 0
+    assert "--autoscaling-config" in " ".join(launcher["head_start_ray_commands"])
+    assert f"idle_timeout_minutes: {idle}" in (ROOT / "docs" / "cluster.md").read_text()
 
 
 # ----------------------------------------------------------------------------- Dockerfile
