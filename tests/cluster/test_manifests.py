@@ -254,6 +254,9 @@ def test_rayjob_scales_gpu_workers_from_zero_and_back(rayjob: dict):
         assert group["maxReplicas"] >= 1
     assert rayjob["spec"].get("shutdownAfterJobFinishes") is True  # and the cluster goes after the run
     assert f"idleTimeoutSeconds: {idle}" in (ROOT / "docs" / "cluster.md").read_text()
+    # --gpus auto wants the pool's size, not the 0 GPUs up when the run starts
+    env = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])["env_vars"]
+    assert int(env["X3D_GPUS"]) == sum(g["maxReplicas"] for g in groups)
 
 
 # ----------------------------------------------------------------------------- cluster launcher
@@ -316,6 +319,9 @@ def test_launcher_scales_gpu_workers_from_zero_and_back(launcher: dict):
     assert launcher.get("upscaling_speed", 1.0) > 0
     assert "--autoscaling-config" in " ".join(launcher["head_start_ray_commands"])
     assert f"idle_timeout_minutes: {idle}" in (ROOT / "docs" / "cluster.md").read_text()
+    # --gpus auto wants the pool's size, not the 0 GPUs up when the run starts
+    gpus = sum(t["max_workers"] * t["resources"]["GPU"] for t in gpu_types.values())
+    assert any(c.startswith(f"X3D_GPUS={gpus:g} ray start --head") for c in launcher["head_start_ray_commands"])
 
 
 # ----------------------------------------------------------------------------- Dockerfile
