@@ -80,9 +80,10 @@ def _check_model_names(model: str, protocol: str | None, views: int) -> None:
         _fail(str(exc))
 
 
-def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset=None) -> None:
-    """The request's other mistakes, still before torch and Ray (``jobs.preflight``): the output,
-    label's input, the dataset's files, and --num-actors against the local machine."""
+def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset=None, num_actors: int | None = None) -> None:
+    """The request's other mistakes, still before torch and Ray (``jobs.preflight``): the output
+    (and, for ``--resume``, the run it holds), label's input, the dataset's files, and
+    --num-actors (benchmark: its largest count) against the local machine."""
     from cluster.errors import ClusterError
     from jobs import preflight
     from jobs.datasets import DatasetError
@@ -90,17 +91,41 @@ def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset
     from worker.decode_task import ModelSpec
     import x3d
 
+    if num_actors is None and isinstance(getattr(args, "num_actors", None), int):
+        num_actors = args.num_actors
     try:
         preflight.check_output(output)
         if getattr(args, "input", None):
             preflight.check_label_input(args.input)
         if dataset is not None:
             preflight.check_dataset_files(dataset)
-        if isinstance(getattr(args, "num_actors", None), int) and preflight.starts_local_ray(args.address):
+        if num_actors is not None and preflight.starts_local_ray(args.address):
             spec = ModelSpec(x3d.get_preset(model), args.views, args.protocol, precision=args.precision)
-            preflight.check_local_fit(spec, args.num_actors, args.num_cpus, args.actors_per_gpu)
+            preflight.check_local_fit(spec, num_actors, args.num_cpus, args.actors_per_gpu)
+        if args.command == "evaluate":
+            if args.resume:
+                preflight.check_resume_target(output)
+            preflight.check_run_flags(output, _run_flags(args, model, dataset), args.resume, args.partition)
+        elif args.command == "label":
+            if args.resume:
+                preflight.check_label_resume(output)
+            if args.input:
+                preflight.check_label_features(output, args.save_features)
+            elif args.compact or args.rebuild_index:
+                preflight.check_tidy_output(output)
     except (JobError, DatasetError, ClusterError) as exc:
         _fail(str(exc))
+
+
+def _run_flags(args: argparse.Namespace, model: str, dataset) -> dict:
+    """The part of an evaluate run's run.json that the flags alone give (``jobs.evaluate``
+    writes the rest once the list and the weights are read)."""
+    import x3d
+
+    features = {"kind": args.features, "dtype": args.features_dtype} if args.save_features else None
+    return {"job": "evaluate", "dataset": dataset.name, "model": model, "views": args.views,
+            "protocol": x3d.get_preset(model).protocol(args.protocol).name, "precision": args.precision,
+            "shard_size": args.shard_size, "save_probs": args.save_probs, "features": features}
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
@@ -191,11 +216,7 @@ def run_label_command(args: argparse.Namespace) -> int:
 def run_benchmark_command(args: argparse.Namespace) -> int:
     if args.model:
         _check_model_names(args.model, args.protocol, args.views)
-    from cluster.errors import ClusterError
-    from jobs.benchmark import BenchmarkConfig, parse_actor_counts, run_benchmark
-    from jobs.datasets import DatasetError
-    from jobs.errors import JobError
-    from x3d.storage import StorageError
+    from jobs.cli import parse_actor_counts
 
     data_flags = args.dataset or args.ann_file or args.data_root
     if args.synthetic and data_flags:
@@ -205,10 +226,16 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _fail(str(exc))
     dataset = _dataset_from_args(args) if data_flags else None
-    _preflight(args, args.model or (dataset.model if dataset else None) or "x3d_s", args.output, dataset=dataset)
-    cfg = job_config(
-        BenchmarkConfig, args, dataset=dataset, num_actors=counts, model=args.model or (dataset.model if dataset else None) or "x3d_s"
-    )
+    model = args.model or (dataset.model if dataset else None) or "x3d_s"
+    _preflight(args, model, args.output, dataset=dataset, num_actors=max(counts) if counts else None)
+
+    from cluster.errors import ClusterError
+    from jobs.benchmark import BenchmarkConfig, run_benchmark
+    from jobs.datasets import DatasetError
+    from jobs.errors import JobError
+    from x3d.storage import StorageError
+
+    cfg = job_config(BenchmarkConfig, args, dataset=dataset, num_actors=counts, model=model)
     try:
         run_benchmark(cfg)
     except (JobError, ClusterError, DatasetError, StorageError) as exc:

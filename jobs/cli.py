@@ -27,7 +27,7 @@ from typing import Any
 
 from jobs.partition import parse_partition
 
-__all__ = ["COMMANDS", "EXIT_USAGE", "FLAGS", "Flag", "build_parser", "cli_markdown", "job_config", "parse_args", "prog_name"]
+__all__ = ["COMMANDS", "EXIT_USAGE", "FLAGS", "Flag", "build_parser", "cli_markdown", "job_config", "parse_actor_counts", "parse_args", "prog_name"]
 
 COMMANDS = ("evaluate", "label", "benchmark")
 DEFAULT_COMMAND = "evaluate"  # `submit.py --dataset sample` is `submit.py evaluate --dataset sample`
@@ -79,6 +79,43 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _positive_seconds(text: str) -> float:
+    """``--decode-timeout``: a deadline of 0 or less would fail every video (and, in label, spend
+    every good video's attempts), so it is the parser's one line."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """``--min-score``: a softmax score is in [0, 1]; above 1 would keep no label at all (and count
+    the videos as done), below 0 is a typo."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (scores are probabilities), got {text}")
+    return value
+
+
+def parse_actor_counts(text: str) -> list[int]:
+    """benchmark's ``--num-actors``: ``"1,2,4"`` -> ``[1, 2, 4]`` (sorted, unique); raises
+    ValueError on anything else. Here, not in ``jobs.benchmark``, so that the command line
+    checks the counts against this machine before torch and Ray load."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(f"--num-actors: expected counts like 1,2,4, got {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise ValueError(f"--num-actors: expected counts of at least 1 like 1,2,4, got {text!r}")
+    return counts
 
 
 @dataclass(frozen=True)
@@ -157,7 +194,7 @@ FLAGS: tuple[Flag, ...] = (
          default=1, options={"type": _positive_int}),
     Flag(("--batch-size",), "cluster", "clips per forward pass", shown="sized for the device", options={"type": _positive_int}),
     Flag(("--decode-timeout",), "cluster", "seconds before a hung decode becomes an error row", default=300.0,
-         options={"type": float}),
+         options={"type": _positive_seconds}),
     Flag(("--quiet",), "cluster", "no progress output", default=False, options={"action": "store_true"}),
     # ---- run: jobs that write results shard by shard (jobs.options.RunOptions)
     Flag(("--num-actors",), "run", "model actors", SCORING, shown="one per GPU; one on a CPU-only cluster",
@@ -192,7 +229,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--output",), "label", "output folder or s3://bucket/prefix; reruns skip what it holds", ("label",),
          shown="required", options={"required": True}),
     Flag(("--top-k",), "label", "labels kept per video", ("label",), default=5, options={"type": _positive_int}),
-    Flag(("--min-score",), "label", "drop labels scoring below this", ("label",), default=0.0, options={"type": float}),
+    Flag(("--min-score",), "label", "drop labels scoring below this", ("label",), default=0.0, options={"type": _fraction}),
     Flag(("--since",), "label", "only videos modified since an ISO date or a look-back like 36h / 7d", ("label",)),
     Flag(("--max-attempts",), "label", "give up on a failing video after N runs", ("label",), default=3,
          options={"type": _positive_int}),

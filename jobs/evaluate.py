@@ -33,6 +33,7 @@ from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.partition import Partition
+from jobs.preflight import check_resume_target, run_differences
 from jobs.progress import Progress, quiet_stream
 from jobs.summary import FAILURES_SHOWN, build_summary, collect_versions, failure_lines, summary_markdown, summary_table, times_text
 from worker.decode_task import ModelSpec
@@ -112,6 +113,9 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         raise JobError(f"--partition {cfg.partition} needs --output: every partition of a run writes into the same folder")
     layout = feature_layout(cfg, preset)
     output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
+    if cfg.resume and not cfg.output and not storage.exists(output):
+        raise JobError(f"--resume without --output continues the newest runs/{cfg.dataset.name}-{cfg.model}-{cfg.views}v-*, "
+                       "and there is none; pass --output, or drop --resume")
     results.check_output_folder(output)
     storage.check_writable(output)  # a missing bucket is one line now, not after Ray started
     generating = time.monotonic()
@@ -160,13 +164,15 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition
     if not storage.exists(manifest_uri):
         if resume and results.list_shards(output):
             raise JobError(f"{output} has result shards but no run.json; it was not written by this tool")
+        if resume:
+            check_resume_target(output)  # a typo in --output would otherwise score everything again
         return
     previous = json.loads(storage.read_bytes(manifest_uri))
     previous.setdefault("precision", "fp32")  # written before --precision existed: it ran fp32
-    changed = [k for k, v in manifest.items() if previous.get(k) != v]
+    changed = run_differences(previous, manifest)  # each as its flag with both values
     if partition is not None:
         if changed:
-            raise JobError(f"--partition {partition}: this run differs from the one in {output} in {', '.join(changed)}; "
+            raise JobError(f"--partition {partition}: this run differs from the one in {output}: {'; '.join(changed)}; "
                            "give every partition the same flags, or use a new --output")
         own = [i for i in results.list_shards(output) if partition.owns(i)]
         if own and not resume:
@@ -175,7 +181,8 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition
     if not resume:
         raise JobError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     if changed:
-        raise JobError(f"--resume: this run differs from the one in {output} in {', '.join(changed)}; use a new --output")
+        raise JobError(f"--resume: this run differs from the one in {output}: {'; '.join(changed)}; "
+                       "give the run's flags, or use a new --output")
 
 
 def shard_items(items: Sequence[VideoItem], shard_size: int) -> list[tuple[int, Sequence[VideoItem]]]:

@@ -201,7 +201,7 @@ def test_two_partitions_one_after_the_other_write_the_single_runs_output(evalset
 
     with pytest.raises(JobError, match="already holds 2 shard.s. of partition 0/2; pass --resume"):
         run_evaluate(config(evalset, str(output), partition=Partition(0, 2)))
-    with pytest.raises(JobError, match="--partition 1/2: this run differs from the one in .* in shard_size"):
+    with pytest.raises(JobError, match="--partition 1/2: this run differs from the one in .*: --shard-size: 5 here, 4 in the run"):
         run_evaluate(config(evalset, str(output), partition=Partition(1, 2), shard_size=5))
 
     summary = run_evaluate(config(evalset, str(output), partition=Partition(1, 2)))

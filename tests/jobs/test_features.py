@@ -280,5 +280,5 @@ def test_evaluate_run_saves_pre_logits_and_resume_holds_the_layout(tmp_path, ray
     for video, vector in zip(table.column("video").to_pylist(), table.column("features").to_pylist()):
         expected = x3d.extract_features(model, str(tmp_path / "videos" / video), views=1, kind="pre_logits")
         np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)  # float32, BatchNorm folded in the actor
-    with pytest.raises(JobError, match="differs from the one in .* in features"):
+    with pytest.raises(JobError, match="differs from the one in .*: --save-features: --save-features --features pre_logits --features-dtype float16, 16 values here, .*float32, 16 values in the run"):
         run_evaluate(replace(config(resume=True), features_dtype="float16"))
