@@ -177,7 +177,7 @@ def run_label_command(args: argparse.Namespace) -> int:
 
     from cluster.errors import ClusterError
     from jobs.errors import JobError
-    from jobs.label import LabelConfig, compact_labels, first_failure, plan_label, rebuild_label_index, run_label
+    from jobs.label import LabelConfig, compact_labels, first_failure, given_up_text, plan_label, rebuild_label_index, run_label
     from x3d.storage import StorageError
 
     cfg = job_config(LabelConfig, args, model=model)
@@ -192,7 +192,8 @@ def run_label_command(args: argparse.Namespace) -> int:
             eta = "unknown (no earlier run to take a rate from)" if plan["estimated_s"] is None else f"{plan['estimated_s']:.0f} s"
             print(
                 f"plan: {plan['listed']} listed, {plan['older']} older than --since, {plan['skipped']} already labelled, "
-                f"{plan['new']} new or changed, {plan['retries']} failed before and retried"
+                + (f"{given_up_text(plan['given_up'], cfg.max_attempts)}, " if plan["given_up"] else "")
+                + f"{plan['new']} new or changed, {plan['retries']} failed before and retried"
                 + (f", {plan['backfilled']} labelled before without features" if args.backfill_features else "")
                 + f"; {plan['to_process']} to process, estimated {eta}"
                 + (f"; features add {plan['features_bytes'] / 1e6:.1f} MB" if args.save_features else "")

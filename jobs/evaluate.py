@@ -252,6 +252,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
     shards = shard_items(job.items, cfg.shard_size)
     part = cfg.partition
     mine = shards if part is None else [(i, items) for i, items in shards if part.owns(i)]  # this driver's share
+    if part is not None and not mine:  # more partitions than shards: this driver has nothing to do, and writes nothing
+        print(f"evaluate: partition {part} has no shards of its own: the run has {len(shards)} shard(s) of {cfg.shard_size} videos "
+              f"and partition {part} scores those numbered {part.index} modulo {part.count}; nothing to do "
+              f"({job.output} is left as it is)", file=sys.stderr, flush=True)
+        return None
     done = set(results.list_shards(job.output)) if cfg.resume else set()
     if cfg.resume:  # the interrupted run's half-written shards: they are about to be written again
         # only those untouched for 10 minutes: another partition's write in progress stays
@@ -312,6 +317,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
     elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
     scored = time.monotonic()
+    if part is not None and not todo and storage.exists(storage.join(job.output, "summary.json")):
+        # a partition that scored nothing here: the summary another one wrote (with its figures) stays
+        if not cfg.quiet:
+            print(f"evaluate: partition {part}: its {len(mine)} shards were already saved and the run's summary is written; "
+                  f"nothing to do -> {job.output}")
+        return json.loads(storage.read_bytes(storage.join(job.output, "summary.json")))
     if part is not None:
         missing = len(shards) - len(set(results.list_shards(job.output)) & {i for i, _ in shards})
         if missing:  # other partitions are still at work (or not started): the last one writes the summary
@@ -375,9 +386,13 @@ def summarise(job: PreparedJob, times: RunTimes, workers: list[dict[str, Any]], 
         scoring_s=times.scoring_s,
     )
     summary = _with_precision(summary, cfg.precision)
+    summary["partition"] = None if cfg.partition is None else str(cfg.partition)
     pause_point("summary")
     results.write_json(storage.join(job.output, "summary.json"), summary)
     markdown = summary_markdown(summary)
+    if cfg.partition is not None:
+        markdown += (f"- partition: written by partition {cfg.partition}; the accuracy and counts cover every partition's rows, "
+                     f"the times and rates only this partition's driver\n")
     if cfg.precision != "fp32":
         markdown += f"- precision: {cfg.precision} autocast forward (fp32 is the reference)\n"
     results.write_text(storage.join(job.output, "summary.md"), markdown)
