@@ -14,6 +14,8 @@ Exit status (the README's table):
     2    a mistake in the request (bad flag, unknown dataset or model, missing file, wrong
          checkpoint, unreachable or too small cluster): one line on stderr, nothing written
     3    the job ran but scored nothing: every video failed (the error rows say why)
+    5    stopped partway by a failure that is not the request's (storage, the cluster) after results
+         were written: one line with what failed, what is saved and the command that continues
     130  interrupted by SIGINT (Ctrl-C); 143: stopped by SIGTERM. Either stops the run cleanly:
          one line with what is saved and the command that resumes it
 
@@ -43,6 +45,8 @@ from jobs.cli import EXIT_USAGE, job_config, parse_args, prog_name, with_command
 
 EXIT_OK = 0
 EXIT_NOTHING_SCORED = 3  # the job ran, but every video failed
+# 4 is reserved: the infrastructure stayed down (the pipeline's circuit breaker)
+EXIT_STOPPED = 5  # a storage or cluster failure stopped the run after it wrote results (jobs.errors.JobStopped)
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as shells report it
 
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
@@ -203,7 +207,7 @@ def run_label_command(args: argparse.Namespace) -> int:
             manifest = run_label(cfg)
         if args.compact:
             compact_labels(cfg.output, args.target_file_mb, quiet=cfg.quiet)
-    except (JobError, ClusterError, StorageError, ValueError) as exc:
+    except (JobError, ClusterError, StorageError) as exc:  # not ValueError: a bug is a traceback, exit 1
         _fail(str(exc))
     if manifest and manifest["failed"] and not manifest["labelled"]:
         return _nothing_scored(
@@ -289,7 +293,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.errors import JobInterrupted
+    from jobs.errors import JobInterrupted, JobStopped
     from jobs.interrupts import interrupt_behind, stop_on_signals
 
     started = STARTED_AT if argv is None else time.monotonic()
@@ -307,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
                 if stop is None:
                     raise
                 raise stop from None
+            except JobStopped as failed:  # results are written: not "nothing written" (2); say how to go on
+                newline = "\n" if sys.stderr.isatty() else ""
+                print(f"{newline}{prog_name()}: error: {failed}; {failed.finished}; continue with: "
+                      f"{resume_command(argv, failed.output)}", file=sys.stderr, flush=True)
+                return EXIT_STOPPED
         except JobInterrupted as stop:
             name = signal.Signals(stop.signum).name
             if stop.output is None:

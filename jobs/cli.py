@@ -268,7 +268,8 @@ DESCRIPTIONS = {
     "benchmark": "throughput per model-actor count and where the time goes",
 }
 EPILOG = ("exit status: 0 done, 2 a mistake in the request (nothing written), "
-          "3 every video failed, 130/143 interrupted (SIGINT/SIGTERM)")
+          "3 every video failed, 5 stopped by a storage or cluster failure after writing results, "
+          "130/143 interrupted (SIGINT/SIGTERM)")
 
 
 def flags_of(command: str) -> list[Flag]:

@@ -22,10 +22,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cluster.errors import ClusterError
 from cluster.pipeline import Shard
 from jobs import results
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
-from jobs.errors import JobError, JobInterrupted
+from jobs.errors import JobError, JobInterrupted, JobStopped
 from jobs.features import FeatureLayout, FeatureOptions, feature_layout, vector_values
 from jobs.interrupts import pause_point
 from jobs.lifecycle import LoadedWeights, check_model, load_weights, run_model_job
@@ -313,6 +314,13 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
                     f"{saved['shards']} of {len(mine)} shards{share} ({saved['videos']} of {total_videos} videos) saved in {job.output}"
                 )
             raise
+        except (ClusterError, storage.StorageError) as exc:  # the cluster or the storage failed mid-run
+            if not saved["run.json"]:
+                raise  # nothing written: the request's one line, exit 2
+            raise JobStopped(
+                str(exc), job.output,
+                f"{saved['shards']} of {len(mine)} shards{share} ({saved['videos']} of {total_videos} videos) saved in {job.output}",
+            ) from None
         progress.close()
     elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
@@ -343,9 +351,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
         raise
     except Exception as exc:  # noqa: BLE001 - the scores are safe; say how to finish, in one line
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise JobError(
-            f"every video is scored and saved in {job.output}, but the summary could not be written "
-            f"({type(exc).__name__}: {first}); run the same command with --resume to write it (nothing is scored again)"
+        raise JobStopped(
+            f"the summary could not be written ({type(exc).__name__}: {first})", job.output,
+            f"every video is scored and saved in {job.output}; --resume writes the summary without scoring again",
         ) from None
     if not cfg.quiet:
         print(summary_table(summary))

@@ -33,10 +33,11 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 import x3d
+from cluster.errors import ClusterError
 from cluster.pipeline import Shard
 from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
-from jobs.errors import JobError, JobInterrupted
+from jobs.errors import JobError, JobInterrupted, JobStopped
 from jobs.features import FeatureLayout, FeatureOptions, claim_layout, feature_layout, vector_values
 from jobs.interrupts import pause_point
 from jobs.lifecycle import check_model, load_weights, run_model_job
@@ -312,6 +313,11 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
         stop.output = cfg.output
         stop.finished = f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
         raise
+    except (ClusterError, storage.StorageError) as exc:  # the cluster or the storage failed mid-run
+        if not written:
+            raise  # no row written: the request's one line, exit 2
+        raise JobStopped(str(exc), cfg.output, f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in "
+                         f"{cfg.output} (the next run does the rest)") from None
     progress.close()
     try:
         pause_point("scored")
