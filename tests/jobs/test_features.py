@@ -182,7 +182,7 @@ def nearest_query_from_the_docs(labels: Path, dim: int) -> str:
     ``labels`` with the model's width and the video as a parameter (so the page cannot drift)."""
     page = (Path(__file__).resolve().parents[2] / "docs" / "embeddings.md").read_text()
     sql = page.split("```sql\n", 1)[1].split("```", 1)[0]
-    sql = sql.replace("'labels/**/*.parquet'", f"'{labels}/**/*.parquet'").replace("FLOAT[432]", f"FLOAT[{dim}]")
+    sql = sql.replace("'labels/**/*.parquet'", f"'{labels}/**/*.parquet'")  # the same for every width (dim)
     sql, count = re.subn(r"WHERE a\.video = '[^']*'", "WHERE a.video = $query", sql)
     assert count == 1 and str(labels) in sql, "docs/embeddings.md's query changed shape: update this test"
     return sql
