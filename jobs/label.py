@@ -45,7 +45,7 @@ from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.parquet_writer import write_parquet
-from jobs.preflight import check_label_input, check_output, is_list_file
+from jobs.preflight import check_label_features, check_label_input, check_output, is_list_file
 from jobs.progress import Progress, quiet_stream as _quiet_stream
 from jobs.schemas import LABEL_SCHEMA
 from jobs.summary import FAILURES_SHOWN, failure_lines, times_text
@@ -221,10 +221,13 @@ def plan_label(cfg: LabelConfig) -> dict[str, Any]:
 
 def _check_features(cfg: LabelConfig, preset: x3d.Preset, write: bool = True) -> FeatureLayout | None:
     """The run's feature layout, which must be the output's (recorded by its first run with
-    features, ``write``); a mismatch is a JobError before any work."""
+    features, ``write``); a mismatch, or no ``--save-features`` on an output that stores vectors
+    (its new rows would silently have none), is a JobError before any work."""
     layout = feature_layout(cfg, preset)
     if layout is not None:
         claim_layout(cfg.output, layout, write=write)
+    else:
+        check_label_features(cfg.output, save_features=False)
     return layout
 
 
@@ -251,6 +254,8 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     sha = weights.sha256
     if not 1 <= cfg.top_k <= preset.arch.num_classes:
         raise JobError(f"--top-k must be between 1 and {preset.arch.num_classes}")
+    if not 0.0 <= cfg.min_score <= 1.0:  # above 1 no label is kept and the videos count as done
+        raise JobError(f"--min-score must be from 0 to 1 (scores are probabilities), got {cfg.min_score}")
     classes = preset.classes
     layout = _check_features(cfg, preset)
     history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, backfill=cfg.backfill_features)
@@ -310,8 +315,9 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
             on_sized=on_sized,
         )
     except JobInterrupted as stop:  # every finished shard is saved; the next run folds them into the index
-        stop.output = cfg.output
-        stop.finished = f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
+        if written:  # else nothing to resume: the same command again (a --resume there would be refused)
+            stop.output = cfg.output
+            stop.finished = f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
         raise
     except (ClusterError, storage.StorageError) as exc:  # the cluster or the storage failed mid-run
         if not written:

@@ -29,7 +29,11 @@ __all__ = ["LoadedWeights", "check_model", "load_weights", "run_model_job"]
 
 
 def check_model(opts: ModelOptions) -> ModelSpec:
-    """Preset, protocol, view count and precision, checked together; a bad one is a JobError."""
+    """Preset, protocol, view count and precision, checked together; a bad one is a JobError.
+    So is a decode deadline of 0 s or less (``decode_timeout_s``): it would fail every video."""
+    timeout = getattr(opts, "decode_timeout_s", None)
+    if timeout is not None and not timeout > 0:
+        raise JobError(f"--decode-timeout must be more than 0 seconds, got {timeout}")
     try:
         preset = x3d.get_preset(opts.model)
         protocol = preset.protocol(opts.protocol)

@@ -87,8 +87,10 @@ def _infos(videos: list[str]) -> list[storage.ObjectInfo]:
 
 def _decisions(index: label_state.LabelIndex, backfill: bool, listed: list[tuple[str, str]]) -> dict[str, tuple[bool, int, bool]]:
     history = _History(index, label_state.Scope(MODEL, SHA, VIEWS), backfill)
-    answers = history.needs_work(_infos([v for v, _ in listed]), [ver for _, ver in listed], max_attempts=3)
-    return {f"{v}@{ver}": a for (v, ver), a in zip(listed, answers)}
+    answers = list(history.needs_work(_infos([v for v, _ in listed]), [ver for _, ver in listed], max_attempts=3))
+    given_up = {f"{v}@{ver}" for (v, ver), (todo, _, _, labelled) in zip(listed, answers) if not todo and not labelled}
+    assert given_up == {"bad@v1"}, given_up  # never labelled, out of attempts: given up, not "already labelled"
+    return {f"{v}@{ver}": a[:3] for (v, ver), a in zip(listed, answers)}
 
 
 def _label_history(out: str) -> None:
