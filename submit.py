@@ -14,6 +14,8 @@ Exit status (the README's table):
     2    a mistake in the request (bad flag, unknown dataset or model, missing file, wrong
          checkpoint, unreachable or too small cluster): one line on stderr, nothing written
     3    the job ran but scored nothing: every video failed (the error rows say why)
+    5    stopped partway by a failure that is not the request's (storage, the cluster) after results
+         were written: one line with what failed, what is saved and the command that continues
     130  interrupted by SIGINT (Ctrl-C); 143: stopped by SIGTERM. Either stops the run cleanly:
          one line with what is saved and the command that resumes it
 
@@ -44,6 +46,7 @@ from jobs.cli import EXIT_USAGE, job_config, parse_args, prog_name, with_command
 EXIT_OK = 0
 EXIT_NOTHING_SCORED = 3  # the job ran, but every video failed
 EXIT_INFRASTRUCTURE = 4  # the storage or the cluster stayed down: stopped, rerun to finish
+EXIT_STOPPED = 5  # a storage or cluster failure stopped the run after it wrote results (jobs.errors.JobStopped)
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal's number, as shells report it
 
 def _fail(message: str, status: int = EXIT_USAGE) -> None:
@@ -81,9 +84,10 @@ def _check_model_names(model: str, protocol: str | None, views: int) -> None:
         _fail(str(exc))
 
 
-def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset=None) -> None:
-    """The request's other mistakes, still before torch and Ray (``jobs.preflight``): the output,
-    label's input, the dataset's files, and --num-actors against the local machine."""
+def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset=None, num_actors: int | None = None) -> None:
+    """The request's other mistakes, still before torch and Ray (``jobs.preflight``): the output
+    (and, for ``--resume``, the run it holds), label's input, the dataset's files, and
+    --num-actors (benchmark: its largest count) against the local machine."""
     from cluster.errors import ClusterError
     from jobs import preflight
     from jobs.datasets import DatasetError
@@ -91,17 +95,41 @@ def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset
     from worker.decode_task import ModelSpec
     import x3d
 
+    if num_actors is None and isinstance(getattr(args, "num_actors", None), int):
+        num_actors = args.num_actors
     try:
         preflight.check_output(output)
         if getattr(args, "input", None):
             preflight.check_label_input(args.input)
         if dataset is not None:
             preflight.check_dataset_files(dataset)
-        if isinstance(getattr(args, "num_actors", None), int) and preflight.starts_local_ray(args.address):
+        if num_actors is not None and preflight.starts_local_ray(args.address):
             spec = ModelSpec(x3d.get_preset(model), args.views, args.protocol, precision=args.precision)
-            preflight.check_local_fit(spec, args.num_actors, args.num_cpus, args.actors_per_gpu)
+            preflight.check_local_fit(spec, num_actors, args.num_cpus, args.actors_per_gpu)
+        if args.command == "evaluate":
+            if args.resume:
+                preflight.check_resume_target(output)
+            preflight.check_run_flags(output, _run_flags(args, model, dataset), args.resume, args.partition)
+        elif args.command == "label":
+            if args.resume:
+                preflight.check_label_resume(output)
+            if args.input:
+                preflight.check_label_features(output, args.save_features)
+            elif args.compact or args.rebuild_index:
+                preflight.check_tidy_output(output)
     except (JobError, DatasetError, ClusterError) as exc:
         _fail(str(exc))
+
+
+def _run_flags(args: argparse.Namespace, model: str, dataset) -> dict:
+    """The part of an evaluate run's run.json that the flags alone give (``jobs.evaluate``
+    writes the rest once the list and the weights are read)."""
+    import x3d
+
+    features = {"kind": args.features, "dtype": args.features_dtype} if args.save_features else None
+    return {"job": "evaluate", "dataset": dataset.name, "model": model, "views": args.views,
+            "protocol": x3d.get_preset(model).protocol(args.protocol).name, "precision": args.precision,
+            "shard_size": args.shard_size, "save_probs": args.save_probs, "features": features}
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
@@ -168,7 +196,7 @@ def run_label_command(args: argparse.Namespace) -> int:
 
     from cluster.errors import ClusterError, InfrastructureDown
     from jobs.errors import JobError
-    from jobs.label import LabelConfig, compact_labels, first_failure, plan_label, rebuild_label_index, run_label
+    from jobs.label import LabelConfig, compact_labels, first_failure, given_up_text, plan_label, rebuild_label_index, run_label
     from x3d.storage import StorageError
 
     cfg = job_config(LabelConfig, args, model=model)
@@ -183,7 +211,8 @@ def run_label_command(args: argparse.Namespace) -> int:
             eta = "unknown (no earlier run to take a rate from)" if plan["estimated_s"] is None else f"{plan['estimated_s']:.0f} s"
             print(
                 f"plan: {plan['listed']} listed, {plan['older']} older than --since, {plan['skipped']} already labelled, "
-                f"{plan['new']} new or changed, {plan['retries']} failed before and retried"
+                + (f"{given_up_text(plan['given_up'], cfg.max_attempts)}, " if plan["given_up"] else "")
+                + f"{plan['new']} new or changed, {plan['retries']} failed before and retried"
                 + (f", {plan['backfilled']} labelled before without features" if args.backfill_features else "")
                 + f"; {plan['to_process']} to process, estimated {eta}"
                 + (f"; features add {plan['features_bytes'] / 1e6:.1f} MB" if args.save_features else "")
@@ -195,7 +224,7 @@ def run_label_command(args: argparse.Namespace) -> int:
             compact_labels(cfg.output, args.target_file_mb, quiet=cfg.quiet)
     except InfrastructureDown as exc:
         _infrastructure_down(str(exc), resume=False)
-    except (JobError, ClusterError, StorageError, ValueError) as exc:
+    except (JobError, ClusterError, StorageError) as exc:  # not ValueError: a bug is a traceback, exit 1
         _fail(str(exc))
     if manifest and manifest["failed"] and not manifest["labelled"]:
         return _nothing_scored(
@@ -209,11 +238,7 @@ def run_label_command(args: argparse.Namespace) -> int:
 def run_benchmark_command(args: argparse.Namespace) -> int:
     if args.model:
         _check_model_names(args.model, args.protocol, args.views)
-    from cluster.errors import ClusterError
-    from jobs.benchmark import BenchmarkConfig, parse_actor_counts, run_benchmark
-    from jobs.datasets import DatasetError
-    from jobs.errors import JobError
-    from x3d.storage import StorageError
+    from jobs.cli import parse_actor_counts
 
     data_flags = args.dataset or args.ann_file or args.data_root
     if args.synthetic and data_flags:
@@ -223,10 +248,16 @@ def run_benchmark_command(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _fail(str(exc))
     dataset = _dataset_from_args(args) if data_flags else None
-    _preflight(args, args.model or (dataset.model if dataset else None) or "x3d_s", args.output, dataset=dataset)
-    cfg = job_config(
-        BenchmarkConfig, args, dataset=dataset, num_actors=counts, model=args.model or (dataset.model if dataset else None) or "x3d_s"
-    )
+    model = args.model or (dataset.model if dataset else None) or "x3d_s"
+    _preflight(args, model, args.output, dataset=dataset, num_actors=max(counts) if counts else None)
+
+    from cluster.errors import ClusterError
+    from jobs.benchmark import BenchmarkConfig, run_benchmark
+    from jobs.datasets import DatasetError
+    from jobs.errors import JobError
+    from x3d.storage import StorageError
+
+    cfg = job_config(BenchmarkConfig, args, dataset=dataset, num_actors=counts, model=model)
     try:
         run_benchmark(cfg)
     except (JobError, ClusterError, DatasetError, StorageError) as exc:
@@ -279,7 +310,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jobs.errors import JobInterrupted
+    from jobs.errors import JobInterrupted, JobStopped
     from jobs.interrupts import interrupt_behind, stop_on_signals
 
     started = STARTED_AT if argv is None else time.monotonic()
@@ -297,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
                 if stop is None:
                     raise
                 raise stop from None
+            except JobStopped as failed:  # results are written: not "nothing written" (2); say how to go on
+                newline = "\n" if sys.stderr.isatty() else ""
+                print(f"{newline}{prog_name()}: error: {failed}; {failed.finished}; continue with: "
+                      f"{resume_command(argv, failed.output)}", file=sys.stderr, flush=True)
+                return EXIT_STOPPED
         except JobInterrupted as stop:
             name = signal.Signals(stop.signum).name
             if stop.output is None:

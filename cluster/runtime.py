@@ -12,6 +12,7 @@ import socket
 import threading
 
 import ray
+import ray._private.ray_constants as ray_constants
 
 from cluster.errors import ClusterError
 from cluster.pipeline import PipelineConfig
@@ -40,6 +41,12 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
     # handlers (jobs.interrupts: a clean stop, exit 143) are put back once Ray is up.
     main_thread = threading.current_thread() is threading.main_thread()
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    # The driver's core worker would install absl's failure signal handler, and its shutdown
+    # puts SIGTERM back to the default action: a SIGTERM during ray.shutdown (every shard saved,
+    # the summary not written) then killed the driver mid-clean-up, leaving Ray's agents behind.
+    # Without it the caller's handler stays in place throughout. Ray's workers keep theirs.
+    ray_constants.RAY_DISABLE_FAILURE_SIGNAL_HANDLER = True
+    children_before = set(_process_table().get("children", {}).get(os.getpid(), ())) if not address else set()
     try:
         if address:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=True, runtime_env=env)
@@ -78,7 +85,73 @@ def connect(address: str | None, num_cpus: int | None = None) -> bool:
         for sig, handler in handlers.items():
             if handler is not None:
                 signal.signal(sig, handler)
+    if not address:  # the processes ray.init started (GCS, raylet...): the roots of what stop_cluster reaps
+        table = _process_table()
+        _STARTED[:] = [(pid, table["start"][pid]) for pid in table.get("children", {}).get(os.getpid(), ())
+                       if pid not in children_before and pid in table["start"]]
     return not address
+
+
+#: (pid, start time) of the processes ray.init started for this run's local Ray
+_STARTED: list[tuple[int, int]] = []
+REAP_WAIT_S = 5.0  # what ray.shutdown's own stop gets before the run's leftovers are killed
+
+
+def _process_table() -> dict:
+    """Linux's process table from /proc: ``children`` (pid -> child pids) and ``start`` (pid ->
+    start time in clock ticks, which tells a process from a later one that reuses its pid).
+    Empty where there is no /proc."""
+    children: dict[int, list[int]] = {}
+    start: dict[int, int] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return {}
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after "(comm)", which may hold spaces
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        start[pid] = int(fields[19])
+    return {"children": children, "start": start}
+
+
+def _run_processes() -> list[tuple[int, int]]:
+    """The processes of this run's local Ray now: those ray.init started and all their descendants
+    (the raylet's workers and agents: DashboardAgent, RuntimeEnvAgent), as (pid, start time)."""
+    table = _process_table()
+    if not table:
+        return []
+    out = [(pid, started) for pid, started in _STARTED if table["start"].get(pid) == started]
+    todo = [pid for pid, _ in out]
+    while todo:
+        for child in table["children"].get(todo.pop(), ()):
+            if child in table["start"]:
+                out.append((child, table["start"][child]))
+                todo.append(child)
+    return out
+
+
+def _reap(processes: list[tuple[int, int]], wait_s: float = REAP_WAIT_S) -> None:
+    """Kill (by pid) what is left of ``processes`` once ``wait_s`` has passed: no process of the
+    run outlives it. A pid whose start time changed is another process now and is left alone."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        table = _process_table()
+        alive = [(pid, started) for pid, started in processes if table.get("start", {}).get(pid) == started]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.1)
+    for pid, _ in alive:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
 
 
 #: Ray's raylet ends a worker that has been idle for 1 s whenever the node runs more workers than
@@ -216,7 +289,15 @@ def start_cluster(address: str | None, local_cpus: int | None = None) -> bool:
 
 
 def stop_cluster(started: bool) -> None:
+    """Shut down the Ray this run started (``started``), and make sure none of its processes
+    outlive it: ray.shutdown stops the GCS and the raylet, but the raylet's agents could stay
+    behind the driver (a stop that came during the shutdown). Only the run's own processes, by pid."""
     if started and ray.is_initialized():
-        ray.shutdown()
+        processes = _run_processes()  # taken while the raylet still holds its children
+        try:
+            ray.shutdown()
+        finally:
+            _reap(processes)
+            _STARTED.clear()
 
 

@@ -61,6 +61,7 @@ from jobs.benchmark_inputs import VideoStream, synthetic_decode
 from jobs.benchmark_report import benchmark_heading, benchmark_markdown, benchmark_table, draw_chart
 from jobs.benchmark_trial import Trial, summarise_trial
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset
+from jobs.cli import parse_actor_counts  # noqa: F401 - part of this module's interface
 from jobs.errors import JobError
 from jobs.evaluate import outcome_row
 from jobs.lifecycle import check_model, load_weights, size_for
@@ -82,17 +83,6 @@ class BenchmarkConfig(ModelOptions, ClusterOptions):
     warmup_s: float = 5.0
     repeats: int = 3
     output: str | None = None
-
-
-def parse_actor_counts(text: str) -> list[int]:
-    """``"1,2,4"`` -> ``[1, 2, 4]`` (sorted, unique); raises ValueError on anything else."""
-    try:
-        counts = sorted({int(part) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise ValueError(f"--num-actors: expected counts like 1,2,4, got {text!r}") from None
-    if not counts or counts[0] < 1:
-        raise ValueError(f"--num-actors: expected counts of at least 1 like 1,2,4, got {text!r}")
-    return counts
 
 
 def _default_counts(gpus: int) -> list[int]:

@@ -27,7 +27,7 @@ from typing import Any
 
 from jobs.partition import parse_partition
 
-__all__ = ["COMMANDS", "EXIT_USAGE", "FLAGS", "Flag", "build_parser", "cli_markdown", "job_config", "parse_args", "prog_name"]
+__all__ = ["COMMANDS", "EXIT_USAGE", "FLAGS", "Flag", "build_parser", "cli_markdown", "job_config", "parse_actor_counts", "parse_args", "prog_name"]
 
 COMMANDS = ("evaluate", "label", "benchmark")
 DEFAULT_COMMAND = "evaluate"  # `submit.py --dataset sample` is `submit.py evaluate --dataset sample`
@@ -98,7 +98,43 @@ def _at_least(convert: type, low: float, noun: str, strict: bool = False):
 
 
 _positive_int = _at_least(int, 1, "a whole number")
-_positive_float = _at_least(float, 0, "a number of seconds", strict=True)
+
+
+def _positive_seconds(text: str) -> float:
+    """``--decode-timeout``: a deadline of 0 or less would fail every video (and, in label, spend
+    every good video's attempts), so it is the parser's one line."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """``--min-score``: a softmax score is in [0, 1]; above 1 would keep no label at all (and count
+    the videos as done), below 0 is a typo."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (scores are probabilities), got {text}")
+    return value
+
+
+def parse_actor_counts(text: str) -> list[int]:
+    """benchmark's ``--num-actors``: ``"1,2,4"`` -> ``[1, 2, 4]`` (sorted, unique); raises
+    ValueError on anything else. Here, not in ``jobs.benchmark``, so that the command line
+    checks the counts against this machine before torch and Ray load."""
+    try:
+        counts = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(f"--num-actors: expected counts like 1,2,4, got {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise ValueError(f"--num-actors: expected counts of at least 1 like 1,2,4, got {text!r}")
+    return counts
 
 
 @dataclass(frozen=True)
@@ -177,7 +213,7 @@ FLAGS: tuple[Flag, ...] = (
          default=1, options={"type": _positive_int}),
     Flag(("--batch-size",), "cluster", "clips per forward pass", shown="sized for the device", options={"type": _positive_int}),
     Flag(("--decode-timeout",), "cluster", "seconds before a hung decode becomes an error row", default=300.0,
-         options={"type": float}),
+         options={"type": _positive_seconds}),
     Flag(("--quiet",), "cluster", "no progress output", default=False, options={"action": "store_true"}),
     # ---- run: jobs that write results shard by shard (jobs.options.RunOptions)
     Flag(("--num-actors",), "run", "model actors", SCORING, shown="one per GPU; one on a CPU-only cluster",
@@ -191,9 +227,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--storage-outage",), "run",
          "seconds the storage may fail every read before the run stops (exit 4, docs/exit-codes.md); until then videos it "
          "cannot serve are retried, never error rows of their own", SCORING, default=120.0,
-         options={"type": _positive_float}),
+         options={"type": _positive_seconds}),
     Flag(("--gpu-wait",), "run", "seconds a run meant for GPUs waits for its first GPU before it stops with one line",
-         SCORING, default=600.0, options={"type": _positive_float}),
+         SCORING, default=600.0, options={"type": _positive_seconds}),
     # ---- evaluate
     Flag(("--label-map",), "evaluate", "class names, one per line", ("evaluate",), shown="the dataset's, else the model's"),
     Flag(("--output",), "evaluate", "output folder or s3://bucket/prefix", ("evaluate",),
@@ -226,7 +262,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag(("--output",), "label", "output folder or s3://bucket/prefix; reruns skip what it holds", ("label",),
          shown="required", options={"required": True}),
     Flag(("--top-k",), "label", "labels kept per video", ("label",), default=5, options={"type": _positive_int}),
-    Flag(("--min-score",), "label", "drop labels scoring below this", ("label",), default=0.0, options={"type": float}),
+    Flag(("--min-score",), "label", "drop labels scoring below this", ("label",), default=0.0, options={"type": _fraction}),
     Flag(("--since",), "label", "only videos modified since an ISO date or a look-back like 36h / 7d", ("label",)),
     Flag(("--max-attempts",), "label", "give up on a failing video after N runs", ("label",), default=3,
          options={"type": _positive_int}),
@@ -267,7 +303,8 @@ DESCRIPTIONS = {
     "benchmark": "throughput per model-actor count and where the time goes",
 }
 EPILOG = ("exit status: 0 done, 2 a mistake in the request (nothing written), "
-          "3 every video failed, 4 the storage stayed down (rerun to finish), 130/143 interrupted (SIGINT/SIGTERM)")
+          "3 every video failed, 4 the storage stayed down (rerun to finish), 5 stopped by a storage or cluster failure "
+          "after writing results, 130/143 interrupted (SIGINT/SIGTERM)")
 
 
 def flags_of(command: str) -> list[Flag]:

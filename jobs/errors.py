@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-__all__ = ["JobError", "JobInterrupted"]
+__all__ = ["JobError", "JobInterrupted", "JobStopped"]
 
 
 class JobError(Exception):
     """A request that cannot run as given; the message says what to fix, in one line."""
+
+
+class JobStopped(Exception):
+    """A run that a failure not of the request's making (storage, the cluster) stopped after it
+    had written results: not "nothing written" (exit 2) but exit 5, one line with what failed,
+    what is saved (``finished``) and the command that continues the run in ``output``."""
+
+    def __init__(self, message: str, output: str, finished: str):
+        super().__init__(message)
+        self.output = output
+        self.finished = finished
 
 
 class JobInterrupted(BaseException):

@@ -22,10 +22,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cluster.errors import ClusterError, InfrastructureDown
 from cluster.pipeline import Shard
 from jobs import results
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
-from jobs.errors import JobError, JobInterrupted
+from jobs.errors import JobError, JobInterrupted, JobStopped
 from jobs.features import FeatureLayout, FeatureOptions, feature_layout, vector_values
 from jobs.interrupts import pause_point
 from jobs.lifecycle import LoadedWeights, check_model, load_weights, pool_line, run_model_job
@@ -33,6 +34,7 @@ from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.partition import Partition
+from jobs.preflight import check_resume_target, run_differences
 from jobs.progress import Progress, quiet_stream
 from jobs.summary import FAILURES_SHOWN, build_summary, collect_versions, failure_lines, summary_markdown, summary_table, times_text
 from worker.decode_task import ModelSpec
@@ -113,6 +115,9 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         raise JobError(f"--partition {cfg.partition} needs --output: every partition of a run writes into the same folder")
     layout = feature_layout(cfg, preset)
     output = cfg.output or (_latest_run(cfg) if cfg.resume else None) or _default_output(cfg)
+    if cfg.resume and not cfg.output and not storage.exists(output):
+        raise JobError(f"--resume without --output continues the newest runs/{cfg.dataset.name}-{cfg.model}-{cfg.views}v-*, "
+                       "and there is none; pass --output, or drop --resume")
     results.check_output_folder(output)
     storage.check_writable(output)  # a missing bucket is one line now, not after Ray started
     generating = time.monotonic()
@@ -161,13 +166,15 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition
     if not storage.exists(manifest_uri):
         if resume and results.list_shards(output):
             raise JobError(f"{output} has result shards but no run.json; it was not written by this tool")
+        if resume:
+            check_resume_target(output)  # a typo in --output would otherwise score everything again
         return
     previous = json.loads(storage.read_bytes(manifest_uri))
     previous.setdefault("precision", "fp32")  # written before --precision existed: it ran fp32
-    changed = [k for k, v in manifest.items() if previous.get(k) != v]
+    changed = run_differences(previous, manifest)  # each as its flag with both values
     if partition is not None:
         if changed:
-            raise JobError(f"--partition {partition}: this run differs from the one in {output} in {', '.join(changed)}; "
+            raise JobError(f"--partition {partition}: this run differs from the one in {output}: {'; '.join(changed)}; "
                            "give every partition the same flags, or use a new --output")
         own = [i for i in results.list_shards(output) if partition.owns(i)]
         if own and not resume:
@@ -176,7 +183,8 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition
     if not resume:
         raise JobError(f"{output} already holds a run; pass --resume to continue it or choose another --output")
     if changed:
-        raise JobError(f"--resume: this run differs from the one in {output} in {', '.join(changed)}; use a new --output")
+        raise JobError(f"--resume: this run differs from the one in {output}: {'; '.join(changed)}; "
+                       "give the run's flags, or use a new --output")
 
 
 def shard_items(items: Sequence[VideoItem], shard_size: int) -> list[tuple[int, Sequence[VideoItem]]]:
@@ -247,6 +255,11 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
     shards = shard_items(job.items, cfg.shard_size)
     part = cfg.partition
     mine = shards if part is None else [(i, items) for i, items in shards if part.owns(i)]  # this driver's share
+    if part is not None and not mine:  # more partitions than shards: this driver has nothing to do, and writes nothing
+        print(f"evaluate: partition {part} has no shards of its own: the run has {len(shards)} shard(s) of {cfg.shard_size} videos "
+              f"and partition {part} scores those numbered {part.index} modulo {part.count}; nothing to do "
+              f"({job.output} is left as it is)", file=sys.stderr, flush=True)
+        return None
     done = set(results.list_shards(job.output)) if cfg.resume else set()
     if cfg.retry_failed:  # their good videos give the same rows again; the failed ones a new try
         done -= results.shards_with_errors(job.output, done)
@@ -306,10 +319,25 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
                     f"{saved['shards']} of {len(mine)} shards{share} ({saved['videos']} of {total_videos} videos) saved in {job.output}"
                 )
             raise
+        except InfrastructureDown:
+            raise  # its own status (4) and line, written or not
+        except (ClusterError, storage.StorageError) as exc:  # the cluster or the storage failed mid-run
+            if not saved["run.json"]:
+                raise  # nothing written: the request's one line, exit 2
+            raise JobStopped(
+                str(exc), job.output,
+                f"{saved['shards']} of {len(mine)} shards{share} ({saved['videos']} of {total_videos} videos) saved in {job.output}",
+            ) from None
         progress.close()
     elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
     scored = time.monotonic()
+    if part is not None and not todo and storage.exists(storage.join(job.output, "summary.json")):
+        # a partition that scored nothing here: the summary another one wrote (with its figures) stays
+        if not cfg.quiet:
+            print(f"evaluate: partition {part}: its {len(mine)} shards were already saved and the run's summary is written; "
+                  f"nothing to do -> {job.output}")
+        return json.loads(storage.read_bytes(storage.join(job.output, "summary.json")))
     if part is not None:
         missing = len(shards) - len(set(results.list_shards(job.output)) & {i for i, _ in shards})
         if missing:  # other partitions are still at work (or not started): the last one writes the summary
@@ -330,9 +358,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
         raise
     except Exception as exc:  # noqa: BLE001 - the scores are safe; say how to finish, in one line
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise JobError(
-            f"every video is scored and saved in {job.output}, but the summary could not be written "
-            f"({type(exc).__name__}: {first}); run the same command with --resume to write it (nothing is scored again)"
+        raise JobStopped(
+            f"the summary could not be written ({type(exc).__name__}: {first})", job.output,
+            f"every video is scored and saved in {job.output}; --resume writes the summary without scoring again",
         ) from None
     if not cfg.quiet:
         print(summary_table(summary))
@@ -373,9 +401,13 @@ def summarise(job: PreparedJob, times: RunTimes, workers: list[dict[str, Any]], 
         scoring_s=times.scoring_s,
     )
     summary = _with_precision(summary, cfg.precision)
+    summary["partition"] = None if cfg.partition is None else str(cfg.partition)
     pause_point("summary")
     results.write_json(storage.join(job.output, "summary.json"), summary)
     markdown = summary_markdown(summary)
+    if cfg.partition is not None:
+        markdown += (f"- partition: written by partition {cfg.partition}; the accuracy and counts cover every partition's rows, "
+                     f"the times and rates only this partition's driver\n")
     if cfg.precision != "fp32":
         markdown += f"- precision: {cfg.precision} autocast forward (fp32 is the reference)\n"
     results.write_text(storage.join(job.output, "summary.md"), markdown)

@@ -22,7 +22,7 @@ from types import FrameType
 from cluster.errors import cause_of
 from jobs.errors import JobInterrupted
 
-__all__ = ["JobInterrupted", "interrupt_behind", "pause_point", "reinstall", "stop_on_signals"]
+__all__ = ["JobInterrupted", "deferred", "interrupt_behind", "pause_point", "reinstall", "stop_on_signals"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -30,13 +30,35 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class _State:
     active = False  # inside stop_on_signals
     received: int | None = None  # the first signal, once one came
+    deferring = False  # inside deferred(): a signal is recorded, raised when the block ends
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     if _State.received is not None:
         return  # already stopping: let the clean-up finish
     _State.received = signum
+    if _State.deferring:
+        return  # deferred() raises it once the block that must not be cut short is done
     raise JobInterrupted(signum)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block a signal must not cut short (shutting the run's local Ray down: cut mid-way, it
+    left Ray's agents running after the driver and the driver exiting 1): a SIGINT or SIGTERM
+    that comes meanwhile is raised as ``JobInterrupted`` when the block ends. Ray leaves SIGTERM
+    at its default when it shuts down, so the handlers are put back first."""
+    if _State.deferring or _State.received is not None:
+        yield  # nested, or already stopping: nothing more to defer
+        return
+    _State.deferring = True
+    try:
+        yield
+    finally:
+        _State.deferring = False
+        reinstall()
+    if _State.received is not None:
+        raise JobInterrupted(_State.received)
 
 
 def reinstall() -> None:
@@ -81,7 +103,7 @@ def pause_point(phase: str) -> None:
     """Test hook: ``X3D_TEST_PAUSE_AT=<phase>`` stops here once, appends the phase's name to
     the file ``X3D_TEST_PAUSE_FILE`` (the test's cue to send a signal) and waits up to two
     minutes for it. Phases: ``startup`` (the cluster is up, nothing written), ``scoring`` (a
-    shard is saved, work is left), ``scored`` (every video saved, the summary not begun),
+    shard is saved, work is left), ``stopping`` (every shard is saved and the run's local Ray shut down, in the block that defers a signal), ``scored`` (every video saved, the summary not begun),
     ``summary`` (the summary is being written). A no-op unless the variable names the phase."""
     if os.environ.get("X3D_TEST_PAUSE_AT") != phase or phase in _paused:
         return
@@ -89,5 +111,5 @@ def pause_point(phase: str) -> None:
     with open(os.environ["X3D_TEST_PAUSE_FILE"], "a") as cue:
         cue.write(f"{phase}\n")
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and _State.received is None:  # a deferred signal ends the wait
         time.sleep(0.05)  # the signal's handler raises JobInterrupted out of this sleep

@@ -8,7 +8,7 @@ decided against the per-output index of ``jobs.label_state``, not by reading old
 written per shard, atomically, under ``<output>/labels/date=YYYY-MM-DD/`` (``jobs.label_store``:
 layout, compaction, reading; columns: ``jobs.schemas.LABEL_SCHEMA``); each run also leaves a manifest under
 ``<output>/manifests/``. Read the labels with ``read_labels`` (one row per video version: the
-latest attempt) or with any Parquet reader.
+latest successful attempt, else its latest attempt) or with any Parquet reader.
 
 With ``--save-features`` the rows also carry each video's feature vector (``jobs.features``);
 ``--backfill-features`` counts versions labelled without one as not done.
@@ -34,10 +34,11 @@ import pyarrow.dataset as ds
 
 import x3d
 from cluster.config import INFRASTRUCTURE
+from cluster.errors import ClusterError, InfrastructureDown
 from cluster.pipeline import Shard
 from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
-from jobs.errors import JobError, JobInterrupted
+from jobs.errors import JobError, JobInterrupted, JobStopped
 from jobs.features import FeatureLayout, FeatureOptions, claim_layout, feature_layout, vector_values
 from jobs.interrupts import pause_point
 from jobs.lifecycle import check_model, load_weights, run_model_job
@@ -45,14 +46,14 @@ from jobs.machine import bf16_cpu_warning
 from jobs.metrics import topk_from_scores
 from jobs.options import RunOptions
 from jobs.parquet_writer import write_parquet
-from jobs.preflight import check_label_input, check_output, is_list_file
+from jobs.preflight import check_label_features, check_label_input, check_output, is_list_file
 from jobs.progress import Progress, quiet_stream as _quiet_stream
 from jobs.schemas import LABEL_SCHEMA
 from jobs.summary import FAILURES_SHOWN, failure_lines, times_text
 from worker.items import VideoItem
 from x3d import storage
 
-__all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "first_failure", "plan_label", "read_labels", "rebuild_label_index", "run_label", "version_of"]
+__all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "first_failure", "plan_label", "read_labels", "rebuild_label_index", "run_label", "given_up_text", "version_of"]
 
 
 @dataclass(kw_only=True)
@@ -117,7 +118,8 @@ def check_input(cfg: LabelConfig) -> None:
 
 
 def read_labels(output: str, latest_only: bool = True, filter=None, columns: list[str] | None = None) -> pa.Table:
-    """All label rows; with ``latest_only`` one row per (video, version): its latest attempt.
+    """All label rows; with ``latest_only`` one row per (video, version): its latest successful
+    attempt, else its latest attempt (a failed later attempt never hides a good label).
 
     Reads through ``pyarrow.dataset`` (see ``jobs.label_store``): ``filter`` (a dataset
     expression, which may use the ``date`` partition) and ``columns`` are pushed into the scan.
@@ -137,9 +139,10 @@ class _History:
     scope: label_state.Scope
     backfill: bool = False
 
-    def needs_work(self, infos: Sequence[storage.ObjectInfo], versions: Sequence[str], max_attempts: int) -> Iterator[tuple[bool, int, bool]]:
+    def needs_work(self, infos: Sequence[storage.ObjectInfo], versions: Sequence[str], max_attempts: int) -> Iterator[tuple[bool, int, bool, bool]]:
         """Per listed version: (whether to process it, attempts so far, whether it is a backfill
-        of one labelled without features), a chunk at a time."""
+        of one labelled without features, whether it was ever labelled), a chunk at a time. A
+        version not processed was labelled, or given up on after ``max_attempts`` failures."""
         uris = [i.uri for i in infos]
         ok, attempts = self.index.lookup(label_state.keys_of(self.scope, uris, versions))
         labelled = np.zeros(len(ok), bool)
@@ -147,7 +150,7 @@ class _History:
             labelled = ok
             ok, _ = self.index.lookup(label_state.keys_of(self.scope.with_features(), uris, versions))
         for done, tried, before in zip(ok.tolist(), attempts.tolist(), labelled.tolist()):
-            yield (not done and (before or tried < max_attempts)), tried, before and not done
+            yield (not done and (before or tried < max_attempts)), tried, before and not done, done or before
 
 
 def _history(output: str, model: str, sha256: str, views: int, quiet: bool = False, save: bool = True, backfill: bool = False) -> _History:
@@ -179,9 +182,9 @@ def _select(cfg: LabelConfig, history: _History, counts: dict[str, int]) -> Iter
                 continue
             chunk.append(info)
         versions = [version_of(info) for info in chunk]
-        for info, version, (todo, attempts, backfill) in zip(chunk, versions, history.needs_work(chunk, versions, _attempts_allowed(cfg))):
+        for info, version, (todo, attempts, backfill, labelled) in zip(chunk, versions, history.needs_work(chunk, versions, _attempts_allowed(cfg))):
             if not todo:
-                counts["skipped"] += 1
+                counts["skipped" if labelled else "given_up"] += 1  # given up: failed --max-attempts times, never labelled
                 continue
             counts["backfilled" if backfill else "retries" if attempts else "new"] += 1
             yield _Todo(info, version, attempts + 1)
@@ -206,7 +209,7 @@ def plan_label(cfg: LabelConfig) -> dict[str, Any]:
     layout = _check_features(cfg, spec.preset, write=False)
     sha = load_weights(cfg).sha256
     history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, save=False, backfill=cfg.backfill_features)  # a dry run writes nothing
-    counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0, "backfilled": 0}
+    counts = {"listed": 0, "older": 0, "skipped": 0, "given_up": 0, "new": 0, "retries": 0, "backfilled": 0}
     for _ in _select(cfg, history, counts):
         pass
     rate, startup_s = _last_rate(cfg.output)
@@ -220,10 +223,13 @@ def plan_label(cfg: LabelConfig) -> dict[str, Any]:
 
 def _check_features(cfg: LabelConfig, preset: x3d.Preset, write: bool = True) -> FeatureLayout | None:
     """The run's feature layout, which must be the output's (recorded by its first run with
-    features, ``write``); a mismatch is a JobError before any work."""
+    features, ``write``); a mismatch, or no ``--save-features`` on an output that stores vectors
+    (its new rows would silently have none), is a JobError before any work."""
     layout = feature_layout(cfg, preset)
     if layout is not None:
         claim_layout(cfg.output, layout, write=write)
+    else:
+        check_label_features(cfg.output, save_features=False)
     return layout
 
 
@@ -250,12 +256,14 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
     sha = weights.sha256
     if not 1 <= cfg.top_k <= preset.arch.num_classes:
         raise JobError(f"--top-k must be between 1 and {preset.arch.num_classes}")
+    if not 0.0 <= cfg.min_score <= 1.0:  # above 1 no label is kept and the videos count as done
+        raise JobError(f"--min-score must be from 0 to 1 (scores are probabilities), got {cfg.min_score}")
     classes = preset.classes
     layout = _check_features(cfg, preset)
     history = _history(cfg.output, cfg.model, sha, cfg.views, quiet=cfg.quiet, backfill=cfg.backfill_features)
     storage.remove_stale_temp_files(storage.join(cfg.output, "labels"))  # left by a killed earlier run
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    counts = {"listed": 0, "older": 0, "skipped": 0, "new": 0, "retries": 0, "backfilled": 0, "labelled": 0, "failed": 0}
+    counts = {"listed": 0, "older": 0, "skipped": 0, "given_up": 0, "new": 0, "retries": 0, "backfilled": 0, "labelled": 0, "failed": 0}
     shard_todos: dict[int, list[_Todo]] = {}
     failures: list[tuple[str, str]] = []  # the first few (video, error) of this run, for stderr
     written: list[label_state.Segment] = []  # this run's rows as index entries, saved at the end
@@ -310,9 +318,17 @@ def run_label(cfg: LabelConfig) -> dict[str, Any]:
             run_name=f"label {cfg.output}",
         )
     except JobInterrupted as stop:  # every finished shard is saved; the next run folds them into the index
-        stop.output = cfg.output
-        stop.finished = f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
+        if written:  # else nothing to resume: the same command again (a --resume there would be refused)
+            stop.output = cfg.output
+            stop.finished = f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in {cfg.output}"
         raise
+    except InfrastructureDown:
+        raise  # its own status (4) and line, written or not
+    except (ClusterError, storage.StorageError) as exc:  # the cluster or the storage failed mid-run
+        if not written:
+            raise  # no row written: the request's one line, exit 2
+        raise JobStopped(str(exc), cfg.output, f"{counts['labelled'] + counts['failed']} videos labelled by this run saved in "
+                         f"{cfg.output} (the next run does the rest)") from None
     progress.close()
     try:
         pause_point("scored")
@@ -376,12 +392,19 @@ def _finish_run(cfg: LabelConfig, preset: x3d.Preset, sha: str, run_id: str, cou
     if not cfg.quiet:
         print(
             f"label: {counts['listed']} listed, {counts['skipped']} already labelled, "
-            f"{counts['labelled']} labelled, {counts['failed']} failed; {times_text(manifest)} -> {cfg.output}"
+            + (f"{given_up_text(counts['given_up'], cfg.max_attempts)}, " if counts["given_up"] else "")
+            + f"{counts['labelled']} labelled, {counts['failed']} failed; {times_text(manifest)} -> {cfg.output}"
         )
         where = f"{label_store.labels_dir(cfg.output)} (run {run_id})"
         for line in failure_lines(failures, counts["failed"], where, job="label"):
             print(line, file=sys.stderr, flush=True)
     return manifest
+
+
+def given_up_text(count: int, max_attempts: int) -> str:
+    """How the result line and ``--plan`` name the versions that failed ``--max-attempts`` times
+    and were never labelled: given up, not done (a higher --max-attempts tries them again)."""
+    return f"{count} given up after {max_attempts} failed attempts (not labelled; a higher --max-attempts retries them)"
 
 
 def first_failure(output: str, run_id: str) -> str | None:

@@ -31,6 +31,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from jobs.features import read_layout
@@ -221,14 +222,14 @@ def read_labels(
     """Label rows (all columns of ``label_schema``, ``features`` included where stored,
     unless ``columns``), optionally filtered.
 
-    With ``latest_only`` one row per (video, version): its latest attempt, chosen by Arrow's
-    group-by and join. ``filter`` is a ``pyarrow.dataset`` expression and may use the ``date``
+    With ``latest_only`` one row per (video, version): its latest successful attempt, else (it
+    never succeeded) its latest attempt, chosen by Arrow's group-by and join. ``filter`` is a ``pyarrow.dataset`` expression and may use the ``date``
     partition column (``ds.field("date") >= "2026-11-01"``), which skips whole folders.
     """
     schema = label_schema(output)
     wanted = list(columns or schema.names)
     if latest_only:
-        wanted += [c for c in ("video", "version", "attempt") if c not in wanted]
+        wanted += [c for c in ("video", "version", "attempt", "error") if c not in wanted]
 
     def read(dataset: ds.Dataset | None) -> pa.Table:
         if dataset is None:
@@ -242,11 +243,17 @@ def read_labels(
 
 
 def _latest_rows(table: pa.Table) -> pa.Array:
-    """Row numbers of the highest attempt of each (video, version), in table order."""
-    keys = table.select(["video", "version", "attempt"]).append_column("_row", pa.array(np.arange(table.num_rows)))
-    best = keys.group_by(["video", "version"]).aggregate([("attempt", "max")])
+    """Row numbers of each (video, version)'s latest successful attempt, else its latest attempt,
+    in table order: a failed later attempt (a ``--backfill-features`` run that could not read the
+    video that night) never hides a good label."""
+    ok = pc.is_null(table.column("error")).to_numpy(zero_copy_only=False)
+    # successful attempts rank above every failed one, then the higher attempt wins
+    rank = table.column("attempt").to_numpy(zero_copy_only=False).astype(np.int64) + np.where(ok, 1 << 32, 0)
+    keys = pa.table([table.column("video"), table.column("version"), pa.array(rank), pa.array(np.arange(table.num_rows))],
+                    names=["video", "version", "_rank", "_row"])
+    best = keys.group_by(["video", "version"]).aggregate([("_rank", "max")])
     # inner: Arrow's default join is a left outer one, which keeps every attempt
-    joined = keys.join(best, keys=["video", "version", "attempt"], right_keys=["video", "version", "attempt_max"], join_type="inner")
+    joined = keys.join(best, keys=["video", "version", "_rank"], right_keys=["video", "version", "_rank_max"], join_type="inner")
     first = joined.group_by(["video", "version"]).aggregate([("_row", "min")])  # a duplicate row counts once
     return pa.array(np.sort(first.column("_row_min").to_numpy()))
 

@@ -20,7 +20,7 @@ import x3d
 from cluster.pipeline import PipelineConfig, Shard, VideoOutcome, run_pipeline
 from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
 from jobs.errors import JobError
-from jobs.interrupts import interrupt_behind, pause_point, reinstall
+from jobs.interrupts import deferred, interrupt_behind, pause_point, reinstall
 from jobs.options import ClusterOptions, ModelOptions, RunOptions
 from worker.decode_task import ModelSpec
 from x3d.predict import check_precision
@@ -29,7 +29,11 @@ __all__ = ["LoadedWeights", "check_model", "load_weights", "run_model_job"]
 
 
 def check_model(opts: ModelOptions) -> ModelSpec:
-    """Preset, protocol, view count and precision, checked together; a bad one is a JobError."""
+    """Preset, protocol, view count and precision, checked together; a bad one is a JobError.
+    So is a decode deadline of 0 s or less (``decode_timeout_s``): it would fail every video."""
+    timeout = getattr(opts, "decode_timeout_s", None)
+    if timeout is not None and not timeout > 0:
+        raise JobError(f"--decode-timeout must be more than 0 seconds, got {timeout}")
     try:
         preset = x3d.get_preset(opts.model)
         protocol = preset.protocol(opts.protocol)
@@ -125,14 +129,19 @@ def run_model_job(
         on_sized(config)
         state_ref = ray.put(weights.state_dict)  # held for the run: replacement actors re-read it
         try:
-            return run_pipeline(shards, config, state_ref, on_video=on_video, on_shard=on_shard, on_notice=_tell_waiting)
+            workers = run_pipeline(shards, config, state_ref, on_video=on_video, on_shard=on_shard, on_notice=_tell_waiting)
         except SystemError as exc:  # a signal's JobInterrupted, wrapped by Ray's native ray.wait
             stop = interrupt_behind(exc)
             if stop is None:
                 raise
             raise stop from None
+        return workers
     finally:
-        stop_cluster(started)
+        ended = sys.exc_info()[0] is None
+        with deferred():  # a stop while Ray shuts down waits for it (then JobInterrupted, 130 / 143)
+            stop_cluster(started)
+            if ended:
+                pause_point("stopping")  # test hook: every shard is saved, Ray is shut down, the block not left
         # Ray's core worker leaves SIGTERM at its default when it shuts down: a SIGTERM between
         # the last video and the summary then killed the driver silently (exit 143, no line).
         reinstall()

@@ -10,6 +10,7 @@ make them first.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -24,8 +25,9 @@ from worker.cpus import cgroup_quota_cpus
 from worker.decode_task import ModelSpec
 from x3d import storage
 
-__all__ = ["LIST_SUFFIXES", "check_dataset_files", "check_label_input", "check_local_fit", "check_output", "is_list_file",
-           "local_gpus", "local_shape", "starts_local_ray"]
+__all__ = ["LIST_SUFFIXES", "RUN_FLAGS", "check_dataset_files", "check_label_features", "check_label_input", "check_label_resume", "check_local_fit",
+           "check_output", "check_resume_target", "check_run_flags", "check_tidy_output", "flag_value", "holds_labels", "is_list_file",
+           "local_gpus", "local_shape", "run_differences", "starts_local_ray"]
 
 LIST_SUFFIXES = (".txt", ".csv", ".lst", ".list")
 K400_PUBLISHED = "kinetics400-val"  # the registry's tag of the datasets that are Kinetics-400's val videos
@@ -45,6 +47,123 @@ def check_output(output: str | None) -> None:
         storage.check_writable(output)
     except storage.StorageError as exc:
         raise JobError(str(exc)) from None
+
+
+def check_resume_target(output: str | None) -> None:
+    """``evaluate --resume`` continues a run: an ``--output`` that holds none is a typo in the
+    path (a fresh run would silently score everything again), or a run that never started."""
+    if output is None:
+        return
+    if not storage.exists(storage.join(output, "run.json")) and not results.list_shards(output):
+        raise JobError(f"--resume: {output} holds no run (no run.json, no predictions/); check --output, "
+                       "or drop --resume to start a new run there")
+
+
+#: run.json's keys, as the flags that set them (a refused --resume names the flag, not the key)
+RUN_FLAGS = {
+    "job": "the job",
+    "dataset": "--dataset",
+    "model": "--model",
+    "views": "--views",
+    "protocol": "--protocol",
+    "precision": "--precision",
+    "checkpoint_sha256": "--checkpoint",
+    "shard_size": "--shard-size",
+    "num_videos": "the video list (--dataset, --video-list, --limit)",
+    "videos_sha256": "the video list (--dataset, --video-list, --limit)",
+    "save_probs": "--save-probs",
+    "features": "--save-features",
+}
+
+
+def flag_value(key: str, value) -> str:
+    """A run.json value as the flags that give it."""
+    if key == "save_probs":
+        return "--save-probs" if value else "--no-save-probs"
+    if key == "features":
+        if not value:
+            return "no --save-features"
+        dim = f", {value['dim']} values" if value.get("dim") else ""
+        return f"--save-features --features {value['kind']} --features-dtype {value['dtype']}{dim}"
+    if key == "checkpoint_sha256":
+        return f"sha256 {str(value)[:12]}" if value else "none"
+    if key == "videos_sha256":
+        return f"list sha256 {str(value)[:12]}"
+    if key == "num_videos":
+        return f"{value} videos"
+    return str(value)
+
+
+def run_differences(previous: dict, wanted: dict) -> list[str]:
+    """What differs between a run.json (``previous``) and this request (``wanted``, any subset of
+    its keys), one phrase a key: the flag, this run's value and the earlier run's."""
+    out = []
+    for key, value in wanted.items():
+        old = previous.get(key)
+        if key == "features" and old and value and "dim" not in value:  # known before torch: the width is not
+            old = {k: v for k, v in old.items() if k != "dim"}
+        if key == "videos_sha256" and previous.get("num_videos") != wanted.get("num_videos", previous.get("num_videos")):
+            continue  # the count already says it
+        if old != value:
+            out.append(f"{RUN_FLAGS.get(key, key)}: {flag_value(key, value)} here, {flag_value(key, old)} in the run")
+    return out
+
+
+def check_run_flags(output: str | None, wanted: dict, resume: bool, partition=None) -> None:
+    """``evaluate --resume`` (and every ``--partition``, which joins the run it finds): the flags known before torch (model, views, protocol, precision,
+    --shard-size, --save-probs, --save-features...) must be the run's, or the resumed shards
+    would differ from the finished ones (rows without vectors beside rows with them)."""
+    if output is None or not (resume or partition is not None):
+        return
+    uri = storage.join(output, "run.json")
+    if not storage.exists(uri):
+        return
+    try:
+        previous = json.loads(storage.read_bytes(uri))
+    except ValueError:
+        return  # the job says what is wrong with it
+    previous.setdefault("precision", "fp32")  # written before --precision existed: it ran fp32
+    changed = run_differences(previous, wanted)
+    if changed:
+        what = f"--partition {partition}" if partition is not None else "--resume"
+        raise JobError(f"{what}: this run differs from the one in {output}: {'; '.join(changed)}; "
+                       "give the run's flags, or use a new --output")
+
+
+def check_label_features(output: str, save_features: bool) -> None:
+    """A label output that stores feature vectors (``features.json``) keeps storing them: a run
+    without ``--save-features`` would add rows without vectors, silently. (The other way round
+    is allowed: turning features on for an output labelled without them, docs/embeddings.md.)"""
+    uri = storage.join(output, "features.json")
+    if save_features or not storage.exists(uri):
+        return
+    try:
+        layout = json.loads(storage.read_bytes(uri))
+        what = f" ({layout['kind']} {layout['dtype']}[{layout['dim']}])"
+    except (ValueError, KeyError, TypeError):
+        what = ""
+    raise JobError(f"--output {output} stores feature vectors{what}: pass --save-features, so this run's rows have them too, "
+                   "or use another --output")
+
+
+def holds_labels(output: str) -> bool:
+    """Whether a label output holds any run: label files, its index or a run's manifest."""
+    return storage.exists(output) and any(storage.exists(storage.join(output, part)) for part in ("labels", "label_index", "manifests"))
+
+
+def check_tidy_output(output: str) -> None:
+    """``label --compact`` / ``--rebuild-index`` alone tidy an output that exists: on one that
+    does not (a typo) they would do nothing, or make an empty index there, and exit 0."""
+    if not holds_labels(output):
+        raise JobError(f"--output {output} holds no label run to tidy; check the path (--compact and --rebuild-index "
+                       "work on an existing label output)")
+
+
+def check_label_resume(output: str) -> None:
+    """``label --resume`` continues a crashed run: an ``--output`` that holds none is a typo in the
+    path, and a run there would label every video again."""
+    if not holds_labels(output):
+        raise JobError(f"--resume: {output} holds no label run; check --output, or drop --resume to start one there")
 
 
 def is_list_file(source: str) -> bool:

@@ -166,6 +166,8 @@ SUMMARY_KEYS = (
         "`device`, `gpu_ids` (the GPUs Ray granted it; empty on CPU)"),
     Key("versions", "object", "python, torch, ray, decord versions of the driver"),
     Key("output", "string", "the output folder or prefix"),
+    Key("partition", "string or null", "`--partition` of the driver that wrote this summary (`i/n`; null for a run without): the accuracy and counts "
+        "cover every partition's rows, `videos_this_run` and the times and rates that driver's alone"),
 )
 
 RUN_KEYS = (
@@ -199,7 +201,8 @@ LABEL_MANIFEST_KEYS = (
     Key("backfill_features", "bool", "`--backfill-features`: versions labelled without features counted as not done"),
     Key("listed", "int", "videos the input listed"),
     Key("older", "int", "of which older than `--since`"),
-    Key("skipped", "int", "of which already labelled (or given up on after `--max-attempts`)"),
+    Key("skipped", "int", "of which already labelled"),
+    Key("given_up", "int", "of which never labelled and given up on after `--max-attempts` failed attempts"),
     Key("new", "int", "of which new or changed"),
     Key("retries", "int", "of which failed before and tried again"),
     Key("backfilled", "int", "of which labelled before without features, done again for them (`--backfill-features`)"),

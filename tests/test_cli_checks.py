@@ -204,7 +204,7 @@ def test_readme_links_the_flag_reference_and_exit_codes_and_names_the_entry_poin
     assert scripts == {"x3d-ray": "submit:main"}
     codes = (ROOT / "docs" / "exit-codes.md").read_text()
     rows = set(re.findall(r"^\| ([0-9, ]+) \|", codes, flags=re.M))
-    statuses = (submit.EXIT_OK, submit.EXIT_USAGE, submit.EXIT_NOTHING_SCORED, submit.EXIT_INFRASTRUCTURE)
+    statuses = (submit.EXIT_OK, submit.EXIT_USAGE, submit.EXIT_NOTHING_SCORED, submit.EXIT_INFRASTRUCTURE, submit.EXIT_STOPPED)
     assert rows == {*map(str, statuses), f"{submit.EXIT_SIGINT}, {submit.EXIT_SIGTERM}"}
 
 
@@ -245,3 +245,19 @@ def test_torch_is_not_pinned_by_the_package_but_by_the_set_up_commands():
     assert _torch_pins((ROOT / ".ci" / "run").read_text()) == [tested]
     dockerfile = (ROOT / "cluster" / "Dockerfile").read_text()
     assert re.search(r'"ray\[default\]==([0-9.]+)"', dockerfile).group(1) == ray.__version__
+
+
+# --------------------------------------------------------------------------- issue 30: a bug is not a request mistake
+
+
+def test_a_programming_error_in_label_is_a_traceback_and_exit_1(tmp_path: Path, checkpoint: str):
+    """label used to map every ValueError, bugs included, to exit 2 and one line ("a mistake in
+    the request"); a bug is a traceback and exit 1 (tests/jobs/label_bug.py puts one in --plan)."""
+    (tmp_path / "videos").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONPATH=str(ROOT), X3D_PRESETS_MODULE="tests.presets,tests.jobs.label_bug")
+    proc = subprocess.run([sys.executable, str(ROOT / "submit.py"), "label", "--input", "videos", "--output", "out", "--plan",
+                           "--model", presets.NAME, "--checkpoint", checkpoint, "--views", "1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" in proc.stderr and "ValueError: a bug in the job, not a mistake in the request" in proc.stderr, proc.stderr

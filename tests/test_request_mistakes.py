@@ -10,6 +10,7 @@ OpenCV starting.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -38,6 +39,39 @@ CASES = {
                                             ["--num-actors 1000", "this machine"]),
     "partition_without_output": (["--dataset", "sample", "--partition", "0/2"], ["--partition 0/2 needs --output"]),
     "label_partition": (["label", "--input", "videos", "--output", "out", "--partition", "0/2"], ["label does not take --partition"]),
+    # issue 30: requests that used to run and do the wrong thing
+    "resume_an_output_with_no_run": (["--dataset", "sample", "--output", "out", "--resume"],
+                                     ["--resume: out holds no run", "drop --resume"]),
+    "label_resume_an_output_with_no_run": (["label", "--input", "videos", "--output", "out", "--resume"],
+                                           ["--resume: out holds no label run"]),
+    "resume_with_other_flags": (["--dataset", "sample", "--output", "evaluated", "--resume", "--shard-size", "5"],
+                                ["--resume: this run differs from the one in evaluated",
+                                 "--shard-size: 5 here, 4 in the run",
+                                 "--save-features: no --save-features here, --save-features --features backbone --features-dtype float16, "
+                                 "288 values in the run"]),
+    "resume_with_features_turned_on": (["--dataset", "sample", "--output", "evaluated_plain", "--resume", "--save-features"],
+                                       ["--save-features: --save-features --features backbone --features-dtype float16 here, "
+                                        "no --save-features in the run"]),
+    "partition_with_other_flags": (["--dataset", "sample", "--output", "evaluated_plain", "--partition", "1/2", "--views", "10"],
+                                   ["--partition 1/2: this run differs", "--views: 10 here, 30 in the run"]),
+    "label_features_left_off": (["label", "--input", "videos", "--output", "labelled"],
+                                ["--output labelled stores feature vectors (backbone float16[432])", "pass --save-features"]),
+    "label_compact_an_output_not_there": (["label", "--compact", "--output", "out"], ["--output out holds no label run to tidy"]),
+    "label_rebuild_index_of_an_output_not_there": (["label", "--rebuild-index", "--output", "out"],
+                                                   ["--output out holds no label run to tidy"]),
+    "benchmark_more_actors_than_this_machine": (["benchmark", "--num-actors", "1,99"], ["--num-actors 99", "this machine"]),
+}
+#: flags the parser itself refuses (its one line: "submit.py <command>: error: argument <flag>: ...")
+BAD_VALUES = {
+    "decode_timeout_zero": (["--dataset", "sample", "--decode-timeout", "0"], "evaluate", "--decode-timeout", "more than 0 seconds"),
+    "decode_timeout_negative": (["--dataset", "sample", "--decode-timeout=-5"], "evaluate", "--decode-timeout", "more than 0 seconds"),
+    "label_decode_timeout_zero": (["label", "--input", "videos", "--output", "out", "--decode-timeout", "0"], "label",
+                                  "--decode-timeout", "more than 0 seconds"),
+    "benchmark_decode_timeout_nan": (["benchmark", "--decode-timeout", "nan"], "benchmark", "--decode-timeout", "more than 0 seconds"),
+    "label_min_score_above_1": (["label", "--input", "videos", "--output", "out", "--min-score", "2"], "label", "--min-score",
+                                "from 0 to 1"),
+    "label_min_score_below_0": (["label", "--input", "videos", "--output", "out", "--min-score=-1"], "label", "--min-score",
+                                "from 0 to 1"),
 }
 #: --partition values the parser refuses (its own one line: "submit.py evaluate: error: argument --partition: ...")
 BAD_PARTITIONS = {"2/2": "the index counts from 0 to 1", "5/3": "the index counts from 0 to 2", "1/0": "at least 1 partition",
@@ -54,7 +88,22 @@ def workdir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("mistakes")
     (folder / "results.json").write_text("{}")
     (folder / "videos").mkdir()
+    # an evaluate run of the sample, as run.json records it: --shard-size 4 and features on; another without features
+    run = {"job": "evaluate", "dataset": "sample", "model": "x3d_tiny", "views": 30, "protocol": "mmaction2", "precision": "fp32",
+           "checkpoint_sha256": "0" * 64, "shard_size": 4, "num_videos": 40, "videos_sha256": "1" * 64, "save_probs": True,
+           "features": {"kind": "backbone", "dtype": "float16", "dim": 288}}
+    for name, manifest in (("evaluated", run), ("evaluated_plain", {**run, "shard_size": 256, "features": None})):
+        (folder / name).mkdir()
+        (folder / name / "run.json").write_text(json.dumps(manifest))
+    # a label output whose runs stored feature vectors
+    (folder / "labelled" / "labels").mkdir(parents=True)
+    (folder / "labelled" / "features.json").write_text(json.dumps({"kind": "backbone", "dtype": "float16", "dim": 432}))
     return folder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"" for p in sorted(folder.rglob("*"))
+            if "cache" not in p.parts}
 
 
 def _answer(args: list[str], workdir: Path, prefix: str = "submit.py: error:") -> tuple[str, str]:
@@ -79,10 +128,22 @@ def _answer(args: list[str], workdir: Path, prefix: str = "submit.py: error:") -
 @pytest.mark.parametrize("name", list(CASES))
 def test_mistake_answers_in_under_2s_before_torch_and_ray(name: str, workdir: Path):
     args, words = CASES[name]
+    before = _snapshot(workdir)
     line, detail = _answer(args, workdir)
     for word in words:
         assert word in line, f"{word!r} missing; {detail}"
     assert not (workdir / "out").exists() and (workdir / "results.json").read_text() == "{}"
+    assert _snapshot(workdir) == before, "nothing is written"
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_a_value_that_cannot_work_is_the_parsers_one_line(name: str, workdir: Path):
+    """A decode deadline of 0 s failed every video (459 s for the sample, then exit 3; in label it
+    spent every good video's attempts); --min-score 2 kept no label and counted the videos done."""
+    args, command, flag, words = BAD_VALUES[name]
+    line, detail = _answer(args, workdir, prefix=f"submit.py {command}: error: argument {flag}:")
+    assert words in line, detail
+    assert not (workdir / "out").exists()
 
 
 @pytest.mark.parametrize("value", list(BAD_PARTITIONS))

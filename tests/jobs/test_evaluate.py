@@ -9,7 +9,10 @@ must give every video exactly the scores the library gives it in one process, an
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +35,8 @@ from tests.cluster.evalset import (
     ray_node_id,
     write_video_list,
 )
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -201,7 +206,7 @@ def test_two_partitions_one_after_the_other_write_the_single_runs_output(evalset
 
     with pytest.raises(JobError, match="already holds 2 shard.s. of partition 0/2; pass --resume"):
         run_evaluate(config(evalset, str(output), partition=Partition(0, 2)))
-    with pytest.raises(JobError, match="--partition 1/2: this run differs from the one in .* in shard_size"):
+    with pytest.raises(JobError, match="--partition 1/2: this run differs from the one in .*: --shard-size: 5 here, 4 in the run"):
         run_evaluate(config(evalset, str(output), partition=Partition(1, 2), shard_size=5))
 
     summary = run_evaluate(config(evalset, str(output), partition=Partition(1, 2)))
@@ -219,3 +224,21 @@ def test_two_partitions_one_after_the_other_write_the_single_runs_output(evalset
     (output / "summary.json").unlink()
     again = run_evaluate(config(evalset, str(output), partition=Partition(0, 2), resume=True))
     assert again is not None and again["num_videos"] == 10 and (output / "summary.json").exists()
+    # The summary says which driver's times and rates it holds (issue 30).
+    assert again["partition"] == "0/2" and "written by partition 0/2" in (output / "summary.md").read_text()
+
+    # Later partitions that score nothing leave that summary alone: one whose shards are saved...
+    kept = {name: (output / name).read_bytes() for name in ("summary.json", "summary.md", "run.json")}
+    assert run_evaluate(config(evalset, str(output), partition=Partition(1, 2), resume=True)) == again
+    assert {name: (output / name).read_bytes() for name in kept} == kept
+    # ...and, through the command line, one that has no shard at all (3 shards, 6 partitions: 5/6 owns none), which
+    # used to print nothing and overwrite the summary with its own empty figures.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(PYTHONPATH=str(ROOT), X3D_PRESETS_MODULE="tests.presets")
+    proc = subprocess.run([sys.executable, str(ROOT / "submit.py"), "evaluate", "--video-list", str(evalset.ann_file),
+                           "--data-root", str(evalset.root), "--model", PRESET, "--checkpoint", str(evalset.checkpoint),
+                           "--views", str(VIEWS), "--shard-size", "4", "--output", str(output), "--partition", "5/6"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stderr
+    assert proc.stderr.count("\n") == 1 and "partition 5/6 has no shards of its own: the run has 3 shard(s)" in proc.stderr, proc.stderr
+    assert {name: (output / name).read_bytes() for name in kept} == kept

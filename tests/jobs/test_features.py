@@ -10,6 +10,7 @@ them, and the backfill.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import replace
@@ -86,8 +87,10 @@ def _infos(videos: list[str]) -> list[storage.ObjectInfo]:
 
 def _decisions(index: label_state.LabelIndex, backfill: bool, listed: list[tuple[str, str]]) -> dict[str, tuple[bool, int, bool]]:
     history = _History(index, label_state.Scope(MODEL, SHA, VIEWS), backfill)
-    answers = history.needs_work(_infos([v for v, _ in listed]), [ver for _, ver in listed], max_attempts=3)
-    return {f"{v}@{ver}": a for (v, ver), a in zip(listed, answers)}
+    answers = list(history.needs_work(_infos([v for v, _ in listed]), [ver for _, ver in listed], max_attempts=3))
+    given_up = {f"{v}@{ver}" for (v, ver), (todo, _, _, labelled) in zip(listed, answers) if not todo and not labelled}
+    assert given_up == {"bad@v1"}, given_up  # never labelled, out of attempts: given up, not "already labelled"
+    return {f"{v}@{ver}": a[:3] for (v, ver), a in zip(listed, answers)}
 
 
 def _label_history(out: str) -> None:
@@ -181,7 +184,7 @@ def nearest_query_from_the_docs(labels: Path, dim: int) -> str:
     ``labels`` with the model's width and the video as a parameter (so the page cannot drift)."""
     page = (Path(__file__).resolve().parents[2] / "docs" / "embeddings.md").read_text()
     sql = page.split("```sql\n", 1)[1].split("```", 1)[0]
-    sql = sql.replace("'labels/**/*.parquet'", f"'{labels}/**/*.parquet'").replace("FLOAT[432]", f"FLOAT[{dim}]")
+    sql = sql.replace("'labels/**/*.parquet'", f"'{labels}/**/*.parquet'")  # the same for every width (dim)
     sql, count = re.subn(r"WHERE a\.video = '[^']*'", "WHERE a.video = $query", sql)
     assert count == 1 and str(labels) in sql, "docs/embeddings.md's query changed shape: update this test"
     return sql
@@ -280,5 +283,39 @@ def test_evaluate_run_saves_pre_logits_and_resume_holds_the_layout(tmp_path, ray
     for video, vector in zip(table.column("video").to_pylist(), table.column("features").to_pylist()):
         expected = x3d.extract_features(model, str(tmp_path / "videos" / video), views=1, kind="pre_logits")
         np.testing.assert_allclose(vector, expected, rtol=1e-4, atol=1e-5)  # float32, BatchNorm folded in the actor
-    with pytest.raises(JobError, match="differs from the one in .* in features"):
+    with pytest.raises(JobError, match="differs from the one in .*: --save-features: --save-features --features pre_logits --features-dtype float16, 16 values here, .*float32, 16 values in the run"):
         run_evaluate(replace(config(resume=True), features_dtype="float16"))
+
+
+def latest_label_query_from_the_docs(labels: Path) -> str:
+    """docs/labeling.md's "latest label of each video" query, itself, pointed at ``labels``."""
+    page = (Path(__file__).resolve().parents[2] / "docs" / "labeling.md").read_text()
+    sql = page.split("```sql\n", 1)[1].split("```", 1)[0]
+    assert sql.count("'labels/**/*.parquet'") == 1, "docs/labeling.md's query changed shape: update this test"
+    return sql.replace("'labels/**/*.parquet'", f"'{labels}/**/*.parquet'")
+
+
+@pytest.mark.slow
+def test_a_failed_backfill_never_hides_a_good_label(tmp_path, ray_local, checkpoint):
+    """A backfill that cannot read a video that night writes a newer, failed attempt; the good
+    label stays the one ``read_labels`` (and the docs' DuckDB query) return (issue 30)."""
+    videos = tmp_path / "videos"
+    (path,) = write_label_videos(videos, 1, start_seed=60)
+    out = str(tmp_path / "labels")
+    assert run_label(label_config(str(videos), out, checkpoint))["labelled"] == 1  # no features
+    good = read_labels(out).to_pylist()
+    # The same version (size and mtime) that no longer decodes: what a bad night looks like to the job.
+    stat = path.stat()
+    path.write_bytes(b"\0" * stat.st_size)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    backfill = run_label(label_config(str(videos), out, checkpoint, save_features=True, backfill_features=True))
+    assert (backfill["backfilled"], backfill["labelled"], backfill["failed"]) == (1, 0, 1)
+    every = read_labels(out, latest_only=False).to_pylist()
+    assert sorted((r["attempt"], r["error"] is None) for r in every) == [(1, True), (2, False)]
+    latest = read_labels(out).to_pylist()
+    assert len(latest) == 1 and latest[0]["error"] is None and latest[0]["attempt"] == 1
+    assert latest[0]["labels"] == good[0]["labels"] and latest[0]["run_id"] == good[0]["run_id"]
+    duckdb = pytest.importorskip("duckdb")
+    rows = duckdb.sql(latest_label_query_from_the_docs(Path(out) / "labels")).fetchall()
+    columns = [d[0] for d in duckdb.sql(latest_label_query_from_the_docs(Path(out) / "labels")).description]
+    assert len(rows) == 1 and dict(zip(columns, rows[0]))["error"] is None and dict(zip(columns, rows[0]))["attempt"] == 1

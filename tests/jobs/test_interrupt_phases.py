@@ -36,6 +36,7 @@ CASES = [
     ("startup", signal.SIGTERM, "during start-up: nothing is saved; run it again with: "),
     ("startup", signal.SIGINT, "during start-up: nothing is saved; run it again with: "),
     ("scoring", signal.SIGTERM, f"1 of {VIDEOS} shards (1 of {VIDEOS} videos) saved in "),
+    ("stopping", signal.SIGTERM, f"{VIDEOS} of {VIDEOS} shards ({VIDEOS} of {VIDEOS} videos) saved in "),
     ("scored", signal.SIGTERM, "every video is saved in "),
     ("scored", signal.SIGINT, "every video is saved in "),
     ("summary", signal.SIGINT, "every video is saved in "),

@@ -42,7 +42,17 @@ def test_incremental_runs_on_a_local_folder(tmp_path, ray_local, checkpoint):
     assert (second["skipped"], second["retries"], second["labelled"], second["failed"]) == (5, 1, 0, 1)
     # Third run: the broken video has used its attempts; nothing at all to do.
     third = run_label(_config(str(videos), out, checkpoint, max_attempts=2))
-    assert (third["skipped"], third["labelled"], third["failed"]) == (6, 0, 0)
+    assert (third["skipped"], third["given_up"], third["labelled"], third["failed"]) == (5, 1, 0, 0)
+    # Through the command line (nothing to do: no Ray starts), the given-up video is reported as
+    # given up, not as already labelled, by a run and by --plan (issue 30).
+    cli = [sys.executable, str(ROOT / "submit.py"), "label", "--input", str(videos), "--output", out, "--model", "x3d_label_test",
+           "--checkpoint", checkpoint, "--views", "1", "--shard-size", "2", "--max-attempts", "2"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "X3D_PRESETS_MODULE": "tests.jobs.labeljob"}
+    given_up = "1 given up after 2 failed attempts (not labelled; a higher --max-attempts retries them)"
+    run = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and f"label: 6 listed, 5 already labelled, {given_up}, 0 labelled, 0 failed" in run.stdout, run
+    plan = subprocess.run(cli + ["--plan"], env=env, capture_output=True, text=True, timeout=300)
+    assert plan.returncode == 0 and f"5 already labelled, {given_up}, 0 new or changed" in plan.stdout, plan
 
     # Add one video and modify another: exactly those two are processed.
     write_video(videos / "clip_new.mp4", 30, 40, 56, 25, seed=99)

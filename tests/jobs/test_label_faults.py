@@ -53,3 +53,49 @@ def test_label_job_scores_every_good_video_through_a_resetting_endpoint(tmp_path
     errors = {video: row["error"] for video, row in rows.items() if row["error"]}
     assert list(errors) == [f"s3://{bucket}/incoming/broken.mp4"], errors
     assert all(len(row["labels"]) == 5 for video, row in rows.items() if video not in errors)
+
+
+@pytest.mark.timeout(300)
+def test_a_storage_failure_after_the_first_rows_is_not_nothing_written(tmp_path, ray_local, checkpoint, s3_env, s3_server,
+                                                                       faulty_s3, monkeypatch, capfd):
+    """The output's storage fails for good once the run has saved a shard: exit 5 (something is
+    saved; the line says what and how to go on), not 2, "nothing written" (issue 30). The printed
+    command, run once the storage is back, labels the rest: every video has exactly one row."""
+    import shlex
+
+    import submit
+    from tests.jobs.labeljob import label_versions, write_label_videos
+
+    bucket = s3_env
+    videos = tmp_path / "videos"
+    write_label_videos(videos, 3, start_seed=70)
+    output = f"s3://{bucket}/out"
+    puts: list[str] = []
+
+    def after_the_first_shard(method: str, path: str) -> bool:
+        if method != "PUT" or "/out/labels/" not in path or "part-" not in path:
+            return False
+        if path not in puts:
+            puts.append(path)
+        return path != puts[0]  # the first shard lands; every later shard's write fails, retries included
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    proxy = faulty_s3(1.0, mode="reset", matches=after_the_first_shard)
+    args = ["label", "--input", str(videos), "--output", output, "--model", "x3d_label_test", "--checkpoint", checkpoint,
+            "--views", "1", "--shard-size", "1", "--quiet"]
+    capfd.readouterr()
+    code = submit.main(args)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("submit.py")]
+    assert code == submit.EXIT_STOPPED == 5 and len(lines) == 1 and "Traceback" not in err, err
+    assert "saved in" in lines[0] and "continue with: " in lines[0], lines[0]
+    assert proxy.faults > 0
+
+    proxy.stop()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # the storage is back
+    storage.reset_client()
+    again = shlex.split(lines[0].split("continue with: ", 1)[1])
+    assert submit.main(again[again.index("label"):]) == 0
+    rows = label_versions(output)
+    assert len(rows) == len(set(rows)) and sorted({video for video, _, _ in rows}) == sorted(str(p) for p in videos.iterdir())
+

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from jobs.datasets import resolve_dataset
-from jobs.errors import JobError
+from jobs.errors import JobStopped
 from jobs.evaluate import EvaluateConfig, run_evaluate
 from tests.cluster.evalset import PRESET, EvalSet
 from tests.jobs.test_atomic_write import WRITER
@@ -90,10 +90,11 @@ def test_orphan_temp_files_go_live_writes_stay(tmp_path: Path):
 def test_summary_failure_then_resume_scores_nothing(evalset: EvalSet, ray_local, tmp_path: Path):
     output = tmp_path / "run"
     (output / "summary.json").mkdir(parents=True)  # something in the way of the last write
-    with pytest.raises(JobError) as failed:
+    with pytest.raises(JobStopped) as failed:  # not JobError: results are written (exit 5, not 2)
         run_evaluate(_config(evalset, output))
-    message = str(failed.value)
+    message = f"{failed.value}; {failed.value.finished}"
     assert "\n" not in message and "--resume" in message and "summary" in message, message
+    assert failed.value.output == str(output)
     predictions = output / "predictions"
     shards = sorted(predictions.glob("part-*.parquet"))
     assert [p.name for p in shards] == ["part-00000.parquet", "part-00001.parquet"]
@@ -134,3 +135,35 @@ print(json.dumps({{"new": sorted(set(sys.modules) - before), "versions": summary
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["new"] == [], report["new"]
     assert {"python", "torch", "ray", "decord"} <= set(report["versions"])
+
+
+@pytest.mark.slow
+def test_a_storage_failure_after_the_first_write_is_not_nothing_written(evalset: EvalSet, ray_local, tmp_path: Path, capfd):
+    """A shard that cannot be written mid-run used to exit 2, "nothing written", beside the
+    shards it had saved; now it is exit 5 with what is saved and the command that continues,
+    and that command, once the cause is gone, finishes the run (issue 30)."""
+    import shlex
+
+    import submit
+
+    output = tmp_path / "run"
+    blocker = output / "predictions" / "part-00001.parquet"
+    blocker.mkdir(parents=True)  # a folder where shard 1 goes: its write fails, the others do not
+    (blocker / "in-the-way").write_text("x")
+    args = ["evaluate", "--video-list", str(evalset.ann_file), "--data-root", str(evalset.root), "--model", PRESET,
+            "--checkpoint", str(evalset.checkpoint), "--views", "1", "--limit", "3", "--shard-size", "1", "--output", str(output),
+            "--quiet"]
+    capfd.readouterr()
+    code = submit.main(args)
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("submit.py")]
+    assert code == submit.EXIT_STOPPED == 5 and len(lines) == 1, err
+    assert "Traceback" not in err and "part-00001.parquet" in lines[0] and "saved in" in lines[0], lines[0]
+    again = shlex.split(lines[0].split("continue with: ", 1)[1])
+    assert again[again.index("evaluate"):] == [*args, "--resume"], again
+    assert (output / "run.json").exists()
+
+    shutil.rmtree(blocker)
+    assert submit.main(again[again.index("evaluate"):]) == 0
+    assert sorted(p.name for p in (output / "predictions").glob("part-*.parquet")) == [f"part-0000{i}.parquet" for i in range(3)]
+    assert (output / "summary.json").exists()
