@@ -3,8 +3,9 @@ actor's call returns (an ``ActorReply``: a ``ScoredVideo`` per video) and each v
 
 A module of its own because both ends of an actor call need these types: ``cluster.actors``
 builds the replies and ``cluster.pipeline``, which imports the actors, reads them, so they can
-live in neither without an import cycle. No Ray here. The jobs and ``cluster.sizing`` take them
-through ``cluster.pipeline``, which re-exports the ones they use.
+live in neither without an import cycle. No Ray and no torch here: the jobs, ``cluster.sizing``
+and ``cluster.runtime`` import them from this module, not through ``cluster.pipeline`` (which
+imports Ray and, through the actor, torch).
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class PipelineConfig:
     actor_concurrency: int = 1
     decode_slots: int = 1  # decode tasks running at once
     decode_cpus: float = 1.0
-    batch_views: int = 30  # clips per actor call (whole videos, so it may run over)
+    # clips per actor call, in whole videos: a call never holds more (Scheduler._next_call); the
+    # device memory a call needs is bounded by the forward, not the call (docs/scaling.md)
+    batch_views: int = 30
     batch_size: int | None = None  # clips per forward inside the actor; None = the whole call
     decode_timeout_s: float = 300.0  # per video
     # Videos per decode task: enough that the per-task cost vanishes, few enough that the frames
@@ -126,7 +129,7 @@ class PipelineConfig:
     group_ms: float = 20.0
     # ... or once it holds this many videos (0: no cap): 256 clips' worth on a GPU cluster
     # (cluster.sizing.GPU_CLIPS_PER_GROUP), which bounds the frames a decode worker holds while
-    # its group fills; a GPU call takes up to two such groups
+    # its group fills, a call's worth on CPU; a call takes as many groups as fit its clips
     group_videos: int = 0
     # How often the driver wakes at most (ms): what is ready within one wake-up (groups, replies,
     # stream ends) is handled together. The driver's CPU is paid per wake-up as well as per

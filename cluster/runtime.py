@@ -15,7 +15,7 @@ import ray
 import ray._private.ray_constants as ray_constants
 
 from cluster.errors import ClusterError
-from cluster.pipeline import PipelineConfig
+from cluster.config import PipelineConfig
 from cluster.sizing import ClusterShape, share_of, size_pipeline
 from worker.decode_task import ModelSpec
 

@@ -162,10 +162,10 @@ class Scheduler:
         self.pool = ActorPool(config.num_actors, config.actor_restarts)
         self.decode_slots = config.decode_slots  # grows and shrinks with the cluster (on_capacity)
         self.in_flight = 0  # videos of unsettled units, less those settled
-        # How long groups wait for a full call while units still run. The driver's CPU is paid
-        # per call, and at a real decode's pace an idle actor used to take every group alone
-        # (bench/RESULTS.md, "Driver CPU per video"); short, so that a hung video does not hold
-        # the others until its deadline.
+        # How long groups wait for a full call while units still run: two ``group_ms`` (40 ms on
+        # CPU; 4 s on a GPU cluster, where a group itself gathers for up to 2 s). The driver's
+        # CPU is paid per call (bench/RESULTS.md, "Driver CPU per video"); a hung video's group
+        # still leaves within this wait, long before the decode deadline.
         self.hold_s = max(0.05, 2 * config.group_ms / 1000.0)
         self._next_id = 0
         self._decisions: list[Any] = []

@@ -54,7 +54,9 @@ from typing import Any, Sequence
 
 import ray
 
-from cluster.pipeline import VideoOutcome, run_pipeline
+from cluster.config import VideoOutcome
+from jobs.cli import default
+from cluster.pipeline import run_pipeline
 from cluster.runtime import cluster_shape, start_cluster, stop_cluster
 from jobs import results
 from jobs.benchmark_inputs import VideoStream, synthetic_decode
@@ -79,9 +81,9 @@ class BenchmarkConfig(ModelOptions, ClusterOptions):
     dataset: DatasetSpec | None = None  # None: synthetic in-memory clips
     limit: int | None = None  # distinct videos to cycle through
     num_actors: Sequence[int] | None = None  # None: 1, 2, 4, ... up to the GPUs x actors_per_gpu (1 on CPU)
-    duration_s: float = 20.0
-    warmup_s: float = 5.0
-    repeats: int = 3
+    duration_s: float = default("duration_s", "benchmark")
+    warmup_s: float = default("warmup_s", "benchmark")
+    repeats: int = default("repeats", "benchmark")
     output: str | None = None
 
 

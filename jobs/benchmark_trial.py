@@ -13,7 +13,7 @@ import statistics
 import time
 from typing import Any, Callable, Iterator
 
-from cluster.pipeline import Shard, VideoOutcome
+from cluster.config import Shard, VideoOutcome
 from jobs.benchmark_inputs import VideoStream
 from jobs.machine import object_store_use
 from worker.stages import STAGES

@@ -311,6 +311,22 @@ def flags_of(command: str) -> list[Flag]:
     return [f for f in FLAGS if command in f.commands]
 
 
+def dest_of(flag: Flag) -> str:
+    """The argparse dest of ``flag``: what ``job_config`` reads into the field of that name."""
+    return flag.options.get("dest") or flag.names[0][2:].replace("-", "_")
+
+
+def default(field: str, command: str = DEFAULT_COMMAND) -> Any:
+    """The flag default of a job config's ``field`` for ``command``: the one place a flag's
+    default is declared; the job configs' dataclass defaults read it (tests/test_cli.py holds
+    every field with a flag to it)."""
+    dest = FIELD_FOR_DEST.get(field, field)
+    for flag in flags_of(command):
+        if dest_of(flag) == dest:
+            return flag.default_for(command)
+    raise KeyError(f"no flag of {command} sets {field}")
+
+
 def _names() -> dict[str, str]:
     """Preset, protocol and shipped dataset names for the help, read without torch or Ray
     (x3d's presets need only numpy and OpenCV; the registry is a TOML file)."""

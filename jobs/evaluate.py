@@ -23,7 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from cluster.errors import ClusterError, InfrastructureDown
-from cluster.pipeline import Shard
+from cluster.config import Shard
+from jobs.cli import default
 from jobs import results
 from jobs.datasets import DatasetSpec, check_dataset, generate_dataset, iter_items, read_label_map
 from jobs.errors import JobError, JobInterrupted, JobStopped
@@ -51,9 +52,9 @@ class EvaluateConfig(RunOptions, FeatureOptions):
     dataset: DatasetSpec
     output: str | None = None
     limit: int | None = None
-    resume: bool = False
-    retry_failed: bool = False  # with resume: shards holding error rows are scored again
-    save_probs: bool = True
+    resume: bool = default("resume")
+    retry_failed: bool = default("retry_failed")  # with resume: shards holding error rows are scored again
+    save_probs: bool = default("save_probs")
     partition: Partition | None = None  # --partition i/n: only the shards numbered i modulo n; None: all
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 import x3d
+from jobs.cli import default
 from jobs.errors import JobError
 from jobs.schemas import with_features
 from x3d import storage
@@ -34,9 +35,9 @@ _LAYOUT_FILE = "features.json"
 class FeatureOptions:
     """The flags of the jobs that can store embeddings (evaluate, label)."""
 
-    save_features: bool = False  # store each video's feature vector beside its scores
-    features: str = "backbone"  # "backbone" (pooled backbone output) or "pre_logits" (the head's hidden layer)
-    features_dtype: str = "float16"  # "float16" or "float32"
+    save_features: bool = default("save_features")  # store each video's feature vector beside its scores
+    features: str = default("features")  # "backbone" (pooled backbone output) or "pre_logits" (the head's hidden layer)
+    features_dtype: str = default("features_dtype")  # a key of FEATURE_DTYPES
     backfill_features: bool = False  # label only: versions labelled without features count as not done
 
 

@@ -35,7 +35,8 @@ import pyarrow.dataset as ds
 import x3d
 from cluster.config import INFRASTRUCTURE
 from cluster.errors import ClusterError, InfrastructureDown
-from cluster.pipeline import Shard
+from cluster.config import Shard
+from jobs.cli import default
 from jobs import label_state, label_store, results
 from jobs.datasets import VIDEO_EXTENSIONS
 from jobs.errors import JobError, JobInterrupted, JobStopped
@@ -60,12 +61,12 @@ __all__ = ["LabelConfig", "LABEL_SCHEMA", "compact_labels", "first_failure", "pl
 class LabelConfig(RunOptions, FeatureOptions):
     input: str
     output: str
-    views: int = 10
-    top_k: int = 5
-    min_score: float = 0.0
+    views: int = default("views", "label")
+    top_k: int = default("top_k", "label")
+    min_score: float = default("min_score", "label")
     since: str | None = None
-    max_attempts: int = 3
-    retry_failed: bool = False  # videos given up after --max-attempts are tried once more
+    max_attempts: int = default("max_attempts", "label")
+    retry_failed: bool = default("retry_failed", "label")  # videos given up after --max-attempts are tried once more
 
 
 def version_of(info: storage.ObjectInfo) -> str:

@@ -17,7 +17,8 @@ import ray
 import torch
 
 import x3d
-from cluster.pipeline import PipelineConfig, Shard, VideoOutcome, run_pipeline
+from cluster.config import PipelineConfig, Shard, VideoOutcome
+from cluster.pipeline import run_pipeline
 from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
 from jobs.errors import JobError
 from jobs.interrupts import deferred, interrupt_behind, pause_point, reinstall

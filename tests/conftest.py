@@ -124,6 +124,14 @@ def evalset(tmp_path_factory: pytest.TempPathFactory):
     return build_evalset(tmp_path_factory.getbasetemp() / "evalset")
 
 
+@pytest.fixture(scope="session")
+def test_preset_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random-weight checkpoint of the test preset (tests/presets.py) in the official layout."""
+    from tests import presets
+
+    return str(presets.write_checkpoint(tmp_path_factory.mktemp("ckpt") / "x3d_test.pth"))
+
+
 @pytest.fixture
 def faulty_s3(s3_env: str, s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., FaultyS3Proxy]]:
     """Start a fault-injecting proxy in front of the test S3 server and point boto3 at it.

@@ -222,3 +222,41 @@ def test_help_lists_every_flag_and_exits_0():
     for flag in ("--dataset", "--video-list", "--data-root", "--model", "--checkpoint", "--views", "--protocol", "--output",
                  "--address", "--num-actors", "--batch-size", "--shard-size", "--limit", "--resume", "--save-probs"):
         assert flag in proc.stdout, flag
+
+
+def test_every_job_config_field_with_a_flag_defaults_to_the_flags_default():
+    """Flag defaults are declared once (jobs.cli.FLAGS): a job run from Python (the configs'
+    own defaults) behaves as the command run without that flag."""
+    import dataclasses
+
+    from jobs.benchmark import BenchmarkConfig
+    from jobs.cli import FIELD_FOR_DEST, dest_of, flags_of
+    from jobs.evaluate import EvaluateConfig
+    from jobs.label import LabelConfig
+
+    checked = 0
+    for cls, command in ((EvaluateConfig, "evaluate"), (LabelConfig, "label"), (BenchmarkConfig, "benchmark")):
+        flags = {dest_of(f): f for f in flags_of(command)}
+        for field in dataclasses.fields(cls):
+            flag = flags.get(FIELD_FOR_DEST.get(field.name, field.name))
+            if flag is None or field.default is dataclasses.MISSING:
+                continue
+            expected = flag.default_for(command)
+            if expected is None:  # the job decides (its help says how): the field's default is that decision
+                continue
+            assert field.default == expected, (cls.__name__, field.name, field.default, expected)
+            checked += 1
+    assert checked >= 25
+
+
+def test_copied_choices_equal_their_sources():
+    """The parser cannot import torch (a flag mistake answers at once), so a few choices are
+    copied; each copy is held to its source here."""
+    import x3d
+    from jobs import cli
+    from jobs.features import FEATURE_DTYPES
+
+    choices = {dest: f.options.get("choices") for f in cli.FLAGS for dest in [cli.dest_of(f)]}
+    assert tuple(choices["features"]) == tuple(x3d.features.FEATURE_KINDS)
+    assert tuple(choices["features_dtype"]) == tuple(FEATURE_DTYPES)
+    assert tuple(cli.PRECISIONS) == tuple(x3d.predict.PRECISIONS)

@@ -22,20 +22,16 @@ import pytest
 import x3d
 from jobs.datasets import load_registry
 from tests import presets
+from tests.in_process import run_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _main(args: list[str], capfd, monkeypatch, cwd: Path) -> tuple[int, str, str]:
-    """``submit.main(args)`` in this process: (exit status, stdout, stderr)."""
-    import submit
-
-    monkeypatch.chdir(cwd)
-    capfd.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        submit.main(args)
-    out, err = capfd.readouterr()
-    return exit_info.value.code, out, err
+    """``submit.main(args)`` in this process, which must exit: (exit status, stdout, stderr)."""
+    code, out, err = run_main(args, capfd, monkeypatch, cwd, presets_module=None)
+    assert code is not None, "submit.main returned instead of exiting"
+    return code, out, err
 
 
 def _one_line(err: str) -> str:
@@ -94,8 +90,8 @@ def test_name_mistakes_answer_before_torch_and_ray_are_imported(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(presets.write_checkpoint(tmp_path_factory.mktemp("ckpt") / "x3d_test.pth"))
+def checkpoint(test_preset_checkpoint: str) -> str:
+    return test_preset_checkpoint
 
 
 @pytest.mark.parametrize("plan", [False, True], ids=["run", "plan"])

@@ -15,29 +15,19 @@ import pytest
 
 from jobs.summary import FAILURES_SHOWN, failure_lines
 from tests import presets
+from tests.in_process import run_main
 from tests.cluster.evalset import tinted_frames
 from tests.videos import write_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _main(args: list[str], capfd, monkeypatch, cwd: Path) -> tuple[int, str, str]:
-    import submit
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("X3D_PRESETS_MODULE", "tests.presets")
-    capfd.readouterr()
-    try:
-        code = submit.main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capfd.readouterr()
-    return code, out, err
+_main = run_main
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(presets.write_checkpoint(tmp_path_factory.mktemp("ckpt") / "x3d_test.pth"))
+def checkpoint(test_preset_checkpoint: str) -> str:
+    return test_preset_checkpoint
 
 
 def _pct(value: float) -> str:

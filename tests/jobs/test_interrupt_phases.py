@@ -18,13 +18,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.cluster.evalset import PRESET, EvalSet, kill_session, wait_session_gone
+from tests.cluster.evalset import PRESET, EvalSet
+from tests.jobs.stopping import signal_when
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -47,27 +47,7 @@ def _stop_at(cmd: list[str], env: dict, cwd: Path, phase: str, sig: int) -> tupl
     """Run ``cmd`` paused at ``phase``, signal it there; (exit status, stderr, processes left)."""
     cue = cwd / f"cue-{phase}-{sig}"
     env = {**env, "X3D_TEST_PAUSE_AT": phase, "X3D_TEST_PAUSE_FILE": str(cue)}
-    with open(cwd / f"stderr-{phase}-{sig}.log", "w+") as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and proc.poll() is None and not cue.exists():
-                time.sleep(0.05)
-            err.seek(0)
-            assert cue.exists() and proc.poll() is None, f"never reached {phase}: {err.read()[-3000:]}"
-            if sig == signal.SIGINT:
-                os.killpg(proc.pid, sig)
-            else:
-                os.kill(proc.pid, sig)
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                kill_session(proc.pid)
-                proc.wait()
-        leftover = wait_session_gone(proc.pid, timeout_s=30)
-        kill_session(proc.pid)
-        err.seek(0)
-        return code, err.read(), leftover
+    return signal_when(cmd, env, cwd, cue.exists, sig, cwd / f"stderr-{phase}-{sig}.log", f"reaching {phase}")
 
 
 @pytest.mark.parametrize("phase,sig,saved", CASES, ids=[f"{p}-{signal.Signals(s).name}" for p, s, _ in CASES])

@@ -19,13 +19,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 
-from tests.cluster.evalset import PRESET, EvalSet, kill_session, replicate_evalset, wait_session_gone
+from tests.cluster.evalset import PRESET, EvalSet, replicate_evalset
+from tests.jobs.stopping import signal_when
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -35,32 +35,6 @@ ROOT = Path(__file__).resolve().parents[2]
 def _shards(output: Path) -> list[Path]:
     folder = output / "predictions"
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-
-
-def _interrupt(cmd: list[str], env: dict, cwd: Path, output: Path, sig: int, group: bool) -> tuple[int, str, int, list[int]]:
-    """Start ``cmd``, send ``sig`` once a shard has landed; (exit code, stderr, shards then, leftovers)."""
-    before = len(_shards(output))
-    with open(cwd / f"stderr-{sig}.log", "w+") as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and proc.poll() is None and len(_shards(output)) <= before:
-                time.sleep(0.02)
-            assert proc.poll() is None, f"ended before the signal: {(cwd / f'stderr-{sig}.log').read_text()[-2000:]}"
-            landed = len(_shards(output))
-            if group:
-                os.killpg(proc.pid, sig)
-            else:
-                os.kill(proc.pid, sig)
-            code = proc.wait(timeout=120)
-        finally:
-            if proc.poll() is None:
-                kill_session(proc.pid)
-                proc.wait()
-        leftover = wait_session_gone(proc.pid, timeout_s=30)
-        kill_session(proc.pid)
-        err.seek(0)
-        return code, err.read(), landed, leftover
 
 
 def test_sigint_then_sigterm_then_resume(evalset: EvalSet, tmp_path: Path):
@@ -77,9 +51,12 @@ def test_sigint_then_sigterm_then_resume(evalset: EvalSet, tmp_path: Path):
     env.update(PYTHONPATH=str(ROOT), X3D_PRESETS_MODULE="tests.presets", RAY_TMPDIR=str(ray_tmp))
     try:
         resume = None
-        for sig, group, want in ((signal.SIGINT, True, 130), (signal.SIGTERM, False, 143)):
+        for sig, want in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
             run = cmd if resume is None else resume
-            code, stderr, landed, leftover = _interrupt(run, env, tmp_path, output, sig, group)
+            before = len(_shards(output))
+            code, stderr, leftover = signal_when(run, env, tmp_path, lambda: len(_shards(output)) > before, sig,
+                                                 tmp_path / f"stderr-{sig}.log", "a shard landed")
+            landed = len(_shards(output))  # at the exit: no more than when the signal went
             lines = [line for line in stderr.splitlines() if line.startswith("submit.py:")]
             detail = f"{signal.Signals(sig).name}: exit {code}\n{stderr[-3000:]}"
             assert code == want, detail

@@ -24,29 +24,19 @@ from jobs.machine import bf16_cpu_warning, cpu_has_bf16
 from jobs.progress import Progress
 from jobs.schemas import LABEL_MANIFEST_KEYS, SUMMARY_KEYS
 from tests import presets
+from tests.in_process import run_main
 from tests.cluster.evalset import tinted_frames
 from tests.videos import write_video
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _main(args: list[str], capfd, monkeypatch, cwd: Path) -> tuple[int, str, str]:
-    import submit
-
-    monkeypatch.chdir(cwd)
-    monkeypatch.setenv("X3D_PRESETS_MODULE", "tests.presets")
-    capfd.readouterr()
-    try:
-        code = submit.main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capfd.readouterr()
-    return code, out, err
+_main = run_main
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(presets.write_checkpoint(tmp_path_factory.mktemp("ckpt") / "x3d_test.pth"))
+def checkpoint(test_preset_checkpoint: str) -> str:
+    return test_preset_checkpoint
 
 
 def _model(checkpoint: str) -> list[str]:
