@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                 newline = "\n" if sys.stderr.isatty() else ""
                 print(f"{newline}{prog_name()}: error: {failed}; {failed.finished}; continue with: "
                       f"{resume_command(argv, failed.output)}", file=sys.stderr, flush=True)
-                return EXIT_STOPPED
+                return failed.status
         except JobInterrupted as stop:
             name = signal.Signals(stop.signum).name
             if stop.output is None:

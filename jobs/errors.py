@@ -12,12 +12,14 @@ class JobError(Exception):
 class JobStopped(Exception):
     """A run that a failure not of the request's making (storage, the cluster) stopped after it
     had written results: not "nothing written" (exit 2) but exit 5, one line with what failed,
-    what is saved (``finished``) and the command that continues the run in ``output``."""
+    what is saved (``finished``) and the command that continues the run in ``output``.
+    ``status``: the exit status (``submit.EXIT_STOPPED``, 5, unless a cause has its own)."""
 
-    def __init__(self, message: str, output: str, finished: str):
+    def __init__(self, message: str, output: str, finished: str, status: int = 5):
         super().__init__(message)
         self.output = output
         self.finished = finished
+        self.status = status
 
 
 class JobInterrupted(BaseException):
