@@ -77,9 +77,10 @@ def _check_model_names(model: str, protocol: str | None, views: int) -> None:
     """The preset, its protocol and the view count, checked before torch and Ray are imported
     (they take seconds to tens of seconds to load on a busy machine; a typo should not)."""
     import x3d  # presets: numpy and OpenCV only
+    from worker.decode_task import ModelSpec  # no torch
 
     try:
-        x3d.get_preset(model).protocol(protocol).view_plan(views)
+        ModelSpec(x3d.get_preset(model), views, protocol).view_plan  # noqa: B018 - raises on a bad count
     except ValueError as exc:
         _fail(str(exc))
 

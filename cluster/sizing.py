@@ -196,7 +196,7 @@ def gpu_groups_per_call(spec: ModelSpec) -> int:
     """Decode groups per actor call on a GPU: as many as fit ``GPU_CALL_VOXELS``, 1 to
     ``GPU_MAX_GROUPS_PER_CALL`` (X3D-S 2, X3D-M 1)."""
     protocol = spec.test_protocol()
-    clip_voxels = protocol.clip_len * protocol.view_plan(spec.views).crop_size ** 2
+    clip_voxels = protocol.clip_len * spec.view_plan.crop_size ** 2
     return max(1, min(GPU_MAX_GROUPS_PER_CALL, GPU_CALL_VOXELS // (GPU_CLIPS_PER_GROUP * clip_voxels)))
 
 

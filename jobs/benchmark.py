@@ -115,7 +115,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     spec = _check(cfg)
     weights = load_weights(cfg, random_ok=True)
     proto = spec.test_protocol()
-    plan = proto.view_plan(cfg.views)
+    plan = spec.view_plan
     classes = spec.preset.classes
     output = cfg.output or _default_output(cfg)
     sink = storage.join(output if storage.is_remote(output) else os.path.abspath(storage.local_path(output)), "scratch")

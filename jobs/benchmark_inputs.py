@@ -38,7 +38,7 @@ def synthetic_decode(item: VideoItem, spec: ModelSpec, timed: bool = False) -> t
     (object store, dispatch), the actor's crops and the model's alone.
     """
     proto = spec.test_protocol()
-    plan = proto.view_plan(spec.views)
+    plan = spec.view_plan
     h, w = resized_size(*SYNTHETIC_SOURCE_HW, proto.resize_short)
     frames = plan.num_clips * proto.clip_len
     shape = (frames, h, w, 3)

@@ -163,7 +163,7 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition
     ``manifest``) and only with ``--resume``. A partition is the exception: the run.json it
     finds is usually another partition's (it holds no partition, so all partitions write the
     same bytes), and it needs ``--resume`` only once its own shards are there."""
-    manifest_uri = storage.join(output, "run.json")
+    manifest_uri = results.run_uri(output)
     if not storage.exists(manifest_uri):
         if resume and results.list_shards(output):
             raise JobError(f"{output} has result shards but no run.json; it was not written by this tool")
@@ -266,12 +266,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
         done -= results.shards_with_errors(job.output, done)
     if cfg.resume:  # the interrupted run's half-written shards: they are about to be written again
         # only those untouched for 10 minutes: another partition's write in progress stays
-        storage.remove_stale_temp_files(storage.join(job.output, "predictions"))
+        storage.remove_stale_temp_files(results.predictions_uri(job.output))
     todo = [Shard(i, items) for i, items in mine if i not in done]
     todo_videos = sum(len(s.items) for s in todo)
     progress = Progress(todo_videos, stream=quiet_stream() if cfg.quiet else sys.stderr)
     done_here = {"videos": 0, "clips": 0}  # this invocation's work: a resumed run's throughput
-    manifest_uri = storage.join(job.output, "run.json")
+    manifest_uri = results.run_uri(job.output)
     clock = {"scoring": None}
 
     done_mine = [items for i, items in mine if i in done]
@@ -333,12 +333,12 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
     elif not storage.exists(manifest_uri):  # nothing left to score: no cluster needed
         storage.write_bytes(manifest_uri, json.dumps(job.manifest, indent=2).encode())
     scored = time.monotonic()
-    if part is not None and not todo and storage.exists(storage.join(job.output, "summary.json")):
+    if part is not None and not todo and storage.exists(results.summary_uris(job.output)[0]):
         # a partition that scored nothing here: the summary another one wrote (with its figures) stays
         if not cfg.quiet:
             print(f"evaluate: partition {part}: its {len(mine)} shards were already saved and the run's summary is written; "
                   f"nothing to do -> {job.output}")
-        return json.loads(storage.read_bytes(storage.join(job.output, "summary.json")))
+        return json.loads(storage.read_bytes(results.summary_uris(job.output)[0]))
     if part is not None:
         missing = len(shards) - len(set(results.list_shards(job.output)) & {i for i, _ in shards})
         if missing:  # other partitions are still at work (or not started): the last one writes the summary
@@ -367,7 +367,7 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
         print(summary_table(summary))
         print(f"scored {summary['num_ok']} of {summary['num_videos']} videos, {summary['num_failed']} failed; "
               f"{times_text(summary)}; results in {job.output}")
-        where = f"{storage.join(job.output, 'predictions')} (figures with failures: {storage.join(job.output, 'summary.md')})"
+        where = f"{results.predictions_uri(job.output)} (figures with failures: {results.summary_uris(job.output)[1]})"
         for line in failure_lines(failures, failed, where):
             print(line, file=sys.stderr, flush=True)
     return summary
@@ -404,15 +404,15 @@ def summarise(job: PreparedJob, times: RunTimes, workers: list[dict[str, Any]], 
     summary = _with_precision(summary, cfg.precision)
     summary["partition"] = None if cfg.partition is None else str(cfg.partition)
     pause_point("summary")
-    results.write_json(storage.join(job.output, "summary.json"), summary)
+    results.write_json(results.summary_uris(job.output)[0], summary)
     markdown = summary_markdown(summary)
     if cfg.partition is not None:
         markdown += (f"- partition: written by partition {cfg.partition}; the accuracy and counts cover every partition's rows, "
                      f"the times and rates only this partition's driver\n")
     if cfg.precision != "fp32":
         markdown += f"- precision: {cfg.precision} autocast forward (fp32 is the reference)\n"
-    results.write_text(storage.join(job.output, "summary.md"), markdown)
-    for folder in (job.output, storage.join(job.output, "predictions")):  # killed writes of earlier runs
+    results.write_text(results.summary_uris(job.output)[1], markdown)
+    for folder in (job.output, results.predictions_uri(job.output)):  # killed writes of earlier runs
         storage.remove_orphan_temp_files(folder)
     return summary
 

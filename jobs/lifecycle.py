@@ -37,12 +37,12 @@ def check_model(opts: ModelOptions) -> ModelSpec:
         raise JobError(f"--decode-timeout must be more than 0 seconds, got {timeout}")
     try:
         preset = x3d.get_preset(opts.model)
-        protocol = preset.protocol(opts.protocol)
-        protocol.view_plan(opts.views)
+        spec = ModelSpec(preset, opts.views, preset.protocol(opts.protocol).name, precision=opts.precision)
+        spec.view_plan  # noqa: B018 - raises for a view count the protocol does not have
         check_precision(opts.precision)
     except ValueError as exc:
         raise JobError(str(exc)) from None
-    return ModelSpec(preset, opts.views, protocol.name, precision=opts.precision)
+    return spec
 
 
 @dataclass(frozen=True)

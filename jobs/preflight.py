@@ -54,7 +54,7 @@ def check_resume_target(output: str | None) -> None:
     path (a fresh run would silently score everything again), or a run that never started."""
     if output is None:
         return
-    if not storage.exists(storage.join(output, "run.json")) and not results.list_shards(output):
+    if not storage.exists(results.run_uri(output)) and not results.list_shards(output):
         raise JobError(f"--resume: {output} holds no run (no run.json, no predictions/); check --output, "
                        "or drop --resume to start a new run there")
 
@@ -115,7 +115,7 @@ def check_run_flags(output: str | None, wanted: dict, resume: bool, partition=No
     would differ from the finished ones (rows without vectors beside rows with them)."""
     if output is None or not (resume or partition is not None):
         return
-    uri = storage.join(output, "run.json")
+    uri = results.run_uri(output)
     if not storage.exists(uri):
         return
     try:

@@ -55,9 +55,27 @@ def check_output_folder(output: str, flag: str = "--output") -> None:
         raise JobError(f"{flag} {output} is a file, not a folder; name a folder (it is made if missing)")
 
 
+#: An evaluate output's layout, owned here: the run's settings (``--resume`` compares them), the
+#: per-video shards, and the summary recomputed from them (json for programs, md for people)
+RUN_FILE, PREDICTIONS, SUMMARY_JSON, SUMMARY_MD = "run.json", "predictions", "summary.json", "summary.md"
+
+
+def run_uri(output: str) -> str:
+    return storage.join(output, RUN_FILE)
+
+
+def predictions_uri(output: str) -> str:
+    return storage.join(output, PREDICTIONS)
+
+
+def summary_uris(output: str) -> tuple[str, str]:
+    """summary.json and summary.md of ``output``."""
+    return storage.join(output, SUMMARY_JSON), storage.join(output, SUMMARY_MD)
+
+
 def shard_uri(output: str, shard_index: int) -> str:
     """Where shard `shard_index` of a job writing to `output` lives."""
-    return storage.join(output, "predictions", f"part-{shard_index:05d}.parquet")
+    return storage.join(predictions_uri(output), f"part-{shard_index:05d}.parquet")
 
 
 def write_shard(output: str, shard_index: int, rows: Sequence[Mapping[str, Any]], schema: pa.Schema = PREDICTION_SCHEMA) -> str:
@@ -68,7 +86,7 @@ def write_shard(output: str, shard_index: int, rows: Sequence[Mapping[str, Any]]
 
 def list_shards(output: str) -> dict[int, str]:
     """Finished shards by index. Temp files of interrupted writes are hidden and not listed."""
-    prefix = storage.join(output, "predictions")
+    prefix = predictions_uri(output)
     shards = {}
     for info in storage.list_files(prefix, suffixes=(".parquet",)):
         match = _SHARD_NAME.fullmatch(info.uri[len(prefix):].lstrip("/"))

@@ -36,15 +36,21 @@ class ModelSpec:
     preset: x3d.Preset  # the object, not its name: presets registered at run time travel too
     views: int
     protocol: str | None = None
-    precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
+    precision: str = "fp32"  # forward pass: x3d.predict.PRECISIONS (fp32, the reference; bf16; tf32)
 
     def test_protocol(self) -> x3d.TestProtocol:
         return self.preset.protocol(self.protocol)
 
+    @property
+    def view_plan(self) -> x3d.ViewPlan:
+        """The views each video is scored with (clips, crops, crop size): worked out from
+        ``views`` here only; a view count the protocol does not have raises ValueError."""
+        return self.test_protocol().view_plan(self.views)
+
 
 @dataclass
 class DecodeResult:
-    """Outcome of decoding one video: ``views`` is None exactly when ``error`` is set."""
+    """Outcome of decoding one video: ``num_views`` is 0 exactly when ``error`` is set."""
 
     error: str | None
     num_views: int = 0
@@ -110,7 +116,7 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
         return failed, None
     except Exception as exc:  # an unexpected decoder failure must still be a row, not a crash
         return _failed(f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], start, timer, timed), None
-    views = spec.test_protocol().view_plan(spec.views).views
+    views = spec.view_plan.views
     result = DecodeResult(error=None, num_views=views, decode_ms=ms_since(start),
                           payload_bytes=int(prepared.frames.nbytes + prepared.inverse.nbytes))
     if timed:

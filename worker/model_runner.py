@@ -112,7 +112,7 @@ class ModelRunner:
         # 6.8e-3 on the test model; only the "tf32" precision allows it. Process-wide switches.
         set_tf32_for(spec.precision)
         self.protocol = spec.test_protocol()
-        self.plan = self.protocol.view_plan(spec.views)
+        self.plan = spec.view_plan
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         cuda = self.device.type == "cuda"
         if cuda:  # every forward but a call's last has the same shape: tune each shape once
