@@ -112,7 +112,7 @@ def payload_bytes(payload) -> int:
 
 
 #: What ``cluster.sizing`` sets per event on a GPU cluster (``--gpu-sizing``): units, groups, calls, wake-ups.
-GPU_EVENT_FIELDS = ("unit_videos", "batch_views", "group_ms", "group_videos", "wake_ms", "decode_bound_wake_ms",
+GPU_EVENT_FIELDS = ("unit_videos", "clips_per_call", "group_ms", "group_videos", "wake_ms", "decode_bound_wake_ms",
                     "calls_per_actor")
 
 
@@ -127,7 +127,7 @@ def run_once(videos: int, actors: int, spec: ModelSpec, overrides: dict) -> dict
     shard_size = 64
     shards = [Shard(i // shard_size, items[i : i + shard_size]) for i in range(0, videos, shard_size)]
     fields = {f.name for f in dataclasses.fields(PipelineConfig)}
-    sized = {"unit_videos": 32, "batch_views": 64 * spec.views}  # GPU-sized units and calls
+    sized = {"unit_videos": 32, "clips_per_call": 64 * spec.views}  # GPU-sized units and calls
     config = PipelineConfig(spec=spec, num_actors=actors, actor_cpus=0.25, decode_slots=2, decode_cpus=0.5,
                             decode_fn=null_decode, actor_body=NullActor, **{k: v for k, v in sized.items() if k in fields})
     config = dataclasses.replace(config, **overrides)

@@ -117,8 +117,8 @@ class PipelineConfig:
     decode_cpus: float = 1.0
     # clips per actor call, in whole videos: a call never holds more (Scheduler._next_call); the
     # device memory a call needs is bounded by the forward, not the call (docs/scaling.md)
-    batch_views: int = 30
-    batch_size: int | None = None  # clips per forward inside the actor; None = the whole call
+    clips_per_call: int = 30
+    clips_per_forward: int | None = None  # inside the actor (--batch-size); None: the runner's choice for its device
     decode_timeout_s: float = 300.0  # per video
     # Videos per decode task: enough that the per-task cost vanishes, few enough that the frames
     # of a unit are not a burst for the object store (cluster.sizing: small on CPU, large on GPU).

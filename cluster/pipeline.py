@@ -8,7 +8,7 @@ costs the others only a resubmission, and a worker whose memory has grown past
 frames, uint8; a group stays in the object store and the driver only forwards its ref to a model
 actor, which gathers, crops and normalises the views on its device and answers with each video's
 ``DecodeResult`` and scores (``cluster.config.ActorReply``). An actor call carries about
-``batch_views`` clips (large on a GPU), so the driver's work is per group and per call, not per
+``clips_per_call`` clips (large on a GPU), so the driver's work is per group and per call, not per
 frame.
 
 What happens to each video is decided by ``cluster.scheduler.Scheduler`` (a state machine
@@ -236,7 +236,7 @@ class _Pipeline:
                 del self.describing[ref]
         threads = self.config.actor_threads or max(1, int(self.config.actor_cpus))
         extra = (self.config.runner_options,) if self.config.runner_options else ()
-        actor = self.actor_cls.remote(self.config.spec, self.state_dict_ref, threads, self.config.batch_size, *extra)
+        actor = self.actor_cls.remote(self.config.spec, self.state_dict_ref, threads, self.config.clips_per_forward, *extra)
         self.actors[index] = actor
         # Ray queues this call until the actor is placed, which takes a free GPU (or CPU).
         self.describing[actor.describe.remote()] = (index, generation)

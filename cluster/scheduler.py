@@ -39,7 +39,7 @@ videos count as in flight.
   (which kills the worker: Ray starts a fresh one) and both units' unsettled videos go back to
   the queue. No group's contents are needed for it.
 
-Calls: a call takes about ``batch_views`` clips' worth of groups (the videos per group are
+Calls: a call takes about ``clips_per_call`` clips' worth of groups (the videos per group are
 learnt from the replies); while units still run, groups wait up to two ``group_ms`` for a full
 call, since the driver's CPU is paid per call and per group, not per video.
 
@@ -158,7 +158,7 @@ class Scheduler:
         self.ready: deque[_Group] = deque()
         self.calls: dict[int, _Call] = {}
         self.unit_videos = max(1, config.unit_videos)
-        self.videos_per_call = videos_per_call(config.batch_views, config.spec.views)
+        self.videos_per_call = videos_per_call(config.clips_per_call, config.spec.views)
         self.pool = ActorPool(config.num_actors, config.actor_restarts)
         self.decode_slots = config.decode_slots  # grows and shrinks with the cluster (on_capacity)
         self.in_flight = 0  # videos of unsettled units, less those settled

@@ -95,16 +95,20 @@ def size_pipeline(
         if needed > shape.cpus:
             raise ClusterError(f"--num-actors {actors} needs {needed:g} CPUs but the cluster has {shape.cpus:g}")
     views = spec.views
-    batch_views = batch_size or (max(GPU_CLIPS_PER_GROUP, views) if actor_gpus else max(views, 30))
+    # Three sizes, apart: clips per forward (``--batch-size``, else the runner's choice for its
+    # device), clips per decode group (GPU: GPU_CLIPS_PER_GROUP; CPU: a call's worth) and clips
+    # per actor call (GPU: gpu_groups_per_call groups). A --batch-size also makes the call and the
+    # group that size, so a call is exactly one forward.
+    clips_per_call = batch_size or (max(GPU_CLIPS_PER_GROUP, views) if actor_gpus else max(views, 30))
     if actor_gpus:  # the driver's CPU is paid per event: few, large ones (see the constants)
-        group_clips = batch_views  # --batch-size: calls of one group, as large as asked
+        group_clips = clips_per_call  # --batch-size: calls of one group, as large as asked
         if not batch_size:
-            batch_views = group_clips * gpu_groups_per_call(spec)
+            clips_per_call = group_clips * gpu_groups_per_call(spec)
         per_event = dict(unit_videos=unit_videos_for(group_clips, views, calls=GPU_GROUPS_PER_UNIT), group_ms=GPU_GROUP_MS,
                          group_videos=videos_per_call(group_clips, views), wake_ms=GPU_WAKE_MS,
                          decode_bound_wake_ms=GPU_DECODE_BOUND_WAKE_MS, calls_per_actor=GPU_CALLS_PER_ACTOR)
     else:  # a group never holds more than a call's videos, so no call needs to (Scheduler._next_call)
-        per_event = dict(unit_videos=unit_videos_for(batch_views, views), group_videos=videos_per_call(batch_views, views))
+        per_event = dict(unit_videos=unit_videos_for(clips_per_call, views), group_videos=videos_per_call(clips_per_call, views))
     return PipelineConfig(
         spec=spec,
         num_actors=actors,
@@ -114,8 +118,8 @@ def size_pipeline(
         actor_concurrency=concurrency,
         decode_slots=decode_slots,
         decode_cpus=decode_cpus,
-        batch_views=batch_views,
-        batch_size=batch_size,
+        clips_per_call=clips_per_call,
+        clips_per_forward=batch_size,
         decode_timeout_s=decode_timeout_s,
         **per_event,
     )
@@ -200,16 +204,16 @@ def gpu_groups_per_call(spec: ModelSpec) -> int:
     return max(1, min(GPU_MAX_GROUPS_PER_CALL, GPU_CALL_VOXELS // (GPU_CLIPS_PER_GROUP * clip_voxels)))
 
 
-def videos_per_call(batch_views: int, views: int) -> int:
-    """Whole videos in about ``batch_views`` clips: an actor call's (or, on a GPU, a group's)."""
-    return max(1, batch_views // max(views, 1))
+def videos_per_call(clips_per_call: int, views: int) -> int:
+    """Whole videos in about ``clips_per_call`` clips: an actor call's (or, on a GPU, a group's)."""
+    return max(1, clips_per_call // max(views, 1))
 
 
-def unit_videos_for(batch_views: int, views: int, calls: int = 2) -> int:
-    """Videos per decode unit: about ``calls`` times ``batch_views`` clips' worth (actor calls';
+def unit_videos_for(clips_per_call: int, views: int, calls: int = 2) -> int:
+    """Videos per decode unit: about ``calls`` times ``clips_per_call`` clips' worth (actor calls';
     on a GPU, groups'), 4 to ``32 * calls``.
 
     Enough that the per-task cost vanishes against the model's (tiny models, GPUs), few enough
     that a CPU job starts scoring soon and a crash sends few videos to a careful unit.
     """
-    return max(4, min(32 * calls, calls * videos_per_call(batch_views, views)))
+    return max(4, min(32 * calls, calls * videos_per_call(clips_per_call, views)))

@@ -216,7 +216,7 @@ def summarise_trial(trial: Trial, records: list[dict[str, Any]], pipe_cfg: Any) 
         "actor_cpus": pipe_cfg.actor_cpus,
         "actor_gpus": pipe_cfg.actor_gpus,
         "decode_slots": pipe_cfg.decode_slots,
-        "batch_views": pipe_cfg.batch_views,
+        "clips_per_call": pipe_cfg.clips_per_call,
         "accelerators": sorted({a.get("accelerator", "cpu") for a in trial.actors}),
         "videos_per_s": videos,
         "clips_per_s": clips,

@@ -33,7 +33,7 @@ TIMEOUT_S = 10.0
 
 
 def _config(**changes: Any) -> PipelineConfig:
-    base = dict(spec=SPEC, num_actors=2, decode_slots=2, unit_videos=4, batch_views=3, group_ms=20.0,
+    base = dict(spec=SPEC, num_actors=2, decode_slots=2, unit_videos=4, clips_per_call=3, group_ms=20.0,
                 decode_timeout_s=TIMEOUT_S, decode_retries=1, actor_restarts=1000)
     base.update(changes)
     return PipelineConfig(**base)
@@ -342,7 +342,7 @@ def test_random_interleavings_of_every_event():
         kinds = KINDS[:]
         rng.shuffle(kinds)
         config = _config(unit_videos=rng.choice([1, 3, 5]), decode_slots=rng.choice([1, 2]),
-                         num_actors=rng.choice([1, 2]), batch_views=rng.choice([1, 4]), group_videos=rng.choice([0, 1, 2]))
+                         num_actors=rng.choice([1, 2]), clips_per_call=rng.choice([1, 4]), group_videos=rng.choice([0, 1, 2]))
         if seed % 2:  # a GPU pool that follows the cluster
             config = dataclasses.replace(config, actor_gpus=1.0, actor_cpus=1.0, actors_grow=True)
         sim = Sim(kinds, rng, config, chaos=1.0)
@@ -354,7 +354,7 @@ def test_random_interleavings_of_every_event():
 
 def test_groups_wait_a_little_for_a_full_call_but_not_for_busy_actors():
     # groups of up to two videos: a call (four) takes two, so one alone is not a full call
-    config = _config(num_actors=1, unit_videos=8, batch_views=4, calls_per_actor=1, group_ms=20.0, group_videos=2)
+    config = _config(num_actors=1, unit_videos=8, clips_per_call=4, calls_per_actor=1, group_ms=20.0, group_videos=2)
     scheduler = Scheduler(_shards(["good"] * 8), config)
     unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
     scheduler.on_actor_started(0, 0)
@@ -377,7 +377,7 @@ def test_the_first_call_after_a_slow_actor_start_holds_no_more_than_the_sized_cl
     spec = ModelSpec(x3d.get_preset("x3d_s"), 10)
     config = size_pipeline(ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1), spec)
     per_group = config.group_videos
-    assert per_group * 10 <= GPU_CLIPS_PER_GROUP < config.batch_views
+    assert per_group * 10 <= GPU_CLIPS_PER_GROUP < config.clips_per_call
     scheduler = Scheduler(_shards(["good"] * 80 * per_group, per_shard=per_group), config)
     units = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)]
     waiting = []
@@ -396,7 +396,7 @@ def test_the_first_call_after_a_slow_actor_start_holds_no_more_than_the_sized_cl
     calls = [d for d in scheduler.take(100.0) if isinstance(d, CallActor)]
     for call in calls:
         clips = sum(result.num_views for group in call.groups for result, _ in group)
-        assert clips <= config.batch_views, f"a call of {len(call.groups)} groups, {clips} clips: sized {config.batch_views}"
+        assert clips <= config.clips_per_call, f"a call of {len(call.groups)} groups, {clips} clips: sized {config.clips_per_call}"
         assert len(call.groups) == 2  # as many as fit: two full X3D-S groups
     assert len(calls) == config.calls_per_actor
 
@@ -442,7 +442,7 @@ def test_a_run_meant_for_gpus_ends_when_none_comes():
 def test_the_driver_wakes_often_only_while_groups_wait_for_an_actor():
     """``actor_bound`` picks the wake-up (``wake_ms`` or the longer ``decode_bound_wake_ms``):
     true only while a group is ready and every live actor has all its calls in flight."""
-    scheduler = Scheduler(_shards(["good"] * 8), _config(num_actors=1, unit_videos=8, batch_views=1, calls_per_actor=1))
+    scheduler = Scheduler(_shards(["good"] * 8), _config(num_actors=1, unit_videos=8, clips_per_call=1, calls_per_actor=1))
     unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
     scheduler.on_actor_started(0, 0)
     scheduler.on_unit_started(unit, 0.0)
@@ -512,7 +512,7 @@ def test_failed_calls_are_retried_and_an_actor_whose_calls_keep_failing_is_repla
     """Scoring that fails (a CUDA error, an out-of-memory) is the infrastructure's failure: the
     groups go to another call, the actor with ``call_retries`` failed calls in a row is replaced,
     and a group's videos are rows only once it failed on that many actors while others worked."""
-    config = _config(num_actors=1, unit_videos=2, batch_views=1, group_videos=1, calls_per_actor=2, call_retries=2)
+    config = _config(num_actors=1, unit_videos=2, clips_per_call=1, group_videos=1, calls_per_actor=2, call_retries=2)
     scheduler = Scheduler(_shards(["good"] * 2), config)
     seen: list[VideoOutcome] = []
     scheduler.on_video = seen.append

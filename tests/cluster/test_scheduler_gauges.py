@@ -13,7 +13,7 @@ from worker.items import VideoItem
 
 def test_gauges_follow_units_actors_and_videos():
     config = PipelineConfig(spec=ModelSpec(x3d.get_preset("x3d_s"), 1), num_actors=2, actor_gpus=1.0, decode_slots=1,
-                            unit_videos=2, batch_views=3)
+                            unit_videos=2, clips_per_call=3)
     items = [VideoItem(f"v{i}", f"/v/{i}", None) for i in range(6)]
     outcomes = []
     scheduler = Scheduler([Shard(0, items)], config, on_video=outcomes.append)

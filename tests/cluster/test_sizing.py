@@ -50,7 +50,7 @@ def test_more_cpu_actors_than_fit_is_one_line_up_front():
 
 def test_a_gpu_count_on_a_cpu_cluster_is_not_invented():
     cfg = pipeline_config_for(_spec())
-    assert cfg.actor_gpus == 0.0 and cfg.batch_views == 30  # one 30-view video per actor call
+    assert cfg.actor_gpus == 0.0 and cfg.clips_per_call == 30  # one 30-view video per actor call
 
 
 @pytest.mark.parametrize(("model", "batch"), [("x3d_s", 2), ("x3d_m", 1), ("x3d_tiny", 27)])
@@ -64,8 +64,8 @@ def test_units_and_calls_follow_the_models_speed():
     cpu = ClusterShape(cpus=2, gpus=0, nodes=1, node_cpus=2, cpu_nodes=1)
     gpu = ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1)
     tiny = ModelSpec(x3d.get_preset("x3d_tiny"), 1)
-    assert (size_pipeline(cpu, _spec(30)).batch_views, size_pipeline(cpu, _spec(30)).unit_videos) == (30, 4)
-    assert (size_pipeline(cpu, tiny).batch_views, size_pipeline(cpu, tiny).unit_videos) == (30, 60)
+    assert (size_pipeline(cpu, _spec(30)).clips_per_call, size_pipeline(cpu, _spec(30)).unit_videos) == (30, 4)
+    assert (size_pipeline(cpu, tiny).clips_per_call, size_pipeline(cpu, tiny).unit_videos) == (30, 60)
     on_gpu = size_pipeline(gpu, _spec(10))
     per_group = GPU_CLIPS_PER_GROUP // 10
     assert on_gpu.unit_videos == GPU_GROUPS_PER_UNIT * per_group
@@ -82,7 +82,7 @@ def test_units_and_calls_follow_the_models_speed():
     assert (cpu_config.group_videos, cpu_config.wake_ms, cpu_config.calls_per_actor) == (1, 0.0, PipelineConfig.calls_per_actor)
     assert on_gpu.decode_bound_wake_ms == GPU_DECODE_BOUND_WAKE_MS > GPU_WAKE_MS and cpu_config.decode_bound_wake_ms == 0.0
     # --batch-size: calls of one group, as large as asked
-    assert (size_pipeline(gpu, _spec(10), batch_size=64).group_videos, size_pipeline(gpu, _spec(10), batch_size=64).batch_views) == (6, 64)
+    assert (size_pipeline(gpu, _spec(10), batch_size=64).group_videos, size_pipeline(gpu, _spec(10), batch_size=64).clips_per_call) == (6, 64)
 
 
 @pytest.mark.parametrize(("model", "views", "groups", "call_clips"),
@@ -93,7 +93,7 @@ def test_gpu_calls_hold_about_the_same_input_whatever_the_model(model, views, gr
     spec = ModelSpec(x3d.get_preset(model), views)
     config = size_pipeline(ClusterShape(cpus=16, gpus=1, nodes=1, node_cpus=16, cpu_nodes=1), spec)
     assert gpu_groups_per_call(spec) == groups
-    assert config.batch_views == call_clips
+    assert config.clips_per_call == call_clips
     assert config.group_videos == GPU_CLIPS_PER_GROUP // views
 
 

@@ -38,7 +38,7 @@ def spec_and_weights(ev: EvalSet):
 
 #: cluster.sizing's GPU way with events (large groups, calls of two groups, a bounded wake-up,
 #: more calls per actor), here on CPU with groups of two videos: the same rules must hold.
-GPU_EVENTS = dict(group_ms=2000.0, group_videos=2, batch_views=4 * VIEWS, wake_ms=100.0, decode_bound_wake_ms=250.0,
+GPU_EVENTS = dict(group_ms=2000.0, group_videos=2, clips_per_call=4 * VIEWS, wake_ms=100.0, decode_bound_wake_ms=250.0,
                   calls_per_actor=4)
 
 
