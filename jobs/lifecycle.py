@@ -37,7 +37,7 @@ def check_model(opts: ModelOptions) -> ModelSpec:
         check_precision(opts.precision)
     except ValueError as exc:
         raise JobError(str(exc)) from None
-    return ModelSpec(preset, opts.views, protocol.name, precision=opts.precision)
+    return ModelSpec(preset, opts.views, protocol.name, precision=opts.precision, frames="true" if opts.true_frames else "mmaction2")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -55,3 +59,132 @@ def write_broken_videos(folder: str | Path, good: Path) -> dict[str, Path]:
     files["truncated"].write_bytes(data[: len(data) // 3])
     files["text"].write_bytes(b"this is not a video\n" * 50)
     return files
+
+
+# ------------------------------------------------------------------ awkward kinds (issue 31)
+# Files of the kinds real collections hold where decord's random access is inexact or where
+# the container says something odd. Each writer encodes ``frames`` (uint8 RGB) with PyAV.
+
+
+def write_mpeg4_bframes(path: str | Path, frames: np.ndarray, fps: int = 25) -> Path:
+    """MPEG-4 part 2 (the ``mpeg4`` encoder, as xvid/divx files) with two B-frames between
+    references, in MP4 or AVI by the suffix (UCF101 and HMDB51 ship such AVIs)."""
+    options = {"bf": "2", "g": "24", "qscale": "3", "threads": "1"}
+    return encode_video(frames, fps, path, codec="mpeg4", options=options)
+
+
+def write_vp9_full_range(path: str | Path, frames: np.ndarray, fps: int = 25) -> Path:
+    """VP9 in WebM with full-range (``pc``) yuv420p, as phone and screen recordings have.
+
+    Encoded in a child process: once decord 0.6 is imported, the FFmpeg it bundles shadows
+    PyAV's and libvpx-vp9 refuses to open in that process.
+    """
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "frames.npy", frames)
+        code = "import sys, numpy; from tests.videos import _vp9_full_range; _vp9_full_range(sys.argv[1], numpy.load(sys.argv[2]), int(sys.argv[3]))"
+        root = Path(__file__).resolve().parents[1]
+        subprocess.run([sys.executable, "-c", code, str(path), str(Path(tmp) / "frames.npy"), str(fps)], cwd=root, check=True,
+                       env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL, timeout=300)
+    return path
+
+
+def _vp9_full_range(path: str, frames: np.ndarray, fps: int) -> None:
+    import av
+
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.color_range = 2  # AVCOL_RANGE_JPEG: full range
+        stream.options = {"crf": "30", "deadline": "realtime", "cpu-used": "8"}
+        for frame in frames:
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p", dst_color_range=2)
+            vf.color_range = 2
+            for packet in stream.encode(vf):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def write_rotated(path: str | Path, frames: np.ndarray, fps: int = 25, degrees: int = 90) -> Path:
+    """H.264 MP4 with a display matrix that rotates it (a phone held upright)."""
+    import av
+
+    path = Path(path)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.options = {"crf": "18", "preset": "ultrafast", "threads": "1"}
+        stream.set_display_rotation(degrees)
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def write_variable_rate(path: str | Path, frames: np.ndarray, seed: int = 0) -> Path:
+    """H.264 MP4 whose frames last 20-60 ms each, drawn at random (variable frame rate)."""
+    import av
+    from fractions import Fraction
+
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    durations = rng.integers(2, 7, frames.shape[0])  # in 1/100 s
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 100)
+        stream.time_base = Fraction(1, 1000)
+        stream.options = {"crf": "18", "preset": "ultrafast", "threads": "1"}
+        pts = 0
+        for frame, duration in zip(frames, durations.tolist()):
+            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            vf.pts, vf.time_base = pts, Fraction(1, 100)
+            pts += duration
+            for packet in stream.encode(vf):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def cut_with_stream_copy(source: str | Path, path: str | Path, start_s: float) -> Path:
+    """What ``ffmpeg -ss START -i SOURCE -c copy PATH`` writes: the packets from the keyframe
+    before ``start_s`` on, copied without re-encoding, their times shifted so ``start_s`` is 0.
+    The frames before it keep negative times, and the MP4 muxer writes an edit list that hides
+    them: the header counts every packet, a player shows only the frames from ``start_s``."""
+    import av
+
+    path = Path(path)
+    with av.open(str(source)) as src, av.open(str(path), "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        cut = int(start_s / stream.time_base)
+        packets = [p for p in src.demux(stream) if p.dts is not None]
+        first = max(i for i, p in enumerate(packets) if p.is_keyframe and p.pts <= cut)
+        for packet in packets[first:]:
+            packet.pts -= cut
+            packet.dts -= cut
+            packet.stream = out
+            dst.mux(packet)
+    return path
+
+
+def overcount_header(path: str | Path, extra: int) -> Path:
+    """Add ``extra`` to the frame count an AVI's headers declare (``avih`` total frames and the
+    video ``strh`` length), as files written by a crashed or careless muxer do; the frames
+    themselves are unchanged."""
+    import struct
+
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    avih = data.find(b"avih")
+    total = avih + 8 + 16  # dwMicroSecPerFrame, dwMaxBytesPerSec, dwPaddingGranularity, dwFlags
+    data[total : total + 4] = struct.pack("<I", struct.unpack("<I", data[total : total + 4])[0] + extra)
+    strh = data.find(b"strhvids")
+    length = strh + 8 + 32  # fccType, fccHandler, flags, priority+language, initialFrames, scale, rate, start
+    data[length : length + 4] = struct.pack("<I", struct.unpack("<I", data[length : length + 4])[0] + extra)
+    path.write_bytes(bytes(data))
+    return path

@@ -37,6 +37,7 @@ class ModelSpec:
     views: int
     protocol: str | None = None
     precision: str = "fp32"  # forward pass: "fp32" (the reference) or "bf16" autocast
+    frames: str = "mmaction2"  # MMAction2's frames or the true ones ("true"): x3d.decode.FRAME_MODES
 
     def test_protocol(self) -> x3d.TestProtocol:
         return self.preset.protocol(self.protocol)
@@ -57,6 +58,9 @@ class DecodeResult:
     # sent (on the group's last result; 0 on the others): the driver recycles a worker past
     # ``PipelineConfig.recycle_rss_mb`` (``rss_growth_mb``).
     rss_growth_mb: float = 0.0
+    # How its frames were read (x3d.decode.READ_WAYS: fast, mmaction2, sequential, pyav,
+    # rawframes); "" when it did not decode.
+    frames_read: str = ""
     # (unit, index): the driver's name for the video, set by ``decode_unit`` and echoed back in
     # the model actor's reply, so the driver learns what a group held without opening it.
     place: tuple[int, int] = (-1, -1)
@@ -100,14 +104,15 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
     try:
         source = _source_for(item)
         timer.charge("read")
-        prepared = x3d.views.prepare_frames(source, spec.preset, spec.views, spec.protocol, on_step=timer.charge)
+        prepared = x3d.views.prepare_frames(source, spec.preset, spec.views, spec.protocol, on_step=timer.charge,
+                                            frames=spec.frames)
     except (x3d.DecodeError, storage.StorageError) as exc:  # decoded from memory: name the video
         return _failed(str(exc).replace("<in-memory video>", item.key), start, timer, timed), None
     except Exception as exc:  # an unexpected decoder failure must still be a row, not a crash
         return _failed(f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], start, timer, timed), None
     views = spec.test_protocol().view_plan(spec.views).views
     result = DecodeResult(error=None, num_views=views, decode_ms=ms_since(start),
-                          payload_bytes=int(prepared.frames.nbytes + prepared.inverse.nbytes))
+                          payload_bytes=int(prepared.frames.nbytes + prepared.inverse.nbytes), frames_read=prepared.info.read)
     if timed:
         result.stages, result.rss_mb = timer.stages, maxrss_mb()
     return result, (prepared.frames, prepared.inverse)
