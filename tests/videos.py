@@ -172,19 +172,62 @@ def cut_with_stream_copy(source: str | Path, path: str | Path, start_s: float) -
     return path
 
 
-def overcount_header(path: str | Path, extra: int) -> Path:
-    """Add ``extra`` to the frame count an AVI's headers declare (``avih`` total frames and the
-    video ``strh`` length), as files written by a crashed or careless muxer do; the frames
-    themselves are unchanged."""
+def trim_with_edit_list(path: str | Path, keep: float) -> Path:
+    """Shorten an MP4's edit list to ``keep`` of its length, as trimming tools that rewrite only
+    the edit list do: every frame stays in the file and in the header's count, a player shows
+    the first ``keep`` of them. ``path`` must hold one video track with a one-entry edit list
+    (what PyAV's MP4 muxer writes)."""
     import struct
 
     path = Path(path)
     data = bytearray(path.read_bytes())
-    avih = data.find(b"avih")
-    total = avih + 8 + 16  # dwMicroSecPerFrame, dwMaxBytesPerSec, dwPaddingGranularity, dwFlags
-    data[total : total + 4] = struct.pack("<I", struct.unpack("<I", data[total : total + 4])[0] + extra)
-    strh = data.find(b"strhvids")
-    length = strh + 8 + 32  # fccType, fccHandler, flags, priority+language, initialFrames, scale, rate, start
-    data[length : length + 4] = struct.pack("<I", struct.unpack("<I", data[length : length + 4])[0] + extra)
+    elst = data.find(b"elst")
+    assert elst > 0 and data[elst + 4] == 0 and struct.unpack(">I", data[elst + 8 : elst + 12])[0] == 1, "one version-0 edit"
+    duration = elst + 12  # segment duration (movie timescale), then media time and rate
+    shown = struct.unpack(">I", data[duration : duration + 4])[0]
+    data[duration : duration + 4] = struct.pack(">I", int(shown * keep))
     path.write_bytes(bytes(data))
     return path
+
+
+#: The awkward kinds of issue 31: name -> what ``awkward_videos`` writes
+AWKWARD_KINDS = {
+    "h264_bframes": "H.264 with B-frames (closed GOPs), MP4: the well-formed control",
+    "vp9_full_range": "VP9, full range (yuv420p, pc), WebM",
+    "h264_rotated_90": "H.264 with a 90-degree display matrix, MP4",
+    "h264_variable_rate": "H.264 with frames of 20-60 ms, MP4",
+    "h264_open_gop": "H.264 encoded with open GOPs, MP4",
+    "mpeg4_bframes_mp4": "MPEG-4 part 2 with B-frames, MP4",
+    "mpeg4_bframes_avi": "MPEG-4 part 2 with B-frames, AVI (how UCF101 and HMDB51 ship)",
+    "h264_cut_stream_copy": "H.264 MP4 cut with `ffmpeg -c copy` (an edit list hides the frames before the cut)",
+    "h264_header_overcounts": "H.264 MP4 whose header counts 150 frames, its edit list shows 90",
+}
+
+
+def awkward_videos(folder: str | Path, frames_for=None) -> dict[str, Path]:
+    """One file of each ``AWKWARD_KINDS``, 160x128 (128x160 once rotated), 25 fps, 150 frames
+    (the cut: 182 shown of 200). ``frames_for(num_frames, height, width, seed)`` makes the
+    pictures (default: ``moving_frames``); each kind gets its own seed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    make = frames_for or (lambda n, h, w, seed: moving_frames(n, h, w, seed))
+    pictures = {name: make(150, 128, 160, seed) for seed, name in enumerate(AWKWARD_KINDS)}
+    h264 = {"crf": "18", "preset": "medium", "bf": "3", "threads": "1"}
+    files = {
+        "h264_bframes": encode_video(pictures["h264_bframes"], 25, folder / "h264_bframes.mp4", options=h264),
+        "vp9_full_range": write_vp9_full_range(folder / "vp9_full_range.webm", pictures["vp9_full_range"]),
+        "h264_rotated_90": write_rotated(folder / "h264_rotated_90.mp4", pictures["h264_rotated_90"]),
+        "h264_variable_rate": write_variable_rate(folder / "h264_variable_rate.mp4", pictures["h264_variable_rate"]),
+        "h264_open_gop": encode_video(pictures["h264_open_gop"], 25, folder / "h264_open_gop.mp4", options={
+            **h264, "x264-params": "open-gop=1:keyint=24:min-keyint=24:scenecut=0"}),
+        "mpeg4_bframes_mp4": write_mpeg4_bframes(folder / "mpeg4_bframes.mp4", pictures["mpeg4_bframes_mp4"]),
+        "mpeg4_bframes_avi": write_mpeg4_bframes(folder / "mpeg4_bframes.avi", pictures["mpeg4_bframes_avi"]),
+    }
+    long = make(250, 128, 160, len(AWKWARD_KINDS))
+    source = encode_video(long, 25, folder / "cut_source.mp4", options={**h264, "x264-params": "keyint=50:min-keyint=50:scenecut=0"})
+    files["h264_cut_stream_copy"] = cut_with_stream_copy(source, folder / "h264_cut_stream_copy.mp4", 2.7)
+    source.unlink()
+    trimmed = encode_video(pictures["h264_header_overcounts"], 25, folder / "h264_header_overcounts.mp4",
+                           options={"crf": "18", "preset": "ultrafast", "threads": "1"})
+    files["h264_header_overcounts"] = trim_with_edit_list(trimmed, 0.6)
+    return files
