@@ -400,7 +400,7 @@ def access_hazard(source: VideoSource) -> str | None:
 
     * an open GOP: a packet after a keyframe (in decode order) is shown before it. Its B-frames
       reference the previous GOP, which a seek skipped (MPEG-4 part 2 and MPEG-2 with B-frames as
-      FFmpeg's and xvid's encoders write them; H.264 encoded with open GOPs);
+      FFmpeg's encoders write them by default; H.264 encoded with open GOPs);
     * B-frames (the codec's reorder delay) in a container that stores decode times only (AVI,
       raw streams): the packets' times are guesses, so an open GOP cannot be ruled out;
     * an edit list that hides frames (FFmpeg marks their packets discarded), or a container whose
