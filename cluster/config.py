@@ -63,6 +63,11 @@ class VideoOutcome:
         """Who gave the outcome: the actor that scored it, else the decode worker (if any)."""
         return self.actor or self.decode.worker
 
+    @property
+    def frames_read(self) -> str | None:
+        """How its frames were read (``x3d.decode.READ_WAYS``); None when they were not."""
+        return self.decode.frames_read or None
+
 
 @dataclass
 class ScoredVideo:

@@ -205,6 +205,9 @@ FLAGS: tuple[Flag, ...] = (
          options={"choices": ("auto", "channels_last_3d", "ncdhw")}),
     Flag(("--compile",), "model", "torch.compile the model in each actor (GPU: measure it with benchmark)", default=False,
          options={"action": "store_true"}),
+    Flag(("--true-frames",), "model", "score the frames the protocol names, decoded in order, on the files where decord's seeking "
+         "is inexact (open GOPs, edit lists); without it those files are read as MMAction2 reads them, for its scores (docs/frames.md)",
+         default=False, options={"action": "store_true"}),
     # ---- cluster: where it runs (every job; jobs.options.ClusterOptions)
     Flag(("--address",), "cluster", "Ray cluster address", shown="RAY_ADDRESS, else a local Ray started for the run"),
     Flag(("--num-cpus",), "cluster", "CPUs of the local Ray started when no --address is given", shown="this machine's",

@@ -152,6 +152,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
         "videos_sha256": _fingerprint(items),
         "save_probs": cfg.save_probs,
         "features": layout.as_dict() if layout else None,
+        "frames": spec.frames,
     }
     _check_resume(output, manifest, cfg.resume, cfg.partition)
     return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s, versions=collect_versions(), subset=subset,
@@ -172,6 +173,7 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition
         return
     previous = json.loads(storage.read_bytes(manifest_uri))
     previous.setdefault("precision", "fp32")  # written before --precision existed: it ran fp32
+    previous.setdefault("frames", "mmaction2")  # written before --true-frames existed: MMAction2's frames
     changed = run_differences(previous, manifest)  # each as its flag with both values
     if partition is not None:
         if changed:
@@ -204,6 +206,7 @@ def outcome_row(outcome, classes: Sequence[str], save_probs: bool, features: Fea
         "decode_ms": float(outcome.decode_ms),
         "infer_ms": float(outcome.infer_ms),
         "worker": outcome.worker or "",
+        "frames_read": outcome.frames_read,
         "pred": None,
         "pred_name": None,
         "topk_classes": [],

@@ -443,6 +443,7 @@ def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], s
         "decode_ms": float(outcome.decode_ms),
         "infer_ms": float(outcome.infer_ms),
         "worker": outcome.worker or "",
+        "frames_read": outcome.frames_read,
     }
     if outcome.probs is not None:
         probs = np.asarray(outcome.probs, dtype=np.float32)

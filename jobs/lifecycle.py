@@ -37,7 +37,8 @@ def check_model(opts: ModelOptions) -> ModelSpec:
         raise JobError(f"--decode-timeout must be more than 0 seconds, got {timeout}")
     try:
         preset = x3d.get_preset(opts.model)
-        spec = ModelSpec(preset, opts.views, preset.protocol(opts.protocol).name, precision=opts.precision)
+        spec = ModelSpec(preset, opts.views, preset.protocol(opts.protocol).name, precision=opts.precision,
+                         frames="true" if opts.true_frames else "mmaction2")
         spec.view_plan  # noqa: B018 - raises for a view count the protocol does not have
         check_precision(opts.precision)
     except ValueError as exc:

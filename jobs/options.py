@@ -28,6 +28,7 @@ class ModelOptions:
     # the model's memory layout: "auto" (channels_last_3d on CPU, NCDHW on GPU), "channels_last_3d", "ncdhw"
     memory_format: str = default("memory_format")
     compile: bool = default("compile")  # torch.compile the model in each actor (the first batches pay for it)
+    true_frames: bool = default("true_frames")  # the frames the protocol names, not MMAction2's, where they differ (docs/frames.md)
 
 
 @dataclass(kw_only=True)

@@ -57,6 +57,10 @@ PREDICTION_COLUMNS = (
     Column("decode_ms", pa.float32(), False, "wall time spent reading and decoding the video"),
     Column("infer_ms", pa.float32(), False, "this video's share of the model's forward time (0 on error)"),
     Column("worker", pa.string(), False, "`host:pid` of the process that scored it (or failed it)"),
+    Column("frames_read", pa.string(), True, "how its frames were read: `fast` (random access, where it gives MMAction2's bytes), `mmaction2` "
+           "(MMAction2's own call, where random access is inexact: open GOPs, edit lists, frame counts that disagree), `sequential` "
+           "(`--true-frames` there: decoded in order), `pyav` (a video decord cannot read), `rawframes`; null when it did not decode "
+           "(docs/frames.md)"),
 )
 
 LABEL_COLUMNS = (
@@ -80,6 +84,10 @@ LABEL_COLUMNS = (
     Column("decode_ms", pa.float32(), False, "wall time spent reading and decoding the video"),
     Column("infer_ms", pa.float32(), False, "this video's share of the model's forward time (0 on error)"),
     Column("worker", pa.string(), False, "`host:pid` of the process that scored it (or failed it)"),
+    Column("frames_read", pa.string(), True, "how its frames were read: `fast` (random access, where it gives MMAction2's bytes), `mmaction2` "
+           "(MMAction2's own call, where random access is inexact: open GOPs, edit lists, frame counts that disagree), `sequential` "
+           "(`--true-frames` there: decoded in order), `pyav` (a video decord cannot read), `rawframes`; null when it did not decode "
+           "(docs/frames.md)"),
 )
 
 PREDICTION_SCHEMA = _schema(PREDICTION_COLUMNS)
@@ -183,6 +191,7 @@ RUN_KEYS = (
     Key("videos_sha256", "string", "sha256 over the videos' paths and labels, in order"),
     Key("save_probs", "bool", "whether `probs` is kept"),
     Key("features", "object or null", "with `--save-features`: `kind`, `dtype`, `dim` of the `features` column; null without"),
+    Key("frames", "string", "`mmaction2` (MMAction2's frames) or `true` (`--true-frames`); runs written before it existed read `mmaction2`"),
 )
 
 LABEL_MANIFEST_KEYS = (

@@ -37,6 +37,7 @@ class ModelSpec:
     views: int
     protocol: str | None = None
     precision: str = "fp32"  # forward pass: x3d.predict.PRECISIONS (fp32, the reference; bf16; tf32)
+    frames: str = "mmaction2"  # MMAction2's frames or the true ones ("true"): x3d.decode.FRAME_MODES
 
     def test_protocol(self) -> x3d.TestProtocol:
         return self.preset.protocol(self.protocol)
@@ -66,6 +67,9 @@ class DecodeResult:
     # the error is the storage's (it could not serve, after its retries), not the video's: the
     # driver retries the video later instead of writing its row (``cluster.scheduler``)
     unavailable: bool = False
+    # How its frames were read (x3d.decode.READ_WAYS: fast, mmaction2, sequential, pyav,
+    # rawframes); "" when it did not decode.
+    frames_read: str = ""
     # (unit, index): the driver's name for the video, set by ``decode_unit`` and echoed back in
     # the model actor's reply, so the driver learns what a group held without opening it.
     place: tuple[int, int] = (-1, -1)
@@ -109,7 +113,8 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
     try:
         source = _source_for(item)
         timer.charge("read")
-        prepared = x3d.views.prepare_frames(source, spec.preset, spec.views, spec.protocol, on_step=timer.charge)
+        prepared = x3d.views.prepare_frames(source, spec.preset, spec.views, spec.protocol, on_step=timer.charge,
+                                            frames=spec.frames)
     except (x3d.DecodeError, storage.StorageError) as exc:  # decoded from memory: name the video
         failed = _failed(str(exc).replace("<in-memory video>", item.key), start, timer, timed)
         failed.unavailable = getattr(exc, "unavailable", False)
@@ -118,7 +123,7 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
         return _failed(f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], start, timer, timed), None
     views = spec.view_plan.views
     result = DecodeResult(error=None, num_views=views, decode_ms=ms_since(start),
-                          payload_bytes=int(prepared.frames.nbytes + prepared.inverse.nbytes))
+                          payload_bytes=int(prepared.frames.nbytes + prepared.inverse.nbytes), frames_read=prepared.info.read)
     if timed:
         result.stages, result.rss_mb = timer.stages, maxrss_mb()
     return result, (prepared.frames, prepared.inverse)

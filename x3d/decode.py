@@ -14,6 +14,17 @@ them (the stream's frame count, else average rate x duration) when decord cannot
 at all. On videos both can read, the two give identical RGB frames (tests/x3d/test_decode_edge.py);
 the fallback still runs only when decord fails, so a video decord reads is always decord's.
 
+Where decord's random access is inexact the order of the requests changes the frames it returns
+(issue 31): files with open GOPs (MPEG-4 part 2 and MPEG-2 with B-frames as their encoders write
+them, H.264 encoded with open GOPs), MP4s whose edit list hides frames the header counts (a cut
+made with ``ffmpeg -c copy``, a trim that only rewrote the edit list) and containers whose frame
+count is not the number of frames they show. ``access_hazard`` finds them from the packets alone
+(no decoding), and there the frames are read the way MMAction2 reads them, one ``get_batch`` of
+the clip-ordered indices (duplicates included) on a reader opened from the file's bytes, so the
+scores are MMAction2's; ``frames="true"`` reads the frames the protocol names instead, decoded in
+order. Elsewhere the fast path above gives the same bytes as MMAction2's call. ``VideoInfo.read``
+says which way a video's frames were read.
+
 decord and FFmpeg print their own diagnostics on stderr; ``quiet_native_logs`` silences them
 for a process whose job is decoding (the DecodeError says what went wrong, once).
 
@@ -30,12 +41,34 @@ import os
 import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Union
 
 import numpy as np
 
-__all__ = ["DecodeError", "VideoSource", "RawFrames", "VideoInfo", "probe", "quiet_native_logs", "read_frames"]
+__all__ = [
+    "DecodeError",
+    "FRAME_MODES",
+    "READ_WAYS",
+    "VideoSource",
+    "RawFrames",
+    "VideoInfo",
+    "access_hazard",
+    "probe",
+    "quiet_native_logs",
+    "read_frames",
+]
+
+#: Which frames a video gives: MMAction2's (what its own pipeline reads, exact or not) or the
+#: true ones (the i-th frame shown, for every index the protocol names).
+FRAME_MODES = ("mmaction2", "true")
+
+#: How a video's frames were read (``VideoInfo.read``, the output rows' ``frames_read``):
+#: ``fast`` the distinct indices ascending, in chunks (where that gives MMAction2's bytes);
+#: ``mmaction2`` one get_batch of the clip-ordered indices on the file's bytes, as MMAction2;
+#: ``sequential`` decoded in order with PyAV (``frames="true"`` where random access is inexact);
+#: ``pyav`` the fallback for videos decord cannot read; ``rawframes`` JPEG frame folders.
+READ_WAYS = ("fast", "mmaction2", "sequential", "pyav", "rawframes")
 
 
 class DecodeError(Exception):
@@ -59,6 +92,7 @@ VideoSource = Union[str, os.PathLike, bytes, bytearray, BinaryIO, RawFrames]
 class VideoInfo:
     num_frames: int
     fps: float | None
+    read: str = field(default="", compare=False)  # how the frames were read (READ_WAYS); "" for a probe
 
 
 def _describe(source: VideoSource) -> str:
@@ -235,7 +269,7 @@ class _PyAV:
                 frames = self._container.decode(self._stream)
                 for index, frame in enumerate(frames):
                     while target is not None and index == target:
-                        yield frame.to_ndarray(format="rgb24")
+                        yield _shown(frame)
                         target = next(wanted, None)
                     if target is None:
                         return
@@ -250,6 +284,14 @@ class _PyAV:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._container.close()
+
+
+def _shown(frame: Any) -> np.ndarray:
+    """A PyAV frame as RGB, turned as its display matrix says: decord returns rotated videos
+    upright (a frame of a video rotated 90 degrees is ``np.rot90`` of the coded one)."""
+    image = frame.to_ndarray(format="rgb24")
+    turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(image, turns)) if turns else image
 
 
 def _codec_name(stream: Any) -> str:
@@ -297,13 +339,18 @@ def read_frames(
     indices_for: Callable[[VideoInfo], np.ndarray],
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     chunk: int = 32,
+    frames: str = "mmaction2",
 ) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
     """Decode the frames ``indices_for(info)`` asks for.
 
-    Returns ``(frames, inverse, info)`` where ``frames`` holds each distinct frame once in
-    ascending order (after ``transform``, e.g. the resize, applied chunk by chunk so full-size
-    frames never pile up) and ``frames[inverse]`` has the shape of the requested indices.
+    Returns ``(frames, inverse, info)`` where ``frames`` holds each distinct frame once (after
+    ``transform``, e.g. the resize, applied chunk by chunk) and ``frames[inverse]`` has the
+    shape of the requested indices. ``frames`` (``FRAME_MODES``): ``"mmaction2"`` gives the
+    bytes MMAction2's pipeline reads, ``"true"`` the frames the indices name, decoded in order
+    where decord's random access is inexact (``access_hazard``). ``info.read`` says how.
     """
+    if frames not in FRAME_MODES:
+        raise ValueError(f"frames must be one of {', '.join(FRAME_MODES)}, got {frames!r}")
     if isinstance(source, RawFrames):
         return _read_rawframes(source, indices_for, transform, chunk)
     name = _describe(source)
@@ -314,15 +361,242 @@ def read_frames(
         info = decoder.info
         if info.num_frames <= 0:
             raise DecodeError(f"{name}: no video frames")
+        hazard = _scan(target, info.num_frames)
+        if hazard.reason is not None and frames == "true":
+            return _read_sequential(target, name, info.fps, hazard.shown, indices_for, transform, chunk)
+        if hazard.reason is not None:
+            return _read_mmaction2_order(target, indices_for, transform, chunk)
         unique, inverse = _wanted(indices_for, info)
         blocks = (decoder.frames(unique[i : i + chunk]) for i in range(0, unique.size, chunk))
-        return _assemble(blocks, transform), inverse, info
+        return _assemble(blocks, transform), inverse, _read(info, "fast")
     except _DecordFailed:
         pass  # a valid video decord cannot read (tiny sizes, codecs it lacks): try PyAV
     fallback = _PyAV(target, name, info)
     unique, inverse = _wanted(indices_for, fallback.info)
     blocks = _batched(fallback.frames_at(unique), chunk)
-    return _assemble(blocks, transform), inverse, fallback.info
+    return _assemble(blocks, transform), inverse, _read(fallback.info, "pyav")
+
+
+def _read(info: VideoInfo, way: str) -> VideoInfo:
+    return VideoInfo(info.num_frames, info.fps, read=way)
+
+
+# --------------------------------------------------------------------------- inexact random access
+
+
+@dataclass(frozen=True)
+class _Hazard:
+    reason: str | None  # why decord's random access may depend on the order of requests; None: it does not
+    shown: int  # video packets the container shows (edit lists applied): the frames that decode, as far as packets tell
+
+
+def access_hazard(source: VideoSource) -> str | None:
+    """Why reading this video's frames by random access (sorted, in chunks) may give other bytes
+    than MMAction2's one clip-ordered ``get_batch``, or None where it gives the same.
+
+    The rule, established on the files of tests/x3d/test_access_order.py: decord seeks to the
+    keyframe before a frame and decodes forward, matching frames by their time. That is exact
+    but for three kinds of file, found here from the packets alone (no decoding):
+
+    * an open GOP: a packet after a keyframe (in decode order) is shown before it. Its B-frames
+      reference the previous GOP, which a seek skipped (MPEG-4 part 2 and MPEG-2 with B-frames as
+      FFmpeg's encoders write them by default; H.264 encoded with open GOPs);
+    * B-frames (the codec's reorder delay) in a container that stores decode times only (AVI,
+      raw streams): the packets' times are guesses, so an open GOP cannot be ruled out;
+    * an edit list that hides frames (FFmpeg marks their packets discarded), or a container whose
+      frame count (decord's ``len``) is not the number of packets it shows.
+
+    A file PyAV cannot scan counts as a hazard: MMAction2's order is right on every file.
+    """
+    if isinstance(source, RawFrames):
+        return None
+    target = _checked_target(source)
+    try:
+        count = _Decord(target).info.num_frames
+    except _DecordFailed:
+        return None  # decord cannot read it: MMAction2 cannot either; the PyAV fallback is sequential
+    return _scan(target, count).reason
+
+
+def _scan(target: object, count: int) -> _Hazard:
+    """``access_hazard``'s rule on an opened target whose decord count is ``count``; one pass
+    over the packets (each is read, none decoded)."""
+    import av
+
+    try:
+        with _native_stderr_muted():
+            container = av.open(_fresh(target))
+    except Exception:
+        return _Hazard("the container could not be scanned", count)
+    reason: str | None = None
+    shown = discarded = 0
+    try:
+        with _native_stderr_muted():
+            stream = container.streams.best("video")
+            if stream is None:
+                return _Hazard("no video stream to scan", count)
+            context = stream.codec_context
+            b_frames = bool(context is not None and context.has_b_frames)
+            if b_frames and _decode_times_only(container):
+                reason = "B-frames in a container without presentation times"
+            key_pts = None
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                if packet.is_discard:
+                    discarded += 1
+                    continue
+                shown += 1
+                if reason is not None:
+                    continue  # only counting now
+                if packet.pts is None:
+                    continue
+                if packet.is_keyframe:
+                    key_pts = packet.pts
+                elif key_pts is not None and packet.pts < key_pts:
+                    reason = "open GOP: a frame after a keyframe is shown before it"
+    except Exception:
+        return _Hazard("the container could not be scanned", count)
+    finally:
+        with contextlib.suppress(Exception):
+            container.close()
+    if reason is None and discarded:
+        reason = f"an edit list hides {discarded} of the {shown + discarded} frames"
+    if reason is None and shown != count:
+        reason = f"the container counts {count} frames, it shows {shown}"
+    return _Hazard(reason, shown)
+
+
+#: FFmpeg's names of the containers that store decode times only (their packets' pts are guesses)
+_DECODE_TIMES_ONLY = frozenset({"avi", "h264", "hevc", "m4v", "mpegvideo", "h263"})
+
+
+def _decode_times_only(container: Any) -> bool:
+    return bool(_DECODE_TIMES_ONLY & set(container.format.name.split(",")))
+
+
+def _file_bytes(target: object) -> bytes:
+    if isinstance(target, bytes):
+        return target
+    if isinstance(target, str):
+        with open(target, "rb") as handle:
+            return handle.read()
+    target.seek(0)  # type: ignore[union-attr]
+    return target.read()  # type: ignore[union-attr]
+
+
+def _read_mmaction2_order(
+    target: object,
+    indices_for: Callable[[VideoInfo], np.ndarray],
+    transform: Callable[[np.ndarray], np.ndarray] | None,
+    chunk: int,
+) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
+    """MMAction2's own call (``DecordInit`` + ``DecordDecode``): a reader on the file's bytes,
+    its count and fps, then one ``get_batch`` of the clip-ordered indices, duplicates included.
+
+    Where random access is inexact the same index can give different frames at different
+    places, and splitting the call changes them too (measured), so it is one call, and frames
+    are shared between places only where their bytes are equal.
+    """
+    import decord
+
+    try:
+        with _native_stderr_muted():
+            reader = decord.VideoReader(io.BytesIO(_file_bytes(target)), num_threads=1)
+            info = VideoInfo(len(reader), float(reader.get_avg_fps()) or None, read="mmaction2")
+            wanted = np.asarray(indices_for(info))
+            raw = reader.get_batch(wanted.reshape(-1)).asnumpy()
+    except Exception as exc:
+        raise _DecordFailed(_first_line(exc)) from None
+    if raw.ndim != 4 or raw.shape[0] != wanted.size or raw.shape[-1] != 3:
+        raise _DecordFailed(f"decord returned {raw.shape} for {wanted.size} frames")
+    del reader
+    shown = _assemble((raw[i : i + chunk] for i in range(0, raw.shape[0], chunk)), transform)
+    del raw
+    keep, inverse = _distinct(shown, wanted.reshape(-1))
+    return shown[keep], inverse.reshape(wanted.shape), info
+
+
+def _distinct(frames: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which places to keep, and each place's kept frame: places with the same index share a
+    frame only when their bytes are equal."""
+    kept: list[int] = []
+    by_index: dict[int, list[int]] = {}
+    inverse = np.empty(indices.size, dtype=np.int64)
+    for place, index in enumerate(indices.tolist()):
+        for slot in by_index.get(index, ()):
+            if np.array_equal(frames[kept[slot]], frames[place]):
+                inverse[place] = slot
+                break
+        else:
+            by_index.setdefault(index, []).append(len(kept))
+            inverse[place] = len(kept)
+            kept.append(place)
+    return np.asarray(kept, dtype=np.int64), inverse
+
+
+def _read_sequential(
+    target: object,
+    name: str,
+    fps: float | None,
+    shown: int,
+    indices_for: Callable[[VideoInfo], np.ndarray],
+    transform: Callable[[np.ndarray], np.ndarray] | None,
+    chunk: int,
+) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
+    """The true frames: decoded in order with PyAV (edit lists applied, frames turned upright
+    as decord turns them), frame i being the i-th frame shown, sampled over the frames shown.
+
+    The count is first taken from the packets; should fewer frames decode, the indices are
+    drawn again over the frames that did, and the video decoded once more.
+    """
+    count = shown
+    for _ in range(2):
+        info = VideoInfo(count, fps, read="sequential")
+        if count <= 0:
+            raise DecodeError(f"{name}: no video frames")
+        unique, inverse = _wanted(indices_for, info)
+        decoded, frames = _decode_in_order(target, name, unique, transform, chunk)
+        if frames is not None:
+            return frames, inverse, info
+        count = decoded
+    raise DecodeError(f"{name}: video ends after {count} frames, {shown} expected")
+
+
+def _decode_in_order(
+    target: object, name: str, unique: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None, chunk: int,
+) -> tuple[int, np.ndarray | None]:
+    """(frames decoded, the frames at the ascending indices ``unique``), or (frames decoded,
+    None) when the video ends before the last of them."""
+    import av
+
+    wanted = unique.tolist()
+    parts: list[np.ndarray] = []
+    block: list[np.ndarray] = []
+    got, index = 0, -1
+    try:
+        with _native_stderr_muted():
+            with av.open(_fresh(target)) as container:
+                for index, frame in enumerate(container.decode(container.streams.best("video"))):
+                    while got < len(wanted) and wanted[got] == index:
+                        block.append(_shown(frame))
+                        got += 1
+                        if len(block) == chunk:
+                            parts.append(_apply(np.stack(block), transform))
+                            block = []
+                    if got == len(wanted):
+                        break
+    except Exception as exc:
+        raise DecodeError(f"{name}: decoding failed at frame {index + 1} ({_av_reason(exc)})") from None
+    if got < len(wanted):
+        return index + 1, None
+    if block:
+        parts.append(_apply(np.stack(block), transform))
+    return index + 1, np.concatenate(parts)
+
+
+def _apply(block: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+    return transform(block) if transform is not None else block
 
 
 def _wanted(indices_for: Callable[[VideoInfo], np.ndarray], info: VideoInfo) -> tuple[np.ndarray, np.ndarray]:
@@ -364,7 +638,7 @@ def _read_rawframes(
         except Exception as exc:
             raise DecodeError(f"{source.name}: decoding failed at frames {block[0]}-{block[-1]} ({_first_line(exc)})") from None
         parts.append(transform(frames) if transform is not None else frames)
-    return np.concatenate(parts), inverse, info
+    return np.concatenate(parts), inverse, _read(info, "rawframes")
 
 
 def _load_jpegs(source: RawFrames, block: np.ndarray) -> np.ndarray:

@@ -94,14 +94,15 @@ def extract_features(
     protocol: str | TestProtocol | None = None,
     batch_size: int | None = None,
     precision: str = "fp32",
+    frames: str = "mmaction2",
 ) -> np.ndarray:
     """One video's feature vector ``(dim,)`` float32: ``kind`` over all its views, averaged.
 
     With ``kind="backbone"`` this is the vector of MMAction2's clip-level feature extraction
-    (``--multi-view``) for the same checkpoint and views.
+    (``--multi-view``) for the same checkpoint and views. ``frames`` as for ``predict_video``.
     """
     chosen = preset_of(model, preset)
     proto = resolve_protocol(chosen, protocol)
-    prepared = prepare_views(source, chosen, views, proto)
+    prepared = prepare_views(source, chosen, views, proto, frames=frames)
     _, feats = predict_clips_with_features(model, prepared.views, proto, kind, batch_size=batch_size, precision=precision)
     return fuse_features(feats).numpy().astype(np.float32)

@@ -208,13 +208,15 @@ def predict_video(
     protocol: str | TestProtocol | None = None,
     batch_size: int | None = None,
     precision: str = "fp32",
+    frames: str = "mmaction2",
 ) -> np.ndarray:
     """Fused class probabilities ``(num_classes,)`` float32 of one video, as MMAction2 scores it.
 
     ``preset`` defaults to the model's own (``model.preset``); one that disagrees raises.
+    ``frames="true"`` scores the true frames where MMAction2's reading is inexact (``x3d.decode``).
     """
     chosen = preset_of(model, preset)
     proto = resolve_protocol(chosen, protocol)
-    prepared = prepare_views(source, chosen, views, proto)
+    prepared = prepare_views(source, chosen, views, proto, frames=frames)
     logits = predict_clips(model, prepared.views, proto, batch_size=batch_size, precision=precision)
     return fuse_views(logits).numpy().astype(np.float32)

@@ -33,7 +33,9 @@ class PreparedVideo:
 @dataclass
 class PreparedFrames:
     """The distinct resized frames ``(n, H, W, 3)`` uint8 of one video, each once, and the clip
-    index ``inverse`` ``(clips, T)`` into them: ``frames[inverse]`` are the clips.
+    index ``inverse`` ``(clips, T)`` into them: ``frames[inverse]`` are the clips. Read in
+    MMAction2's order (``info.read == "mmaction2"``) one index may stand for two different
+    frames, so "distinct" is by bytes there, not by index.
 
     ``frames`` are cut to the box the crops cover (``trim_to_crops``). This is what the Ray job
     ships from a decode task to a model actor: overlapping clips share frames and the three crops
@@ -59,15 +61,17 @@ def prepare_views(
     views: int = 30,
     protocol: str | TestProtocol | None = None,
     on_step: Callable[[str], None] | None = None,
+    frames: str = "mmaction2",
 ) -> PreparedVideo:
     """Decode exactly the sampled frames and cut them into the test views.
 
     ``on_step(name)`` is called as each step ends ("decode" after frames are decoded,
-    "preprocess" after resizing or cropping), for callers that time the steps.
+    "preprocess" after resizing or cropping), for callers that time the steps. ``frames``:
+    MMAction2's frames (``"mmaction2"``) or the true ones (``"true"``): ``x3d.decode.read_frames``.
     """
     step = on_step or _no_step
     proto = resolve_protocol(preset, protocol)
-    prepared = prepare_frames(source, preset, views, proto, on_step)
+    prepared = prepare_frames(source, preset, views, proto, on_step, frames=frames)
     views_u8 = views_from_frames(prepared.frames, prepared.inverse, proto.view_plan(views))
     step("preprocess")
     return PreparedVideo(views_u8, prepared.info, prepared.decode_ms)
@@ -79,10 +83,11 @@ def prepare_frames(
     views: int = 30,
     protocol: str | TestProtocol | None = None,
     on_step: Callable[[str], None] | None = None,
+    frames: str = "mmaction2",
 ) -> PreparedFrames:
     """Decode exactly the sampled frames, each once, and resize them; no crops.
 
-    ``on_step`` as for ``prepare_views``.
+    ``on_step`` and ``frames`` as for ``prepare_views``; ``info.read`` says how they were read.
     """
     step = on_step or _no_step
     proto = resolve_protocol(preset, protocol)
@@ -97,11 +102,11 @@ def prepare_frames(
         step("preprocess")
         return out
 
-    frames, inverse, info = read_frames(source, indices_for, transform=resize)
+    decoded, inverse, info = read_frames(source, indices_for, transform=resize, frames=frames)
     step("decode")
-    frames = trim_to_crops(frames, proto.view_plan(views))
+    decoded = trim_to_crops(decoded, proto.view_plan(views))
     step("preprocess")
-    return PreparedFrames(frames, inverse, info, (time.perf_counter() - start) * 1000.0)
+    return PreparedFrames(decoded, inverse, info, (time.perf_counter() - start) * 1000.0)
 
 
 def trim_to_crops(frames: np.ndarray, plan: ViewPlan) -> np.ndarray:

@@ -33,6 +33,7 @@ def scored(video: str, label: int | None = 3, pred: int = 3) -> dict:
         "decode_ms": 12.5,
         "infer_ms": 3.25,
         "worker": "host:123",
+        "frames_read": "fast",
     }
 
 
@@ -48,6 +49,7 @@ def failed(video: str) -> dict:
         "decode_ms": 1.0,
         "infer_ms": 0.0,
         "worker": "host:123",
+        "frames_read": None,
     }
 
 
@@ -67,6 +69,7 @@ def test_schema_types():
         "decode_ms": ("float", False),
         "infer_ms": ("float", False),
         "worker": ("string", False),
+        "frames_read": ("string", True),
     }
 
 

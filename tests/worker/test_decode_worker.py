@@ -125,3 +125,22 @@ def test_timed_decode_tasks_load_no_torch_either(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", check, payload], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "TORCH_MODULES 0" in proc.stdout, proc.stdout
+
+
+def test_decode_item_says_how_it_read_the_frames(tmp_path: Path) -> None:
+    """``frames_read``: fast on a clean file, MMAction2's call on an open GOP, in order with
+    ``frames="true"`` there; nothing on an error."""
+    from tests.videos import moving_frames, write_mpeg4_bframes
+    from worker.decode_task import decode_item
+
+    clean = write_video(tmp_path / "clean.mp4", num_frames=90, height=64, width=96)
+    open_gop = write_mpeg4_bframes(tmp_path / "xvid.avi", moving_frames(90, 64, 96))
+    mmaction2, true = ModelSpec(x3d.get_preset("x3d_tiny"), views=10), ModelSpec(x3d.get_preset("x3d_tiny"), views=10, frames="true")
+    read = {}
+    for name, path in (("clean", clean), ("open_gop", open_gop), ("missing", tmp_path / "missing.mp4")):
+        for spec in (mmaction2, true):
+            result, _ = decode_item(VideoItem(key=name, uri=str(path), label=None), spec)
+            read[name, spec.frames] = result.frames_read
+    assert read == {("clean", "mmaction2"): "fast", ("clean", "true"): "fast",
+                    ("open_gop", "mmaction2"): "mmaction2", ("open_gop", "true"): "sequential",
+                    ("missing", "mmaction2"): "", ("missing", "true"): ""}
