@@ -108,20 +108,9 @@ def _vp9_full_range(path: str, frames: np.ndarray, fps: int) -> None:
 
 def write_rotated(path: str | Path, frames: np.ndarray, fps: int = 25, degrees: int = 90) -> Path:
     """H.264 MP4 with a display matrix that rotates it (a phone held upright)."""
-    import av
+    from x3d.sample_data import encode_video
 
-    path = Path(path)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": "18", "preset": "ultrafast", "threads": "1"}
-        stream.set_display_rotation(degrees)
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return encode_video(frames, fps, path, options={"crf": "18", "preset": "ultrafast", "threads": "1"}, rotation=degrees)
 
 
 def write_variable_rate(path: str | Path, frames: np.ndarray, seed: int = 0) -> Path:

@@ -372,9 +372,11 @@ def encode_video(
     options: dict[str, str] | None = None,
     pix_fmt: str = "yuv420p",
     container_format: str | None = None,
+    rotation: int = 0,
 ) -> Path:
     """Encode uint8 RGB frames ``(T, H, W, 3)`` with PyAV (the container from the file name
-    unless ``container_format`` says); the one encoder the sample data and the tests share."""
+    unless ``container_format`` says); the one encoder the sample data and the tests share.
+    ``rotation``: degrees of the display matrix a player rotates the frames by (0: none)."""
     import av  # imported lazily: only generating videos needs PyAV
 
     path = Path(path)
@@ -383,6 +385,8 @@ def encode_video(
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = pix_fmt
         stream.options = options or {}
+        if rotation:
+            stream.set_display_rotation(rotation)
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

@@ -29,6 +29,7 @@ import torch
 
 from tests.videos import write_video
 from tests.x3d import mmaction_oracle as oracle
+from tests.x3d.oracle_fixtures import mmaction, one_torch_per_module  # noqa: F401 - the modules' fixtures
 from tests.x3d.test_parity import LIGHT, VIDEOS, _random_checkpoint
 from worker.decode_task import ModelSpec
 from worker.model_runner import ModelRunner
@@ -47,16 +48,6 @@ if FULL:  # the real network at 10 and 30 views too (minutes)
     REAL_CASES = {model: cases + [(cases[0][0], 10), (cases[1][0], 30)] for model, cases in REAL_CASES.items()}
 MAX_ABS = 1e-4  # float32 through 26 blocks, two implementations: observed ~1e-6
 MIN_COSINE = 0.999999
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    yield from oracle.one_torch_thread()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def mmaction():
-    return oracle.import_mmaction()
 
 
 @pytest.fixture(scope="module")

@@ -27,6 +27,7 @@ import torch
 
 from tests.videos import write_video
 from tests.x3d import mmaction_oracle as oracle
+from tests.x3d.oracle_fixtures import mmaction, one_torch_per_module  # noqa: F401 - the modules' fixtures
 from x3d import (
     build_model,
     clip_indices,
@@ -49,16 +50,6 @@ FULL = os.environ.get("X3D_PARITY_FULL", "") not in ("", "0")
 LIGHT = Architecture(gamma_w=0.25, gamma_b=1.0, gamma_d=1.0)  # MMAction2: X3D(gamma_w=.25, gamma_b=1, gamma_d=1)
 
 MAX_DPROB = 2e-3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    yield from oracle.one_torch_thread()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def mmaction():
-    return oracle.import_mmaction()
 
 
 # ================================================================ configs
