@@ -142,10 +142,9 @@ class ModelRunner:
         self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self._compute_lock = threading.Lock()
         self.name = worker_name()
-        # "backbone" / "pre_logits": the forwards also give each clip's features, which
-        # ``score_with_features`` hands back; None: ``score`` runs exactly as without them
+        # "backbone" / "pre_logits": ``score_with_features``'s forwards also give each clip's
+        # features; None: the runner scores only
         self.features = check_features(features) if features else None
-        self._local = threading.local()  # each concurrent call's features (actor_concurrency > 1)
 
     def describe(self) -> dict[str, Any]:
         accel = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
@@ -218,9 +217,13 @@ class ModelRunner:
         timer.charge("forward")  # the fusion of views is part of the forward stage
         return probs
 
-    @torch.inference_mode()
     def _logits(self, prepared: Prepared, timer: StageTimer) -> torch.Tensor:
-        collected = getattr(self._local, "features", None)
+        return self._forwards(prepared, timer, with_features=False)[0]
+
+    @torch.inference_mode()
+    def _forwards(self, prepared: Prepared, timer: StageTimer, with_features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The call's forwards: per-clip logits (float32, host) and, ``with_features``, per-clip
+        features from the same forwards (``self.features``'s kind)."""
         cuda = self._copy_stream is not None
         stream = torch.cuda.current_stream(self.device) if cuda else None
         cache: dict[str, Any] = {}  # the straddling video's frames on the device, for the next forward
@@ -232,9 +235,9 @@ class ModelRunner:
                 stream.wait_event(ready)  # made on the copy stream, read on this one
                 x.record_stream(stream)
             with autocast_for(self.device, self.spec.precision):
-                if collected is None:
+                if not with_features:
                     out.append(self.model(x).float())
-                else:  # inside score_with_features: the same forward gives the features
+                else:  # the same forward gives the features
                     logits, features = forward_with_features(self.model, x, self.features)
                     out.append(logits.float())
                     feats.append(features.float())
@@ -249,9 +252,8 @@ class ModelRunner:
             timer.charge("forward")  # (the benchmark's timer waits for this forward: no overlap when timed)
             if step + 1 < len(prepared.forwards):
                 x, ready = self._make_input(prepared, step + 1, timer, cache)
-        if collected is not None and feats:
-            collected.append(torch.cat(feats).cpu())
-        return torch.cat(out).cpu() if out else torch.empty(0, 0)
+        features = (torch.cat(feats).cpu() if feats else torch.empty(0, 0)) if with_features else None
+        return (torch.cat(out).cpu() if out else torch.empty(0, 0)), features
 
     def _make_input(self, prepared: Prepared, step: int, timer: StageTimer, cache: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         """One forward's input on the device: its videos' frames copied, its views gathered and
@@ -298,18 +300,15 @@ class ModelRunner:
         """``score``, and each video's feature vector (float32, its views' mean); needs ``features``."""
         if self.features is None:
             raise ValueError("this runner was built without features=")
-        self._local.features = []
-        try:
-            probs, infer_ms = self.score(payloads, timer)
-            per_clip = torch.cat(self._local.features) if self._local.features else torch.empty(0, 0)
-        finally:
-            self._local.features = None
-        vectors, offset = [], 0
-        for payload in payloads:
-            count = self._views_of(payload)
-            vectors.append(fuse_features(per_clip[offset : offset + count]).numpy().astype(np.float32))
-            offset += count
-        return probs, vectors, infer_ms
+        start = time.perf_counter()
+        prepared = self.prepare(payloads, timer)
+        with self._compute_lock:
+            logits, per_clip = self._forwards(prepared, timer, with_features=True)
+            probs = self._fuse(logits, prepared.counts)
+            timer.charge("forward")
+        vectors = [fuse_features(clips).numpy().astype(np.float32) for clips in torch.split(per_clip, prepared.counts)] \
+            if prepared.counts else []
+        return probs, vectors, _shares(ms_since(start), prepared.counts)
 
     def _views_of(self, payload: Payload) -> int:
         if isinstance(payload, np.ndarray):

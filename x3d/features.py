@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .decode import VideoSource
-from .predict import autocast_for, model_inputs, preset_of
+from .predict import forward_clips, forward_once, preset_of
 from .presets import Preset, TestProtocol, get_preset
 from .protocol import resolve_protocol
 from .views import prepare_views
@@ -64,25 +64,12 @@ def predict_clips_with_features(
     on_step: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``predict_clips``, and each clip's features: float32 ``(N, classes)`` and ``(N, dim)`` on CPU."""
-    check_features(kind)
-    mark = on_step or (lambda name: None)
-    logits, features = [], []
-    for x in model_inputs(model, clips, protocol, batch_size, channels_last, precision, mark, "predict_clips_with_features"):
-        with autocast_for(x.device, precision):
-            out, feats = forward_with_features(model, x, kind)
-        logits.append(out.float().cpu())
-        features.append(feats.float().cpu())
-        mark("forward")
-    if not logits:
-        return torch.empty(0, 0), torch.empty(0, 0)
-    return torch.cat(logits), torch.cat(features)
+    return forward_clips(model, clips, protocol, check_features(kind), batch_size, channels_last, precision, on_step)
 
 
 def forward_with_features(model: nn.Module, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward of an X3D (compiled or not) giving its logits and each clip's features."""
-    # torch.compile wraps the X3D and compiles only forward(): this method runs eagerly
-    inner = getattr(model, "_orig_mod", model)
-    return inner.forward_with_features(x, kind)
+    return forward_once(model, x, kind)
 
 
 def extract_features(

@@ -21,7 +21,7 @@ from .presets import Preset, TestProtocol, get_preset
 from .protocol import fuse_views, normalize, resolve_protocol
 from .views import PreparedVideo, prepare_views  # the CPU half, torch-free; re-exported here
 
-__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "model_inputs", "predict_video", "autocast_for",
+__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "forward_clips", "forward_once", "model_inputs", "predict_video", "autocast_for",
            "check_precision", "max_clips_per_forward", "preset_of", "set_tf32_for", "to_device", "to_layout"]
 
 #: forward-pass precisions: ``fp32`` is the reference (and the default; on CUDA with TF32 off,
@@ -144,16 +144,45 @@ def predict_clips(
     (contiguous) as asked, whatever strides normalisation left them in. ``on_step(name)`` is called as each step ends ("h2d", "preprocess", "forward"),
     for callers that time them.
     """
+    return forward_clips(model, clips, protocol, None, batch_size, channels_last, precision, on_step)[0]
+
+
+@torch.inference_mode()
+def forward_clips(
+    model: nn.Module,
+    clips: np.ndarray | torch.Tensor,
+    protocol: TestProtocol,
+    features: str | None,
+    batch_size: int | None = None,
+    channels_last: bool = False,
+    precision: str = "fp32",
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one forward loop of the library: ``predict_clips``'s logits and, with ``features``
+    (a kind of ``x3d.features.FEATURE_KINDS``), each clip's features ``(N, dim)`` from the same
+    forwards; float32 on CPU."""
     mark = on_step or (lambda name: None)
-    outputs = []
-    for x in model_inputs(model, clips, protocol, batch_size, channels_last, precision, mark, "predict_clips"):
+    outputs, vectors = [], []
+    name = "predict_clips" if features is None else "predict_clips_with_features"
+    for x in model_inputs(model, clips, protocol, batch_size, channels_last, precision, mark, name):
         with autocast_for(x.device, precision):
-            logits = model(x)
+            logits, feats = forward_once(model, x, features)
         outputs.append(logits.float().cpu())
+        if feats is not None:
+            vectors.append(feats.float().cpu())
         mark("forward")
-    if not outputs:
-        return torch.empty(0, 0)
-    return torch.cat(outputs)
+    empty = torch.empty(0, 0)
+    logits = torch.cat(outputs) if outputs else empty
+    return logits, (None if features is None else torch.cat(vectors) if vectors else empty)
+
+
+def forward_once(model: nn.Module, x: torch.Tensor, features: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One forward of an X3D (compiled or not): its logits and, with ``features``, each clip's."""
+    if features is None:
+        return model(x), None
+    # torch.compile wraps the X3D and compiles only forward(): this method runs eagerly
+    inner = getattr(model, "_orig_mod", model)
+    return inner.forward_with_features(x, features)
 
 
 def model_inputs(
