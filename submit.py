@@ -77,7 +77,7 @@ def _check_model_names(model: str, protocol: str | None, views: int) -> None:
     """The preset, its protocol and the view count, checked before torch and Ray are imported
     (they take seconds to tens of seconds to load on a busy machine; a typo should not)."""
     import x3d  # presets: numpy and OpenCV only
-    from worker.decode_task import ModelSpec  # no torch
+    from worker.spec import ModelSpec  # no torch
 
     try:
         ModelSpec(x3d.get_preset(model), views, protocol).view_plan  # noqa: B018 - raises on a bad count
@@ -93,7 +93,7 @@ def _preflight(args: argparse.Namespace, model: str, output: str | None, dataset
     from jobs import preflight
     from jobs.datasets import DatasetError
     from jobs.errors import JobError
-    from worker.decode_task import ModelSpec
+    from worker.spec import ModelSpec
     import x3d
 
     if num_actors is None and isinstance(getattr(args, "num_actors", None), int):

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = None
         if not args.no_job_path:
             from worker.model_runner import ModelRunner
-            from worker.decode_task import ModelSpec
+            from worker.spec import ModelSpec
 
             spec = ModelSpec(x3d.get_preset(args.model), args.views)
             batch = spec.test_protocol().view_plan(args.views).views if args.batch_size == 0 else args.batch_size

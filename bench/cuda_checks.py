@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import x3d  # noqa: E402
-from worker.decode_task import ModelSpec  # noqa: E402
+from worker.spec import ModelSpec  # noqa: E402
 from worker.model_runner import ModelRunner  # noqa: E402
 from x3d.protocol import gather_views, resized_size  # noqa: E402
 from x3d.views import trim_to_crops, views_from_frames  # noqa: E402

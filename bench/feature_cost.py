@@ -33,7 +33,7 @@ import x3d  # noqa: E402
 from jobs.features import FeatureLayout, vector_values  # noqa: E402
 from jobs.label import _write_rows  # noqa: E402
 from jobs.machine import cpu_model, load_average_text  # noqa: E402
-from worker.decode_task import ModelSpec  # noqa: E402
+from worker.spec import ModelSpec  # noqa: E402
 from worker.model_runner import ModelRunner  # noqa: E402
 from x3d.tiny import TINY_CHECKPOINT  # noqa: E402
 

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import x3d  # noqa: E402
 from jobs.machine import cpu_model  # noqa: E402  (loads no Ray)
-from worker.decode_task import ModelSpec  # noqa: E402
+from worker.spec import ModelSpec  # noqa: E402
 from worker.model_runner import ModelRunner  # noqa: E402
 
 LAYOUTS = {"ncdhw": False, "channels_last_3d": True}

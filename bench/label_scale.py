@@ -122,7 +122,7 @@ def step_run(output: str, videos: str, ckpt: str) -> None:
     import cluster.pipeline
     import cluster.runtime
     from cluster.pipeline import VideoOutcome
-    from worker.decode_task import DecodeResult
+    from worker.spec import DecodeResult
     from jobs.label import run_label
 
     def no_op_pipeline(shards, config, state_ref, on_video=lambda o: None, on_shard=lambda i, o: None):

@@ -46,7 +46,7 @@ from cluster.pipeline import PipelineConfig, Shard, run_pipeline  # noqa: E402
 from cluster.runtime import LOCAL_RAY_CONFIG  # noqa: E402
 from cluster.sizing import ClusterShape, size_pipeline  # noqa: E402
 from jobs.machine import cpu_model, load_average_text  # noqa: E402
-from worker.decode_task import DecodeResult, ModelSpec  # noqa: E402
+from worker.spec import DecodeResult, ModelSpec  # noqa: E402
 from worker.items import VideoItem  # noqa: E402
 
 _CACHE: dict[str, object] = {}

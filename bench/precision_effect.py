@@ -49,7 +49,7 @@ import x3d  # noqa: E402
 from compare_mmaction2 import random_checkpoint, write_videos  # noqa: E402
 from jobs.machine import cpu_model, load_average_text as load_average  # noqa: E402
 from worker.model_runner import ModelRunner  # noqa: E402
-from worker.decode_task import ModelSpec  # noqa: E402
+from worker.spec import ModelSpec  # noqa: E402
 PRECISIONS = ("fp32", "bf16")  # x3d.predict.PRECISIONS less tf32, which is fp32 on a CPU
 
 

@@ -20,7 +20,7 @@ import torch
 
 from cluster.config import ActorReply
 from worker.cpus import owned_cpus
-from worker.decode_task import DecodeResult, ModelSpec
+from worker.spec import DecodeResult, ModelSpec
 from worker.model_runner import ModelRunner, Payload
 from worker.stages import NULL_TIMER, maxrss_mb
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from worker.decode_task import DecodeResult, ModelSpec
+from worker.spec import DecodeResult, ModelSpec
 from worker.items import VideoItem
 
 __all__ = ["INFRASTRUCTURE", "VIDEO", "ActorReply", "PipelineConfig", "ScoredVideo", "Shard", "VideoOutcome"]

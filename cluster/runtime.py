@@ -17,7 +17,7 @@ import ray._private.ray_constants as ray_constants
 from cluster.errors import ClusterError
 from cluster.config import PipelineConfig
 from cluster.sizing import ClusterShape, share_of, size_pipeline
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 
 __all__ = ["GPUS_ENV", "ClusterError", "ClusterShape", "connect", "cluster_shape", "gpus_wanted", "pipeline_config_for",
            "start_cluster", "stop_cluster"]

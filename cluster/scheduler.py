@@ -57,7 +57,7 @@ from cluster.actor_pool import ActorPool, StartActor
 from cluster.config import INFRASTRUCTURE, VIDEO, PipelineConfig, ScoredVideo, Shard, VideoOutcome
 from cluster.errors import ClusterError, InfrastructureDown
 from cluster.sizing import capacity_for, videos_per_call
-from worker.decode_task import DecodeResult
+from worker.spec import DecodeResult
 from worker.items import VideoItem
 
 __all__ = ["CRASHED", "DONE", "NODE_LOST", "CallActor", "CancelUnit", "Entry", "Scheduler", "StartActor", "StartUnit"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from cluster.errors import ClusterError
 from cluster.config import PipelineConfig  # not cluster.pipeline: sizing is read before Ray is imported (jobs.preflight)
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 
 __all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CALLS_PER_ACTOR", "GPU_CALL_VOXELS",
            "GPU_CLIPS_PER_GROUP", "GPU_DECODE_BOUND_WAKE_MS", "GPU_GROUPS_PER_UNIT", "GPU_GROUP_MS",

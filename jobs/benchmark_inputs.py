@@ -14,7 +14,7 @@ import numpy as np
 
 from jobs.datasets import DatasetSpec, iter_items
 from jobs.errors import JobError
-from worker.decode_task import DecodeResult, ModelSpec
+from worker.spec import DecodeResult, ModelSpec
 from worker.items import VideoItem
 from worker.stages import STAGES, maxrss_mb
 from x3d.protocol import resized_size

@@ -38,7 +38,7 @@ from jobs.partition import Partition
 from jobs.preflight import check_resume_target, run_differences
 from jobs.progress import Progress, quiet_stream
 from jobs.summary import FAILURES_SHOWN, build_summary, collect_versions, failure_lines, summary_markdown, summary_table, times_text
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.items import VideoItem
 from x3d import storage
 

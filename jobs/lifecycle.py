@@ -23,7 +23,7 @@ from cluster.runtime import pipeline_config_for, start_cluster, stop_cluster
 from jobs.errors import JobError
 from jobs.interrupts import deferred, interrupt_behind, pause_point, reinstall
 from jobs.options import ClusterOptions, ModelOptions, RunOptions
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from x3d.predict import check_precision
 
 __all__ = ["LoadedWeights", "check_model", "load_weights", "run_model_job"]

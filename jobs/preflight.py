@@ -22,7 +22,7 @@ from jobs import results
 from jobs.datasets import DatasetError, DatasetSpec, check_dataset
 from jobs.errors import JobError
 from worker.cpus import cgroup_quota_cpus
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from x3d import storage
 
 __all__ = ["LIST_SUFFIXES", "RUN_FLAGS", "check_dataset_files", "check_label_features", "check_label_input", "check_label_resume", "check_local_fit",

@@ -30,7 +30,7 @@ import x3d
 from jobs.evaluate import EvaluateConfig, JobError, _check_resume, prepare_evaluate
 from jobs.datasets import resolve_dataset
 from worker.model_runner import ModelRunner
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from tests import presets, videos
 from x3d.predict import predict_clips, prepare_views
 from x3d.protocol import fuse_views, normalize

@@ -172,7 +172,7 @@ def test_actors_that_fit_the_local_machine_pass(monkeypatch):
     import x3d
     from cluster.errors import ClusterError
     from jobs.preflight import check_local_fit, starts_local_ray
-    from worker.decode_task import ModelSpec
+    from worker.spec import ModelSpec
 
     spec = ModelSpec(x3d.get_preset("x3d_tiny"), 30, None)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

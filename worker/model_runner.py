@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 import x3d
-from worker.decode_task import ModelSpec, ms_since, worker_name
+from worker.decode_task import ms_since
+from worker.spec import ModelSpec, worker_name
 from worker.stages import NULL_TIMER, StageTimer
 from x3d.bn_fold import fold_batchnorm
 from x3d.features import check_features, forward_with_features, fuse_features

@@ -55,7 +55,7 @@ def main(folder: str, run: str) -> None:
     from cluster.pipeline import Shard, run_pipeline
     from cluster.runtime import LOCAL_RAY_CONFIG, pipeline_config_for
     from tests.cluster.evalset import PRESET, VIEWS
-    from worker.decode_task import ModelSpec
+    from worker.spec import ModelSpec
     from worker.items import VideoItem
 
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, logging_level=logging.ERROR,

@@ -27,7 +27,7 @@ from cluster.runtime import pipeline_config_for
 from tests.cluster.actor_bodies import BrokenModelActor, PoisonedModelActor, SlowStartModelActor
 from tests.cluster.crashing_decode import SLOW_MARK, slow_first_decode
 from tests.cluster.evalset import PRESET, PROB_TOL, VIEWS, EvalSet
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.items import VideoItem
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

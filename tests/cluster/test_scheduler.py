@@ -24,7 +24,7 @@ from cluster.config import PipelineConfig, ScoredVideo, Shard, VideoOutcome
 from cluster.errors import ClusterError
 from cluster.sizing import GPU_CLIPS_PER_GROUP, ClusterShape, size_pipeline
 from cluster.scheduler import CRASHED, DONE, NODE_LOST, CallActor, CancelUnit, Scheduler, StartActor, StartUnit
-from worker.decode_task import DecodeResult, ModelSpec
+from worker.spec import DecodeResult, ModelSpec
 from worker.items import VideoItem
 
 SPEC = ModelSpec(x3d.get_preset("x3d_s"), 1)

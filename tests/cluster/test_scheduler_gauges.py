@@ -7,7 +7,7 @@ from __future__ import annotations
 import x3d
 from cluster.config import PipelineConfig, Shard
 from cluster.scheduler import DONE, Scheduler, StartUnit
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.items import VideoItem
 
 

@@ -16,7 +16,7 @@ from cluster.errors import ClusterError
 from cluster.sizing import (GPU_CALLS_PER_ACTOR, GPU_CLIPS_PER_GROUP, GPU_DECODE_BOUND_WAKE_MS, GPU_GROUP_MS,
                             GPU_GROUPS_PER_UNIT, GPU_WAKE_MS, ClusterShape, gpu_groups_per_call, size_pipeline)
 from worker.model_runner import cpu_batch_size
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 
 
 def _spec(views: int = 30) -> ModelSpec:

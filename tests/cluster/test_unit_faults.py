@@ -23,7 +23,7 @@ from cluster.pipeline import Shard, run_pipeline
 from cluster.runtime import pipeline_config_for
 from tests.cluster.crashing_decode import KILL_MARK, crashing_decode
 from tests.cluster.evalset import PRESET, PROB_TOL, VIEWS, EvalSet
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.items import VideoItem
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -19,7 +19,7 @@ import x3d
 from cluster.pipeline import Shard, run_pipeline
 from cluster.runtime import pipeline_config_for
 from tests.cluster.actor_bodies import IdleActor
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.items import VideoItem
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]

@@ -20,7 +20,7 @@ from cluster.pipeline import Shard, run_pipeline
 from cluster.runtime import pipeline_config_for
 from tests.cluster.evalset import PRESET, PROB_TOL, VIEWS, EvalSet
 from tests.cluster.leaky_decode import LEAK_MB, leaky_decode
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.items import VideoItem
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -30,7 +30,7 @@ from jobs.label import _History, plan_label, read_labels, run_label
 from jobs.schemas import PREDICTION_SCHEMA
 from tests.jobs.labeljob import LABEL_TEST, label_config, write_label_videos
 from tests.label_history import MODEL, SHA, VIEWS, row, write_run
-from worker.decode_task import DecodeResult
+from worker.spec import DecodeResult
 from worker.items import VideoItem
 from x3d import storage
 

@@ -18,7 +18,7 @@ import numpy as np
 
 import x3d
 from worker.items import VideoItem
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from tests.videos import write_video
 
 ROOT = Path(__file__).resolve().parents[2]

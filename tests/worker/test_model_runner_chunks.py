@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 import x3d
 from tests import presets
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.model_runner import ModelRunner, plan_forwards
 from x3d.protocol import fuse_views
 

@@ -17,7 +17,7 @@ import torch
 
 import x3d
 from tests import presets
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.model_runner import ModelRunner
 from x3d.predict import MAX_TENSOR_ELEMENTS, max_clips_per_forward
 

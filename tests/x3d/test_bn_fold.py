@@ -52,7 +52,7 @@ def test_folded_model_scores_like_the_original(trained_like_x3d, channels_last):
 
 def test_model_runner_folds_by_default_and_scores_as_the_unfolded_model(trained_like_x3d):
     from worker.model_runner import ModelRunner
-    from worker.decode_task import ModelSpec
+    from worker.spec import ModelSpec
 
     spec = ModelSpec(get_preset("x3d_s"), views=1)
     state = trained_like_x3d.state_dict()

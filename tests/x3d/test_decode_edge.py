@@ -149,7 +149,7 @@ for item in items:
 def test_a_decode_worker_keeps_native_messages_off_its_stderr(tmp_path):
     """decord's C++ log line for an unreadable file, and FFmpeg's for a corrupt stream."""
     from worker.items import VideoItem
-    from worker.decode_task import ModelSpec
+    from worker.spec import ModelSpec
 
     good = encode(tmp_path / "good.mp4", moving_frames(40, 48, 64, seed=5))
     data = bytearray(good.read_bytes())

@@ -31,7 +31,7 @@ from tests.videos import write_video
 from tests.x3d import mmaction_oracle as oracle
 from tests.x3d.oracle_fixtures import mmaction, one_torch_per_module  # noqa: F401 - the modules' fixtures
 from tests.x3d.test_parity import LIGHT, VIDEOS, _random_checkpoint
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.model_runner import ModelRunner
 from x3d import get_preset, prepare_views
 from x3d.checkpoints import load_model

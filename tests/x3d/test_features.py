@@ -10,7 +10,7 @@ import torch
 import x3d
 from tests.videos import write_video
 from tests.x3d import mmaction_oracle as oracle
-from worker.decode_task import ModelSpec
+from worker.spec import ModelSpec
 from worker.model_runner import ModelRunner
 from x3d.features import extract_features, feature_dim, fuse_features, predict_clips_with_features
 from x3d.views import prepare_frames
