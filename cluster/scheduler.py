@@ -39,9 +39,10 @@ videos count as in flight.
   (which kills the worker: Ray starts a fresh one) and both units' unsettled videos go back to
   the queue. No group's contents are needed for it.
 
-Calls: a call takes about ``clips_per_call`` clips' worth of groups (the videos per group are
-learnt from the replies); while units still run, groups wait up to two ``group_ms`` for a full
-call, since the driver's CPU is paid per call and per group, not per video.
+Calls: a call takes as many groups as fit ``clips_per_call`` clips by their bounds (a group holds
+at most its unit's videos and ``group_videos``; the driver never opens one), one group at
+least; while units still run, groups wait up to two ``group_ms`` for a full call, since the
+driver's CPU is paid per call and per group, not per video.
 
 Every outcome is recorded once under (shard, position); a shard is written when its last video
 is done. A reply for a call the driver gave up on (its actor was replaced) is ignored.
@@ -176,6 +177,7 @@ class Scheduler:
         self.later: list[tuple[float, Entry]] = []
         self.infra_tries: dict[Key, int] = {}
         self.storage_down_since: float | None = None
+        self._last_infra_error = ""  # the latest storage failure, for the line that stops the run
         self.failed_calls: dict[int, int] = {}  # actor -> its calls that failed in a row
         self.calls_answered = 0
 
@@ -445,6 +447,10 @@ class Scheduler:
                 if found is None:
                     continue
                 unit, entry = found
+                if result.unavailable:  # the store's failure, as in on_reply: read again later
+                    self._settle(unit, result.place[1], None, report=False)
+                    self._storage_failed(entry, result)
+                    continue
                 kind = VIDEO if result.error else INFRASTRUCTURE
                 text = result.error or f"{entry.item.key}: inference failed ({error})"
                 self._settle(unit, result.place[1], VideoOutcome(entry.key[0], entry.key[1], entry.item, result, None, text,
@@ -520,8 +526,6 @@ class Scheduler:
     def _fail(self, entry: Entry, error: str, kind: str = VIDEO) -> None:
         self._finish(VideoOutcome(entry.key[0], entry.key[1], entry.item, DecodeResult(error=error, worker=""), None, error,
                                   failure=kind))
-
-    _last_infra_error = ""
 
     def _storage_failed(self, entry: Entry, result: DecodeResult) -> None:
         """A video the store could not serve: read again after a backoff, ``infra_retries``

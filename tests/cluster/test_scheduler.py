@@ -537,3 +537,32 @@ def test_failed_calls_are_retried_and_an_actor_whose_calls_keep_failing_is_repla
     assert sorted((o.error is None, o.failure) for o in seen) == [(False, "infrastructure"), (True, None)]
     assert "inference failed (CUDA error)" in next(o.error for o in seen if o.error)
     assert scheduler.finished
+
+
+def test_a_video_the_store_could_not_serve_in_a_given_up_call_is_read_again_not_a_row():
+    """A group whose calls keep failing becomes rows, but a video in it that the storage could
+    not serve is the store's failure: it goes back for another read, as in a reply."""
+    config = _config(num_actors=1, unit_videos=2, clips_per_call=1, group_videos=1, calls_per_actor=2, call_retries=2,
+                     infra_backoff_s=1.0)
+    scheduler = Scheduler(_shards(["good"] * 2), config)
+    seen: list[VideoOutcome] = []
+    scheduler.on_video = seen.append
+    unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
+    scheduler.on_actor_started(0, 0)
+    scheduler.on_unit_started(unit, 0.0)
+    good = [(DecodeResult(None, 1, place=(unit, 0)), "frames")]
+    down = [(DecodeResult("s3://b/1.mp4: S3 error SlowDown", place=(unit, 1), unavailable=True), None)]
+    scheduler.on_group(unit, good, 0.0)
+    scheduler.on_group(unit, down, 0.0)
+    scheduler.on_unit_ended(unit, DONE)
+    first, second = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+    assert second.groups == [down]
+    scheduler.on_call_failed(second.call, "CUDA error", contents=[[r for r, _ in down]])  # its first actor
+    scheduler.on_reply(first.call, [ScoredVideo(good[0][0], [1.0])], "actor")  # others are answered
+    (again,) = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+    scheduler.on_actor_lost(0, 0, "replaced")  # its second actor is another one
+    scheduler.on_actor_started(0, 1)
+    (third,) = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+    scheduler.on_call_failed(third.call, "CUDA error", contents=[[r for r, _ in down]])
+    assert [o.item.key for o in seen] == ["000-good"]  # no row for the video the store could not serve
+    assert [e.key for _, e in scheduler.later] == [(0, 1)] and not scheduler.finished
