@@ -7,15 +7,19 @@ temp dir) rather than by a process group. Linux only: everything reads ``/proc``
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["RAY", "free_ports", "descendants", "processes_mentioning", "comm", "kill", "tail", "wait_ray_started"]
+__all__ = ["RAY", "free_ports", "descendants", "processes_mentioning", "comm", "kill", "tail", "torn_down",
+           "wait_ray_started"]
 
 RAY = [sys.executable, "-m", "ray.scripts.scripts"]  # the `ray` CLI of this interpreter
 
@@ -111,3 +115,15 @@ def wait_ray_started(proc: subprocess.Popen, log: Path, deadline: float, name: s
         if time.monotonic() > deadline:
             pytest.fail(f"{name} did not start in time:\n{tail(log)}")
         time.sleep(0.3)
+
+
+@contextlib.contextmanager
+def torn_down(stop: Callable[[], list], base: Path) -> Iterator[None]:
+    """However the block ends: ``stop()`` ends the cluster's processes and returns those still
+    alive, the cluster's private folder ``base`` is removed, and a stray process fails the test."""
+    try:
+        yield
+    finally:
+        stray = stop()
+        shutil.rmtree(base, ignore_errors=True)
+        assert not stray, f"Ray processes left behind: {stray}"

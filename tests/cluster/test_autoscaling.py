@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ import pytest
 
 from cluster.runtime import IDLE_WORKER_KEEP_MS
 from tests.cluster.evalset import PRESET, PROB_TOL, VIEWS, EvalSet, replicate_evalset
-from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail, wait_ray_started
+from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail, torn_down, wait_ray_started
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -156,13 +155,9 @@ def fake_cluster() -> Iterator[FakeCluster]:
     with open(log, "wb") as out:
         head = subprocess.Popen(cmd, cwd=base, env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     c = FakeCluster(base, env, head, log, f"127.0.0.1:{gcs}")
-    try:
+    with torn_down(c.stop, base):
         wait_ray_started(head, log, time.monotonic() + START_TIMEOUT_S, "the fake autoscaling head")
         yield c
-    finally:
-        stray = c.stop()
-        shutil.rmtree(base, ignore_errors=True)
-        assert not stray, f"Ray processes left behind: {stray}"
 
 
 @dataclass

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import pytest
 
 from cluster.runtime import IDLE_WORKER_KEEP_MS
 
-from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail, wait_ray_started
+from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail, torn_down, wait_ray_started
 from tests.cluster.evalset import (
     PRESET,
     PROB_TOL,
@@ -199,7 +198,7 @@ def cluster() -> Iterator[Cluster]:
     )
     env.pop("X3D_PRESETS_MODULE", None)
     c = Cluster(base, env, gcs=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dashboard}")
-    try:
+    with torn_down(c.stop, base):
         deadline = time.monotonic() + START_TIMEOUT_S
         head = c.start_node("head", [
             "--head", "--port", str(gcs), "--num-cpus", "0", "--num-gpus", "0",
@@ -218,10 +217,6 @@ def cluster() -> Iterator[Cluster]:
                 pytest.fail(f"the Ray dashboard (job submission) did not come up at {c.dashboard}:\n{tail(head.log)}")
             time.sleep(0.5)
         yield c
-    finally:
-        stray = c.stop()
-        shutil.rmtree(base, ignore_errors=True)
-        assert not stray, f"Ray processes left behind: {stray}"
 
 
 # ----------------------------------------------------------------------------- the job

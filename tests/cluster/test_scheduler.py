@@ -14,7 +14,7 @@ import random
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -508,22 +508,28 @@ def test_the_rules_and_the_sizing_load_neither_ray_nor_torch():
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
 
 
-def test_failed_calls_are_retried_and_an_actor_whose_calls_keep_failing_is_replaced():
-    """Scoring that fails (a CUDA error, an out-of-memory) is the infrastructure's failure: the
-    groups go to another call, the actor with ``call_retries`` failed calls in a row is replaced,
-    and a group's videos are rows only once it failed on that many actors while others worked."""
-    config = _config(num_actors=1, unit_videos=2, clips_per_call=1, group_videos=1, calls_per_actor=2, call_retries=2)
+def _two_one_video_calls(result: Callable[[int, int], tuple[DecodeResult, Any]]):
+    """A scheduler with one live actor whose two calls in flight each hold a one-video group of
+    one unit (``result(unit, index)`` is the video's decode); (scheduler, outcomes, the calls)."""
+    config = _config(num_actors=1, unit_videos=2, clips_per_call=1, group_videos=1, calls_per_actor=2, call_retries=2,
+                     infra_backoff_s=1.0)
     scheduler = Scheduler(_shards(["good"] * 2), config)
     seen: list[VideoOutcome] = []
     scheduler.on_video = seen.append
     unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
     scheduler.on_actor_started(0, 0)
     scheduler.on_unit_started(unit, 0.0)
-    groups = [[(DecodeResult(None, 1, place=(unit, i)), "frames")] for i in range(2)]
-    for group in groups:
-        scheduler.on_group(unit, group, 0.0)
+    for i in range(2):
+        scheduler.on_group(unit, [result(unit, i)], 0.0)
     scheduler.on_unit_ended(unit, DONE)
-    first, second = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+    return scheduler, seen, [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
+
+
+def test_failed_calls_are_retried_and_an_actor_whose_calls_keep_failing_is_replaced():
+    """Scoring that fails (a CUDA error, an out-of-memory) is the infrastructure's failure: the
+    groups go to another call, the actor with ``call_retries`` failed calls in a row is replaced,
+    and a group's videos are rows only once it failed on that many actors while others worked."""
+    scheduler, seen, (first, second) = _two_one_video_calls(lambda unit, i: (DecodeResult(None, 1, place=(unit, i)), "frames"))
     contents = lambda call: [[r for r, _ in g] for g in call.groups]  # noqa: E731
     scheduler.on_call_failed(first.call, "CUDA error", contents=contents(first))
     assert seen == [] and len(scheduler.ready) == 1  # its group waits for another call
@@ -542,21 +548,14 @@ def test_failed_calls_are_retried_and_an_actor_whose_calls_keep_failing_is_repla
 def test_a_video_the_store_could_not_serve_in_a_given_up_call_is_read_again_not_a_row():
     """A group whose calls keep failing becomes rows, but a video in it that the storage could
     not serve is the store's failure: it goes back for another read, as in a reply."""
-    config = _config(num_actors=1, unit_videos=2, clips_per_call=1, group_videos=1, calls_per_actor=2, call_retries=2,
-                     infra_backoff_s=1.0)
-    scheduler = Scheduler(_shards(["good"] * 2), config)
-    seen: list[VideoOutcome] = []
-    scheduler.on_video = seen.append
-    unit = [d for d in scheduler.take(0.0) if isinstance(d, StartUnit)][0].unit
-    scheduler.on_actor_started(0, 0)
-    scheduler.on_unit_started(unit, 0.0)
-    good = [(DecodeResult(None, 1, place=(unit, 0)), "frames")]
-    down = [(DecodeResult("s3://b/1.mp4: S3 error SlowDown", place=(unit, 1), unavailable=True), None)]
-    scheduler.on_group(unit, good, 0.0)
-    scheduler.on_group(unit, down, 0.0)
-    scheduler.on_unit_ended(unit, DONE)
-    first, second = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
-    assert second.groups == [down]
+    def result(unit: int, i: int) -> tuple[DecodeResult, Any]:
+        if i == 0:
+            return DecodeResult(None, 1, place=(unit, 0)), "frames"
+        return DecodeResult("s3://b/1.mp4: S3 error SlowDown", place=(unit, 1), unavailable=True), None
+
+    scheduler, seen, (first, second) = _two_one_video_calls(result)
+    (good,), (down,) = first.groups, second.groups  # a group a call, in the order they were sent
+    assert good[0][0].error is None and down[0][0].unavailable
     scheduler.on_call_failed(second.call, "CUDA error", contents=[[r for r, _ in down]])  # its first actor
     scheduler.on_reply(first.call, [ScoredVideo(good[0][0], [1.0])], "actor")  # others are answered
     (again,) = [d for d in scheduler.take(0.0) if isinstance(d, CallActor)]
