@@ -108,7 +108,7 @@ def parity(args, report: Report) -> None:
         spec = ModelSpec(preset, args.views)
         batch = payloads_for(spec, args.videos)
         ref_runner = ModelRunner(spec, state, device="cpu")
-        ref_probs, _ = ref_runner.score(batch)
+        ref_probs = ref_runner.score(batch).probs
         ref_logits = logits_of(ref_runner, batch)
         for precision, layout in (("fp32", "ncdhw"), ("fp32", "channels_last_3d"), ("tf32", "ncdhw"), ("bf16", "ncdhw"),
                                   ("bf16", "channels_last_3d")):
@@ -117,7 +117,7 @@ def parity(args, report: Report) -> None:
             try:
                 runner = ModelRunner(ModelSpec(preset, args.views, precision=precision), state, device=args.device,
                                      channels_last=layout == "channels_last_3d")
-                probs, _ = runner.score(batch)
+                probs = runner.score(batch).probs
                 logits = logits_of(runner, batch)
                 row.update(probs=float(max(np.abs(a - b).max() for a, b in zip(ref_probs, probs))),
                            logits=float(np.abs(ref_logits - logits).max()), scale=float(np.abs(ref_logits).max()),
@@ -146,13 +146,14 @@ def runner_checks(args, report: Report) -> None:
     spec = ModelSpec(preset, args.views)
     state = weights(preset)
     batch = payloads_for(spec, args.videos, seed=1)
-    ref, _ = ModelRunner(spec, state, device="cpu").score(batch)
+    ref = ModelRunner(spec, state, device="cpu").score(batch).probs
 
     def same_as_cpu(**options):
         def run():
             runner = ModelRunner(spec, state, device=device, **options)
             for _ in range(2):  # the second call reuses the cached constants and tuned kernels
-                got, ms = runner.score(batch)
+                scored = runner.score(batch)
+                got, ms = scored.probs, scored.shares_ms
             diff = max(np.abs(a - b).max() for a, b in zip(ref, got))
             assert len(got) == len(ref) and all(m >= 0 for m in ms)
             assert diff < args.fp32_tol, f"max abs diff {diff:.2e}"
@@ -191,11 +192,11 @@ def runner_checks(args, report: Report) -> None:
     def concurrent():
         runner = ModelRunner(spec, state, device=device)
         halves = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
-        alone = [runner.score(h)[0] for h in halves]
+        alone = [runner.score(h).probs for h in halves]
         results: list = [None, None]
 
         def call(i):
-            results[i] = runner.score(halves[i])[0]
+            results[i] = runner.score(halves[i]).probs
 
         for _ in range(3):
             threads = [threading.Thread(target=call, args=(i,)) for i in range(2)]
@@ -242,7 +243,7 @@ def runner_checks(args, report: Report) -> None:
             payload = payloads_for(big_spec, 1)[0]
             n = cap // 10 + 1  # videos: just over the cap
             runner = ModelRunner(big_spec, weights(big), device=device)
-            probs, _ = runner.score([payload] * n)
+            probs = runner.score([payload] * n).probs
             assert len(probs) == n and all(np.isfinite(p).all() for p in probs)
             spread = max(np.abs(p - probs[0]).max() for p in probs)
             assert spread < 1e-5, f"the same video scored {spread:.2e} apart across forwards"

@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 
 import x3d  # noqa: E402
 from jobs.machine import cpu_model, load_average_text  # noqa: E402
-from worker.decode_task import ModelSpec, decode_item  # noqa: E402
+from worker.decode_task import decode_item  # noqa: E402
+from worker.spec import ModelSpec  # noqa: E402
 from worker.items import VideoItem  # noqa: E402
 
 

@@ -1,8 +1,8 @@
 """What ``--save-features`` costs: model-half videos/s with and without, and bytes per stored video.
 
 Speed: the Ray job's own model half (``worker.model_runner.ModelRunner``, CPU, BatchNorm folded,
-cache-sized batches) scores the same synthetic videos with ``score`` and with
-``score_with_features``, alternating call by call (the order flips every repeat) so that load on
+cache-sized batches) scores the same synthetic videos without and with a feature kind
+(``ModelRunner(feature_kind=...)``), alternating call by call (the order flips every repeat) so that load on
 a shared machine falls on both; videos/s is the median over repeats. Decoding is not timed:
 it does not change with features.
 
@@ -82,10 +82,10 @@ def measure(model: str, views: int, videos: int, repeats: int, threads: int, row
         weights = "random"
     spec = ModelSpec(preset, views)
     plain = ModelRunner(spec, state, device="cpu", threads=threads)
-    featured = ModelRunner(spec, state, device="cpu", threads=threads, features="backbone")
+    featured = ModelRunner(spec, state, device="cpu", threads=threads, feature_kind="backbone")
     payloads = _payloads(preset, views, videos, seed=1)
     plain.score(payloads[:1])  # warm-up, both
-    featured.score_with_features(payloads[:1])
+    featured.score(payloads[:1])
     rates: dict[str, list[float]] = {"off": [], "on": []}
     for r in range(repeats):
         for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
@@ -93,7 +93,7 @@ def measure(model: str, views: int, videos: int, repeats: int, threads: int, row
             if mode == "off":
                 plain.score(payloads)
             else:
-                featured.score_with_features(payloads)
+                featured.score(payloads)
             rates[mode].append(videos / (time.perf_counter() - start))
     # per-view vectors of ``pool`` more videos: real outputs of the model, one per stored "video"
     proto = preset.protocol()

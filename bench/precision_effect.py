@@ -110,7 +110,7 @@ def separation(ref: np.ndarray, low: np.ndarray) -> float:
 
 def time_score(runner: ModelRunner, views: np.ndarray) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
-    probs, _ = runner.score([views])
+    probs = runner.score([views]).probs
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
     return probs[0], time.perf_counter() - start

@@ -4,7 +4,7 @@
 given ``num_gpus``); ``score`` takes a batch of videos as the decode units streamed them, by
 reference (groups of ``(DecodeResult, payload)`` pairs, ``worker.decode_task.decode_unit``),
 scores those that decoded and returns every video's result with its fused probabilities (and,
-when the job asked for them, its feature vector, from the same forward): the reply is how the
+when the runner has a feature kind, its embedding, from the same forward): the reply is how the
 driver learns what a group held, since it never opens one. The pipeline (``cluster.pipeline``) declares the resources,
 starts, watches and replaces these actors.
 """
@@ -20,8 +20,8 @@ import torch
 
 from cluster.config import ActorReply
 from worker.cpus import owned_cpus
-from worker.spec import DecodeResult, ModelSpec
-from worker.model_runner import ModelRunner, Payload
+from worker.model_runner import ModelRunner
+from worker.spec import DecodeResult, ModelSpec, Payload
 from worker.stages import NULL_TIMER, maxrss_mb
 
 __all__ = ["ModelActor"]
@@ -58,16 +58,11 @@ class ModelActor:
         # The batch's clock starts at the timer's own mark: a thread switch (Ray's threads take
         # the GIL around calls) between two separate readings would show as unexplained time.
         started_at, start = time.time(), (timer.mark if timed else time.perf_counter())
-        features = None
-        if good and self.runner.features:  # the job asked for embeddings: same forward, kept
-            scored, vectors, ms = self.runner.score_with_features(good, timer)
-            features = np.stack(vectors)
-        elif good:
-            scored, ms = self.runner.score(good, timer)
-        else:
-            scored, ms = [], []
-        probs = np.stack(scored) if scored else np.zeros((0, 0), np.float32)
-        reply = ActorReply(results, probs, np.asarray(ms, np.float64), self.runner.name, features)
+        scores = self.runner.score(good, timer) if good else None
+        probs = np.stack(scores.probs) if scores else np.zeros((0, 0), np.float32)
+        ms = np.asarray(scores.shares_ms if scores else [], np.float64)
+        embeddings = np.stack(scores.embeddings) if scores and scores.embeddings else None
+        reply = ActorReply(results, probs, ms, self.runner.name, embeddings)
         if not timed:
             return reply
         # Handing the scores over is the end of the forward stage (the logits' way back), and the

@@ -45,7 +45,7 @@ class VideoOutcome:
     error: str | None
     infer_ms: float = 0.0
     actor: str = ""  # the runner that scored it (host:pid); "" when it was not scored
-    features: np.ndarray | None = None  # the video's embedding, when the job asked for one
+    embedding: np.ndarray | None = None  # the video's embedding, when the job asked for one
     # whose failure it is when ``error`` is set: ``VIDEO`` (it cannot be decoded, is too short,
     # hangs in a careful retry) or ``INFRASTRUCTURE`` (storage, a failed call, after the retries)
     failure: str | None = None
@@ -77,7 +77,7 @@ class ScoredVideo:
     decode: DecodeResult
     probs: np.ndarray | None  # fused probabilities; None exactly when ``decode.error`` is set
     infer_ms: float = 0.0  # the video's share of the call's forward time
-    features: np.ndarray | None = None  # the video's embedding, when the job asked for one
+    embedding: np.ndarray | None = None  # the video's embedding, when the job asked for one
 
 
 @dataclass
@@ -91,7 +91,7 @@ class ActorReply:
     probs: np.ndarray  # (videos that decoded, classes) float32, in the order of ``results``
     infer_ms: np.ndarray  # (videos that decoded,): each one's share of the call's forward time
     actor: str  # the runner's name (host:pid)
-    features: np.ndarray | None = None  # (videos that decoded, dim), when the job asked for them
+    embeddings: np.ndarray | None = None  # (videos that decoded, dim), when the job asked for them
     record: dict[str, Any] | None = None  # the benchmark's record of the call, when timed
 
     @property
@@ -102,8 +102,8 @@ class ActorReply:
             if result.error is not None:
                 out.append(ScoredVideo(result, None))
                 continue
-            features = None if self.features is None else self.features[row]
-            out.append(ScoredVideo(result, self.probs[row], float(self.infer_ms[row]), features))
+            embedding = None if self.embeddings is None else self.embeddings[row]
+            out.append(ScoredVideo(result, self.probs[row], float(self.infer_ms[row]), embedding))
             row += 1
         return out
 

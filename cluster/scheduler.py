@@ -387,7 +387,7 @@ class Scheduler:
             if video.decode.error is None:
                 self.storage_down_since = None  # a video was read: the store serves
                 outcome = VideoOutcome(entry.key[0], entry.key[1], entry.item, video.decode, video.probs, None,
-                                       video.infer_ms, actor_name, features=video.features)
+                                       video.infer_ms, actor_name, embedding=video.embedding)
                 scored.append(outcome)
             elif video.decode.unavailable:  # the store's failure: the video is read again later
                 self._settle(unit, video.decode.place[1], None, report=False)

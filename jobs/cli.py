@@ -373,7 +373,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 #: job config field -> the flag's dest, where the two names differ
-FIELD_FOR_DEST = {"local_cpus": "num_cpus", "decode_timeout_s": "decode_timeout", "gpu_wait_s": "gpu_wait", "storage_outage_s": "storage_outage", "duration_s": "duration", "warmup_s": "warmup"}
+FIELD_FOR_DEST = {"feature_kind": "features", "local_cpus": "num_cpus", "decode_timeout_s": "decode_timeout", "gpu_wait_s": "gpu_wait", "storage_outage_s": "storage_outage", "duration_s": "duration", "warmup_s": "warmup"}
 
 
 def job_config(cls, args: argparse.Namespace, **values):

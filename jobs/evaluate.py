@@ -79,7 +79,7 @@ class PreparedJob:
     generate_s: float = 0.0  # making the sample videos (a generated dataset's first run)
     versions: dict[str, str] = field(default_factory=dict)  # collected at start-up (jobs.summary.collect_versions)
     subset: bool = False  # --limit left videos out: the dataset's published figures do not compare
-    features: FeatureLayout | None = None  # with --save-features: what the features column holds
+    feature_layout: FeatureLayout | None = None  # with --save-features: what the features column holds
 
     @property
     def protocol(self) -> str:
@@ -156,7 +156,7 @@ def prepare_evaluate(cfg: EvaluateConfig) -> PreparedJob:
     }
     _check_resume(output, manifest, cfg.resume, cfg.partition)
     return PreparedJob(cfg, spec, items, classes, weights, output, manifest, generate_s, versions=collect_versions(), subset=subset,
-                       features=layout)
+                       feature_layout=layout)
 
 
 def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition: Partition | None = None) -> None:
@@ -194,9 +194,9 @@ def shard_items(items: Sequence[VideoItem], shard_size: int) -> list[tuple[int, 
     return [(i // shard_size, items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
 
 
-def outcome_row(outcome, classes: Sequence[str], save_probs: bool, features: FeatureLayout | None = None) -> dict[str, Any]:
-    """One Parquet row (see jobs/results.py for the schema) from a pipeline outcome; with
-    ``features`` (``--save-features``) its ``features`` column too."""
+def outcome_row(outcome, classes: Sequence[str], save_probs: bool, layout: FeatureLayout | None = None) -> dict[str, Any]:
+    """One Parquet row (see jobs/results.py for the schema) from a pipeline outcome; with a
+    feature ``layout`` (``--save-features``) its ``features`` column too."""
     row: dict[str, Any] = {
         "video": outcome.item.key,
         "label": outcome.item.label,
@@ -223,8 +223,8 @@ def outcome_row(outcome, classes: Sequence[str], save_probs: bool, features: Fea
             topk_scores=[float(probs[c]) for c in top],
             probs=probs.tolist() if save_probs else None,
         )
-    if features is not None:
-        row["features"] = vector_values(outcome.features, features)
+    if layout is not None:
+        row["features"] = vector_values(outcome.embedding, layout)
     return row
 
 
@@ -305,8 +305,9 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
         progress.update(1, int(outcome.error is not None))
 
     def on_shard(index: int, outcomes: list) -> None:
-        rows = [outcome_row(o, job.classes, cfg.save_probs, job.features) for o in outcomes]
-        results.write_shard(job.output, index, rows, job.features.schema(results.PREDICTION_SCHEMA) if job.features else results.PREDICTION_SCHEMA)
+        layout = job.feature_layout
+        rows = [outcome_row(o, job.classes, cfg.save_probs, layout) for o in outcomes]
+        results.write_shard(job.output, index, rows, layout.schema(results.PREDICTION_SCHEMA) if layout else results.PREDICTION_SCHEMA)
         saved["shards"] += 1
         saved["videos"] += len(rows)
         pause_point("scoring")  # test hook (jobs.interrupts): a stop with shards saved and work left

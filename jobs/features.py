@@ -35,8 +35,8 @@ _LAYOUT_FILE = "features.json"
 class FeatureOptions:
     """The flags of the jobs that can store embeddings (evaluate, label)."""
 
-    save_features: bool = default("save_features")  # store each video's feature vector beside its scores
-    features: str = default("features")  # "backbone" (pooled backbone output) or "pre_logits" (the head's hidden layer)
+    save_features: bool = default("save_features")  # store each video's embedding beside its scores
+    feature_kind: str = default("feature_kind")  # --features: a kind of x3d.features.FEATURE_KINDS
     features_dtype: str = default("features_dtype")  # a key of FEATURE_DTYPES
     backfill_features: bool = False  # label only: versions labelled without features count as not done
 
@@ -71,20 +71,22 @@ def feature_layout(opts: FeatureOptions, preset: x3d.Preset) -> FeatureLayout | 
         raise JobError("--backfill-features needs --save-features")
     if not opts.save_features:
         return None
-    if opts.features not in x3d.features.FEATURE_KINDS:
-        raise JobError(f"--features must be one of {', '.join(x3d.features.FEATURE_KINDS)}, got {opts.features!r}")
+    try:
+        x3d.features.check_feature_kind(opts.feature_kind)
+    except ValueError as exc:
+        raise JobError(f"--{exc}") from None
     if opts.features_dtype not in FEATURE_DTYPES:
         raise JobError(f"--features-dtype must be one of {', '.join(FEATURE_DTYPES)}, got {opts.features_dtype!r}")
-    return FeatureLayout(opts.features, opts.features_dtype, x3d.feature_dim(preset, opts.features))
+    return FeatureLayout(opts.feature_kind, opts.features_dtype, x3d.feature_dim(preset, opts.feature_kind))
 
 
-def vector_values(vector: np.ndarray | None, layout: FeatureLayout | None) -> np.ndarray | None:
-    """A row's ``features`` value: the vector in the layout's dtype (None stays None)."""
-    if layout is None or vector is None:
+def vector_values(embedding: np.ndarray | None, layout: FeatureLayout | None) -> np.ndarray | None:
+    """A row's ``features`` value: the embedding in the layout's dtype (None stays None)."""
+    if layout is None or embedding is None:
         return None
-    values = np.asarray(vector, dtype=np.float32).astype(layout.dtype)
+    values = np.asarray(embedding, dtype=np.float32).astype(layout.dtype)
     if values.shape != (layout.dim,):
-        raise ValueError(f"feature vector of shape {values.shape}, expected ({layout.dim},)")
+        raise ValueError(f"embedding of shape {values.shape}, expected ({layout.dim},)")
     return values
 
 

@@ -450,7 +450,7 @@ def _label_row(outcome, todo: _Todo, cfg: LabelConfig, classes: Sequence[str], s
         top = [int(c) for c in topk_from_scores(probs, cfg.top_k)[0] if probs[c] >= cfg.min_score]
         row.update(labels=[classes[c] for c in top], scores=[float(probs[c]) for c in top], pred=int(np.argmax(probs)))
     if layout is not None:
-        row["features"] = vector_values(outcome.features, layout)
+        row["features"] = vector_values(outcome.embedding, layout)
     return row
 
 

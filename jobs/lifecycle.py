@@ -100,8 +100,8 @@ def runner_options(opts: Any) -> dict[str, Any]:
         options["channels_last"] = layout == "channels_last_3d"
     if getattr(opts, "compile", False):
         options["compile"] = True
-    if getattr(opts, "save_features", False):  # the actors keep each video's vector from the same forward
-        options["features"] = opts.features
+    if getattr(opts, "save_features", False):  # the actors keep each video's embedding from the same forward
+        options["feature_kind"] = opts.feature_kind
     return options
 
 

@@ -121,10 +121,10 @@ def test_fp32_is_the_default_and_unchanged(model, clips):
 def test_model_runner_takes_precision_from_the_spec(model, clips):
     state = model.state_dict()
     views = clips[1][:2]
-    fp32 = ModelRunner(ModelSpec(presets.X3D_TEST, VIEWS), state, device="cpu").score(views)[0]
+    fp32 = ModelRunner(ModelSpec(presets.X3D_TEST, VIEWS), state, device="cpu").score(views).probs
     runner = ModelRunner(ModelSpec(presets.X3D_TEST, VIEWS, precision="bf16"), state, device="cpu")
     assert runner.describe()["precision"] == "bf16"
-    bf16 = runner.score(views)[0]
+    bf16 = runner.score(views).probs
     for a, b in zip(fp32, bf16):
         assert b.dtype == np.float32 and a.argmax() == b.argmax()
         assert 0 < np.abs(a - b).max() < MAX_DPROB

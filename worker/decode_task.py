@@ -13,13 +13,12 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 
 import x3d
 from worker.items import VideoItem
-from worker.spec import DecodeResult, ModelSpec  # noqa: F401 - ModelSpec re-exported: the decode task's types
+from worker.spec import DecodeResult, FramesPayload, ModelSpec, views_in
 from worker.rawframes import rawframe_loader
-from worker.stages import NULL_TIMER, StageTimer, maxrss_mb, private_rss_mb
+from worker.stages import NULL_TIMER, StageTimer, maxrss_mb, ms_since, private_rss_mb
 from x3d import storage
 
 
@@ -39,11 +38,6 @@ def quiet_decoder_logs() -> None:
     process-wide (``x3d.decode.quiet_native_logs`` says how and why).
     """
     x3d.decode.quiet_native_logs()
-
-
-#: What a decode task ships per video: the distinct resized frames (uint8) and the clip index
-#: into them (``x3d.views.PreparedFrames``); the model actor gathers and crops the views.
-FramesPayload = tuple[np.ndarray, np.ndarray]
 
 
 def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[DecodeResult, FramesPayload | None]:
@@ -69,12 +63,12 @@ def decode_item(item: VideoItem, spec: ModelSpec, timed: bool = False) -> tuple[
         return failed, None
     except Exception as exc:  # an unexpected decoder failure must still be a row, not a crash
         return _failed(f"{item.key}: {type(exc).__name__}: {exc}".splitlines()[0], start, timer, timed), None
-    views = spec.view_plan.views
-    result = DecodeResult(error=None, num_views=views, decode_ms=ms_since(start),
+    payload = (prepared.frames, prepared.inverse)
+    result = DecodeResult(error=None, num_views=views_in(payload, spec.view_plan), decode_ms=ms_since(start),
                           payload_bytes=int(prepared.frames.nbytes + prepared.inverse.nbytes), frames_read=prepared.info.read)
     if timed:
         result.stages, result.rss_mb = timer.stages, maxrss_mb()
-    return result, (prepared.frames, prepared.inverse)
+    return result, payload
 
 
 #: a decode unit's first item: it is running (queued units have no deadline yet) ...
@@ -171,7 +165,3 @@ def _failed(error: str, start: float, timer: StageTimer, timed: bool) -> DecodeR
         result.stages, result.rss_mb = timer.stages, maxrss_mb()
     return result
 
-
-def ms_since(start: float) -> float:
-    """Milliseconds since a ``time.perf_counter()`` reading."""
-    return (time.perf_counter() - start) * 1000.0

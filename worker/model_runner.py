@@ -10,25 +10,20 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
 import x3d
-from worker.decode_task import ms_since
-from worker.spec import ModelSpec, worker_name
-from worker.stages import NULL_TIMER, StageTimer
+from worker.spec import ModelSpec, Payload, views_in, worker_name
+from worker.stages import NULL_TIMER, StageTimer, ms_since
 from x3d.bn_fold import fold_batchnorm
-from x3d.features import check_features, forward_with_features, fuse_features
-from x3d.predict import autocast_for, check_precision, max_clips_per_forward, set_tf32_for, to_device, to_layout
+from x3d.features import check_feature_kind, fuse_features, with_clip_features
+from x3d.predict import check_precision, logits_only, max_clips_per_forward, run_forwards, set_tf32_for, to_device, to_layout
 from x3d.protocol import fuse_views, gather_views, normalize
 
-#: what a model actor receives per video: uint8 views ``(V, T, h, w, 3)``, or (the decode task's
-#: payload) the distinct resized frames and the clip index into them (``x3d.views.PreparedFrames``)
-Payload = Union[np.ndarray, tuple[np.ndarray, np.ndarray]]
-
-__all__ = ["CPU_VOXELS_PER_FORWARD", "ModelRunner", "Prepared", "cpu_batch_size", "plan_forwards"]
+__all__ = ["CPU_VOXELS_PER_FORWARD", "CallScores", "ModelRunner", "Prepared", "cpu_batch_size", "plan_forwards"]
 
 
 #: On CPUs X3D is fastest when a forward is a couple of X3D-S clips, not all 30 views: its
@@ -54,10 +49,20 @@ class Prepared:
     one ahead while the call computes, so a call never holds more than two of them."""
 
     payloads: Sequence[Payload]
-    counts: list[int]  # clips per video, in order
+    counts: list[int]  # views per video, in order (``worker.spec.views_in``)
     forwards: list[Spans]
     first: torch.Tensor | None = None
     ready: Any = None
+
+
+@dataclass
+class CallScores:
+    """What a call gives per video, in order: fused probabilities, each video's share of the
+    call's time (ms, by its views), and its embedding when the runner has a feature kind."""
+
+    probs: list[np.ndarray]
+    shares_ms: list[float]
+    embeddings: list[np.ndarray] | None = None
 
 
 def plan_forwards(counts: Sequence[int], size: int) -> list[Spans]:
@@ -83,13 +88,13 @@ def plan_forwards(counts: Sequence[int], size: int) -> list[Spans]:
 class ModelRunner:
     """Holds one X3D on one device and scores batches that mix views of several videos.
 
-    A call is two steps: ``prepare`` (its first forward's input: frames copied to the device,
-    clips gathered, cropped and normalised there) and ``compute`` (the forwards, each next
-    input made while the one before runs, fusion, and the one wait for the results). Inputs
-    are made a forward at a time, so a call's device memory does not grow with its size. Only
-    ``compute`` holds the runner's lock, so with two calls in flight (a Ray actor with
+    ``score`` is a call: ``prepare`` (its first forward's input: frames copied to the device,
+    clips gathered, cropped and normalised there), then the forwards (each next input made
+    while the one before runs), the fusion, and the one wait for the results. Inputs are made
+    a forward at a time, so a call's device memory does not grow with its size. Only the
+    forwards hold the runner's lock, so with two calls in flight (a Ray actor with
     ``max_concurrency`` 2) the next call is prepared while this one's forwards run; on CUDA
-    inputs are made on a side stream, and ``compute`` waits for their events on the device.
+    inputs are made on a side stream, and the forwards wait for their events on the device.
     """
 
     def __init__(
@@ -103,7 +108,7 @@ class ModelRunner:
         fold_bn: bool = True,
         compile: bool = False,
         cudnn_benchmark: bool = True,
-        features: str | None = None,
+        feature_kind: str | None = None,
     ):
         if threads:
             torch.set_num_threads(threads)
@@ -143,9 +148,10 @@ class ModelRunner:
         self._copy_stream = torch.cuda.Stream(self.device) if cuda else None
         self._compute_lock = threading.Lock()
         self.name = worker_name()
-        # "backbone" / "pre_logits": ``score_with_features``'s forwards also give each clip's
-        # features; None: the runner scores only
-        self.features = check_features(features) if features else None
+        # x3d.features.FEATURE_KINDS: every forward also gives each clip's features, and a call
+        # each video's embedding; None: the runner scores only. Decided here, once.
+        self.feature_kind = check_feature_kind(feature_kind) if feature_kind else None
+        self._forward = with_clip_features(self.model, feature_kind) if feature_kind else logits_only(self.model)
 
     def describe(self) -> dict[str, Any]:
         accel = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
@@ -174,8 +180,10 @@ class ModelRunner:
             return StageTimer(sync=lambda: torch.cuda.current_stream(self.device).synchronize())
         return StageTimer()
 
-    def score(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> tuple[list[np.ndarray], list[float]]:
-        """Fused probabilities per video, and each video's share of the call's time.
+    @torch.inference_mode()
+    def score(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> CallScores:
+        """Every video's fused probabilities, share of the call's time and (with a feature
+        kind) embedding: the float32 mean of its views' features, from the same forwards.
 
         ``timer`` (the benchmark's) is charged from its last mark, so make it just before.
         Safe to call from two threads at once: the second call's preparation overlaps the
@@ -183,78 +191,68 @@ class ModelRunner:
         """
         start = time.perf_counter()
         prepared = self.prepare(payloads, timer)
-        probs = self.compute(prepared, timer)
-        return probs, _shares(ms_since(start), prepared.counts)
+        with self._compute_lock:
+            logits, features = self._forwards(prepared, timer)
+            probs = self._fuse(logits, prepared.counts)
+            timer.charge("forward")  # the fusion of views is part of the forward stage
+        embeddings = None
+        if self.feature_kind:
+            per_video = torch.split(features, prepared.counts) if prepared.counts else []
+            embeddings = [fuse_features(clips).numpy().astype(np.float32) for clips in per_video]
+        return CallScores(probs, _shares(ms_since(start), prepared.counts), embeddings)
 
     @torch.inference_mode()
     def prepare(self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER) -> Prepared:
         """The call's first forward on the device, and the plan of the rest; no lock held.
 
-        A call's device memory is bounded by its forwards, not by its size: ``compute`` makes
+        A call's device memory is bounded by its forwards, not by its size: ``_inputs`` makes
         each later forward's input while the one before runs (docs/scaling.md states the bound).
         On CUDA everything here runs on the copy stream and nothing waits for the device.
         """
-        counts = [self._views_of(p) for p in payloads]
+        counts = [views_in(p, self.plan) for p in payloads]
         prepared = Prepared(payloads, counts, plan_forwards(counts, self.batch_size))
         if prepared.forwards:
             prepared.first, prepared.ready = self._make_input(prepared, 0, timer, {})
         return prepared
 
-    def compute(self, prepared: Prepared, timer: StageTimer = NULL_TIMER) -> list[np.ndarray]:
-        """Fused probabilities per video of a prepared call: its forwards, ``batch_size`` clips
-        at a time, under the runner's lock; the logits' copy back is the one wait."""
-        with self._compute_lock:
-            return self._compute(prepared, timer)
-
     def logits(self, prepared: Prepared, timer: StageTimer = NULL_TIMER) -> torch.Tensor:
         """A prepared call's per-clip logits, float32 on the host, under the runner's lock:
-        what ``compute`` fuses (the device checks compare them across devices)."""
+        what ``score`` fuses (the device checks compare them across devices)."""
         with self._compute_lock:
-            return self._logits(prepared, timer)
+            return self._forwards(prepared, timer)[0]
 
-    @torch.inference_mode()
-    def _compute(self, prepared: Prepared, timer: StageTimer) -> list[np.ndarray]:
-        probs = self._fuse(self._logits(prepared, timer), prepared.counts)
-        timer.charge("forward")  # the fusion of views is part of the forward stage
-        return probs
+    def _forwards(self, prepared: Prepared, timer: StageTimer) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The call's forwards (``x3d.predict.run_forwards``, the library's one loop, over this
+        runner's inputs): per-clip logits and, with a feature kind, per-clip features; float32
+        on the host."""
+        return run_forwards(self._forward, self._inputs(prepared, timer), self.spec.precision, timer.charge)
 
-    def _logits(self, prepared: Prepared, timer: StageTimer) -> torch.Tensor:
-        return self._forwards(prepared, timer, with_features=False)[0]
+    def _inputs(self, prepared: Prepared, timer: StageTimer) -> Iterator[torch.Tensor]:
+        """The call's forward inputs in turn, each made while the forward before it runs.
 
-    @torch.inference_mode()
-    def _forwards(self, prepared: Prepared, timer: StageTimer, with_features: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The call's forwards: per-clip logits (float32, host) and, ``with_features``, per-clip
-        features from the same forwards (``self.features``'s kind)."""
+        On CUDA an input made on the copy stream is handed over once the compute stream waits
+        for it; the next one is made only after the forward before the one just issued has
+        ended: without that wait the host runs ahead and each input takes new memory.
+        """
         cuda = self._copy_stream is not None
         stream = torch.cuda.current_stream(self.device) if cuda else None
         cache: dict[str, Any] = {}  # the straddling video's frames on the device, for the next forward
-        out, feats, done = [], [], None
+        done = None
         x, ready = prepared.first, prepared.ready
         prepared.first = prepared.ready = None  # the call's tensors live only in this loop
         for step in range(len(prepared.forwards)):
             if ready is not None:
                 stream.wait_event(ready)  # made on the copy stream, read on this one
                 x.record_stream(stream)
-            with autocast_for(self.device, self.spec.precision):
-                if not with_features:
-                    out.append(self.model(x).float())
-                else:  # the same forward gives the features
-                    logits, features = forward_with_features(self.model, x, self.features)
-                    out.append(logits.float())
-                    feats.append(features.float())
-            x = None
+            yield x
+            x = None  # run_forwards has issued this forward and holds the input no more
             if cuda:
-                # The next input is made while this forward runs, once the one before has
-                # ended: without that wait the host runs ahead and each input takes new memory.
                 if done is not None:
                     done.synchronize()
                 done = torch.cuda.Event()
                 done.record(stream)
-            timer.charge("forward")  # (the benchmark's timer waits for this forward: no overlap when timed)
             if step + 1 < len(prepared.forwards):
                 x, ready = self._make_input(prepared, step + 1, timer, cache)
-        features = (torch.cat(feats).cpu() if feats else torch.empty(0, 0)) if with_features else None
-        return (torch.cat(out).cpu() if out else torch.empty(0, 0)), features
 
     def _make_input(self, prepared: Prepared, step: int, timer: StageTimer, cache: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         """One forward's input on the device: its videos' frames copied, its views gathered and
@@ -294,27 +292,6 @@ class ModelRunner:
         x = to_layout(normalize(clips, self.protocol), self.channels_last)
         timer.charge("preprocess")
         return x
-
-    def score_with_features(
-        self, payloads: Sequence[Payload], timer: StageTimer = NULL_TIMER
-    ) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
-        """``score``, and each video's feature vector (float32, its views' mean); needs ``features``."""
-        if self.features is None:
-            raise ValueError("this runner was built without features=")
-        start = time.perf_counter()
-        prepared = self.prepare(payloads, timer)
-        with self._compute_lock:
-            logits, per_clip = self._forwards(prepared, timer, with_features=True)
-            probs = self._fuse(logits, prepared.counts)
-            timer.charge("forward")
-        vectors = [fuse_features(clips).numpy().astype(np.float32) for clips in torch.split(per_clip, prepared.counts)] \
-            if prepared.counts else []
-        return probs, vectors, _shares(ms_since(start), prepared.counts)
-
-    def _views_of(self, payload: Payload) -> int:
-        if isinstance(payload, np.ndarray):
-            return payload.shape[0]
-        return np.asarray(payload[1]).shape[0] * self.plan.num_crops
 
     @staticmethod
     def _fuse(logits: torch.Tensor, counts: list[int]) -> list[np.ndarray]:

@@ -1,6 +1,7 @@
 """The plain data every worker process shares: what it must know about the model
-(``ModelSpec``) and what decoding one video gave (``DecodeResult``). No Ray and no torch: the
-decode task, the model runner, the scheduler and the jobs all import them from here.
+(``ModelSpec``), what decoding one video gave (``DecodeResult``) and what travels from the
+decode to the model (``Payload``, with ``views_in``, the one count of a video's views). No Ray
+and no torch: the decode task, the model runner, the scheduler and the jobs import them here.
 """
 
 from __future__ import annotations
@@ -8,10 +9,29 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
 
 import x3d
 
-__all__ = ["DecodeResult", "ModelSpec", "worker_name"]
+__all__ = ["DecodeResult", "FramesPayload", "ModelSpec", "Payload", "views_in", "worker_name"]
+
+#: What a decode task ships per video: the distinct resized frames (uint8) and the clip index
+#: into them (``x3d.views.PreparedFrames``); the model actor gathers and crops the views.
+FramesPayload = tuple[np.ndarray, np.ndarray]
+#: What a model runner scores per video: a ``FramesPayload``, or whole uint8 views
+#: ``(V, T, h, w, 3)`` (the benchmarks and tests that hand it views directly).
+Payload = Union[np.ndarray, FramesPayload]
+
+
+def views_in(payload: Payload, plan: x3d.ViewPlan) -> int:
+    """How many views (clips x crops) a video's payload is scored with: its clips times the
+    plan's crops, or the views it holds. The decode's ``DecodeResult.num_views`` and the
+    runner's per-video split of a call both count with this."""
+    if isinstance(payload, np.ndarray):
+        return payload.shape[0]
+    return np.asarray(payload[1]).shape[0] * plan.num_crops
 
 
 def worker_name() -> str:

@@ -12,7 +12,7 @@ import resource
 import time
 from typing import Callable
 
-__all__ = ["NULL_TIMER", "STAGES", "STAGE_MEANING", "StageTimer", "maxrss_mb", "private_rss_mb"]
+__all__ = ["NULL_TIMER", "STAGES", "STAGE_MEANING", "StageTimer", "maxrss_mb", "ms_since", "private_rss_mb"]
 
 #: every batch's time is split into these, plus "other" (what no step timer covers)
 STAGES = ("read", "decode", "preprocess", "h2d", "forward", "write")
@@ -25,6 +25,11 @@ STAGE_MEANING = {
     "write": "result rows written as Parquet by the driver through the jobs' one writer",
     "other": "per-batch wall time no stage timer covers (kept small: the tests hold it under 10%)",
 }
+
+
+def ms_since(start: float) -> float:
+    """Milliseconds since a ``time.perf_counter()`` reading."""
+    return (time.perf_counter() - start) * 1000.0
 
 
 def maxrss_mb() -> float:

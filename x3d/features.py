@@ -5,7 +5,12 @@ head for ``FeatureHead`` (the backbone's output averaged over space, then time) 
 test config's views; each video's vector is those views' features averaged, all n clips x m
 crops (``fuse_features``). ``kind="pre_logits"`` takes the head's 2048-d hidden layer instead,
 which that tool does not offer. Both come out of the same forward as the logits
-(``X3D.forward_with_features``): no second forward, no second decode.
+(``with_clip_features``, over ``X3D.forward_features`` / ``forward_head``): no second
+forward, no second decode.
+
+Words, kept apart: a feature *kind* (``FEATURE_KINDS``) says which vector; a clip's
+*features* are that vector for one view; a video's *embedding* is its views' features fused.
+(The jobs add a *layout*: how a column stores embeddings, ``jobs.features.FeatureLayout``.)
 """
 
 from __future__ import annotations
@@ -17,19 +22,20 @@ import torch
 from torch import nn
 
 from .decode import VideoSource
-from .predict import forward_clips, forward_once, preset_of
+from .predict import Forward, model_inputs, preset_of, run_forwards
 from .presets import Preset, TestProtocol, get_preset
 from .protocol import resolve_protocol
 from .views import prepare_views
 
-__all__ = ["FEATURE_KINDS", "check_features", "extract_features", "feature_dim", "forward_with_features", "fuse_features",
-           "predict_clips_with_features"]
+__all__ = ["FEATURE_KINDS", "check_feature_kind", "extract_features", "feature_dim", "fuse_features",
+           "predict_clips_with_features", "with_clip_features"]
 
 #: what a video's vector can be: the pooled backbone output, or the head's pre-logit layer
 FEATURE_KINDS = ("backbone", "pre_logits")
 
 
-def check_features(kind: str) -> str:
+def check_feature_kind(kind: str) -> str:
+    """``kind`` if it is one of ``FEATURE_KINDS``; the one check of a kind (a ValueError)."""
     if kind not in FEATURE_KINDS:
         raise ValueError(f"features must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
     return kind
@@ -40,7 +46,7 @@ def feature_dim(preset: str | Preset, kind: str = "backbone") -> int:
     from .model import X3DBackbone  # widths follow the rounding rules there; build no weights
 
     chosen = get_preset(preset)
-    if check_features(kind) == "pre_logits":
+    if check_feature_kind(kind) == "pre_logits":
         return chosen.arch.head_hidden
     with torch.device("meta"):
         return X3DBackbone(chosen.arch).out_channels
@@ -64,12 +70,31 @@ def predict_clips_with_features(
     on_step: Callable[[str], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``predict_clips``, and each clip's features: float32 ``(N, classes)`` and ``(N, dim)`` on CPU."""
-    return forward_clips(model, clips, protocol, check_features(kind), batch_size, channels_last, precision, on_step)
+    forward = with_clip_features(model, kind)
+    inputs = model_inputs(model, clips, protocol, batch_size, channels_last, precision, on_step, "predict_clips_with_features")
+    logits, features = run_forwards(forward, inputs, precision, on_step)
+    return logits, (features if features is not None else torch.empty(0, 0))
 
 
-def forward_with_features(model: nn.Module, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward of an X3D (compiled or not) giving its logits and each clip's features."""
-    return forward_once(model, x, kind)
+def with_clip_features(model: nn.Module, kind: str) -> Forward:
+    """``run_forwards``' forward that also gives each clip's ``kind`` features."""
+    check_feature_kind(kind)
+    return lambda x: _forward_with_features(model, x, kind)
+
+
+def _forward_with_features(model: nn.Module, x: torch.Tensor, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward of an X3D (compiled or not): its logits ``(N, classes)`` and each clip's
+    ``kind`` features ``(N, dim)``, the logits bit for bit those of ``model(x)``.
+
+    ``"backbone"``: the feature maps averaged over space, then time, in that order, as
+    MMAction2's ``FeatureHead`` pools them. ``"pre_logits"``: the head's hidden layer.
+    """
+    inner = getattr(model, "_orig_mod", model)  # torch.compile compiles only forward(): run eagerly
+    maps = inner.forward_features(x)
+    if kind == "backbone":
+        return inner.forward_head(maps), maps.mean(dim=[-2, -1]).mean(dim=2)
+    hidden = inner.forward_head(maps, pre_logits=True)  # "pre_logits": with_clip_features checked the kind
+    return inner.cls_head.classify(hidden), hidden
 
 
 def extract_features(

@@ -142,15 +142,25 @@ class X3DHead(nn.Module):
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.dropout(self.pre_logits(x)))
+        return self.classify(self.pre_logits(x))
 
     def pre_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The 2048-d hidden layer fc2 reads, ``relu(fc1(pool(x)))``: dropout is the identity in eval."""
         return self.relu(self.fc1(self.pool(x).flatten(1)))
 
+    def classify(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits from the hidden layer: fc2 after dropout."""
+        return self.fc2(self.dropout(hidden))
+
 
 class X3D(nn.Module):
-    """Backbone + head. ``forward((N, 3, T, H, W) float) -> (N, num_classes)`` logits."""
+    """Backbone + head. ``forward((N, 3, T, H, W) float) -> (N, num_classes)`` logits.
+
+    As timm's models split it: ``forward_features`` (the backbone's feature maps) and
+    ``forward_head`` (the logits, or with ``pre_logits`` the head's hidden layer), so a caller
+    that wants a clip's embedding takes it from the same forward as its logits
+    (``x3d.features.with_clip_features``).
+    """
 
     def __init__(self, arch: Architecture):
         super().__init__()
@@ -159,23 +169,16 @@ class X3D(nn.Module):
         self.cls_head = X3DHead(self.backbone.out_channels, arch.head_hidden, arch.num_classes, arch.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cls_head(self.backbone(x))
+        return self.forward_head(self.forward_features(x))
 
-    def forward_with_features(self, x: torch.Tensor, kind: str = "backbone") -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and each clip's features from one forward: ``(N, classes)``, ``(N, dim)``.
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature maps ``(N, out_channels, T', H', W')``."""
+        return self.backbone(x)
 
-        ``"backbone"``: the backbone's output averaged over space, then time, in that order,
-        as MMAction2's ``FeatureHead`` pools it (``out_channels``, 432 for X3D-S/M).
-        ``"pre_logits"``: the head's hidden layer (``head_hidden``, 2048). The logits are the
-        ones ``forward`` gives, bit for bit.
-        """
-        maps = self.backbone(x)
-        if kind == "backbone":
-            return self.cls_head(maps), maps.mean(dim=[-2, -1]).mean(dim=2)
-        if kind == "pre_logits":
-            hidden = self.cls_head.pre_logits(maps)
-            return self.cls_head.fc2(self.cls_head.dropout(hidden)), hidden
-        raise ValueError(f"features must be one of backbone, pre_logits, got {kind!r}")
+    def forward_head(self, maps: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """The logits ``(N, classes)`` of ``forward_features``' maps, or with ``pre_logits`` the
+        head's hidden layer ``(N, head_hidden)`` (``X3DHead.classify`` turns it into the logits)."""
+        return self.cls_head.pre_logits(maps) if pre_logits else self.cls_head(maps)
 
 
 def build_model(preset: str | Preset = "x3d_s") -> X3D:

@@ -10,7 +10,7 @@ job calls the halves from different workers.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from .presets import Preset, TestProtocol, get_preset
 from .protocol import fuse_views, normalize, resolve_protocol
 from .views import PreparedVideo, prepare_views  # the CPU half, torch-free; re-exported here
 
-__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "forward_clips", "forward_once", "model_inputs", "predict_video", "autocast_for",
+__all__ = ["PRECISIONS", "PreparedVideo", "prepare_views", "predict_clips", "Forward", "logits_only", "run_forwards", "model_inputs", "predict_video", "autocast_for",
            "check_precision", "max_clips_per_forward", "preset_of", "set_tf32_for", "to_device", "to_layout"]
 
 #: forward-pass precisions: ``fp32`` is the reference (and the default; on CUDA with TF32 off,
@@ -124,6 +124,46 @@ def to_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 
 
+#: one forward of the model on an input: its logits and, when the caller asked for them, each
+#: clip's features (``x3d.features.with_clip_features``), else None
+Forward = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+def logits_only(model: nn.Module) -> Forward:
+    """The plain forward: logits, no features."""
+    return lambda x: (model(x), None)
+
+
+@torch.inference_mode()
+def run_forwards(
+    forward: Forward,
+    inputs: Iterable[torch.Tensor],
+    precision: str = "fp32",
+    on_step: Callable[[str], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The one forward loop (``predict_clips``, ``x3d.features`` and the job's model runner):
+    ``forward`` on each input in turn, under ``precision``'s autocast; the logits and the clips'
+    features (None when ``forward`` gives none), float32, concatenated, copied to the host once.
+
+    ``inputs`` may be a generator that makes the next input while this forward runs: it is
+    asked for it only after the forward was issued and ``on_step("forward")`` was called, and
+    this loop holds no reference to an input past its forward, so two inputs at most are alive.
+    """
+    mark = on_step or (lambda name: None)
+    logits, features = [], []
+    for x in inputs:
+        with autocast_for(x.device, precision):
+            out, feats = forward(x)
+        del x  # the input's memory can go as soon as the forward is done with it
+        logits.append(out.float())
+        if feats is not None:
+            features.append(feats.float())
+        mark("forward")
+    empty = torch.empty(0, 0)
+    all_logits = torch.cat(logits).cpu() if logits else empty
+    return all_logits, (torch.cat(features).cpu() if features else None)
+
+
 @torch.inference_mode()
 def predict_clips(
     model: nn.Module,
@@ -141,48 +181,11 @@ def predict_clips(
     the host-device link (pinned and non-blocking when that device is CUDA). ``precision``
     ``"bf16"`` runs the forward under bf16 autocast; normalisation and the returned logits stay
     float32. The model sees the clips in ``channels_last`` (channels_last_3d strides) or NCDHW
-    (contiguous) as asked, whatever strides normalisation left them in. ``on_step(name)`` is called as each step ends ("h2d", "preprocess", "forward"),
-    for callers that time them.
+    (contiguous) as asked, whatever strides normalisation left them in. ``on_step(name)`` is
+    called as each step ends ("h2d", "preprocess", "forward"), for callers that time them.
     """
-    return forward_clips(model, clips, protocol, None, batch_size, channels_last, precision, on_step)[0]
-
-
-@torch.inference_mode()
-def forward_clips(
-    model: nn.Module,
-    clips: np.ndarray | torch.Tensor,
-    protocol: TestProtocol,
-    features: str | None,
-    batch_size: int | None = None,
-    channels_last: bool = False,
-    precision: str = "fp32",
-    on_step: Callable[[str], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The one forward loop of the library: ``predict_clips``'s logits and, with ``features``
-    (a kind of ``x3d.features.FEATURE_KINDS``), each clip's features ``(N, dim)`` from the same
-    forwards; float32 on CPU."""
-    mark = on_step or (lambda name: None)
-    outputs, vectors = [], []
-    name = "predict_clips" if features is None else "predict_clips_with_features"
-    for x in model_inputs(model, clips, protocol, batch_size, channels_last, precision, mark, name):
-        with autocast_for(x.device, precision):
-            logits, feats = forward_once(model, x, features)
-        outputs.append(logits.float().cpu())
-        if feats is not None:
-            vectors.append(feats.float().cpu())
-        mark("forward")
-    empty = torch.empty(0, 0)
-    logits = torch.cat(outputs) if outputs else empty
-    return logits, (None if features is None else torch.cat(vectors) if vectors else empty)
-
-
-def forward_once(model: nn.Module, x: torch.Tensor, features: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One forward of an X3D (compiled or not): its logits and, with ``features``, each clip's."""
-    if features is None:
-        return model(x), None
-    # torch.compile wraps the X3D and compiles only forward(): this method runs eagerly
-    inner = getattr(model, "_orig_mod", model)
-    return inner.forward_with_features(x, features)
+    inputs = model_inputs(model, clips, protocol, batch_size, channels_last, precision, on_step, "predict_clips")
+    return run_forwards(logits_only(model), inputs, precision, on_step)[0]
 
 
 def model_inputs(
@@ -192,13 +195,15 @@ def model_inputs(
     batch_size: int | None,
     channels_last: bool,
     precision: str,
-    mark: Callable[[str], None],
+    on_step: Callable[[str], None] | None,
     caller: str,
 ) -> Iterator[torch.Tensor]:
     """uint8 clips ``(N, T, H, W, 3)`` as the model's inputs, ``batch_size`` at a time: each chunk
     copied to the model's device ("h2d"), normalised there and put in the layout asked
-    ("preprocess"). Shared by ``predict_clips`` and ``x3d.features.predict_clips_with_features``."""
+    ("preprocess"). ``run_forwards``' inputs for ``predict_clips`` and
+    ``x3d.features.predict_clips_with_features``."""
     check_precision(precision)
+    mark = on_step or (lambda name: None)
     device = model_device(model)
     data = torch.as_tensor(clips)
     if data.ndim != 5 or data.dtype != torch.uint8:

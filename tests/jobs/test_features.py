@@ -56,7 +56,7 @@ def test_layout_from_the_flags():
     assert feature_layout(FeatureOptions(), s) is None  # off by default
     on = feature_layout(FeatureOptions(save_features=True), s)
     assert on == FeatureLayout("backbone", "float16", 432) and on.bytes_per_video == 864
-    wide = feature_layout(FeatureOptions(save_features=True, features="pre_logits", features_dtype="float32"), m)
+    wide = feature_layout(FeatureOptions(save_features=True, feature_kind="pre_logits", features_dtype="float32"), m)
     assert wide == FeatureLayout("pre_logits", "float32", 2048) and wide.bytes_per_video == 8192
     assert wide.schema(PREDICTION_SCHEMA).field("features").type == pa.list_(pa.float32(), 2048)
     with pytest.raises(JobError, match="--backfill-features needs --save-features"):
@@ -159,11 +159,11 @@ def test_evaluate_rows_carry_the_vector(tmp_path):
     layout = FeatureLayout("backbone", "float32", 4)
     item = VideoItem(key="a.mp4", uri="a.mp4", label=1)
     ok = VideoOutcome(0, 0, item, DecodeResult(None, num_views=3), np.full(400, 1 / 400, np.float32), None,
-                      features=np.arange(4, dtype=np.float32))
+                      embedding=np.arange(4, dtype=np.float32))
     failed = VideoOutcome(0, 1, VideoItem(key="b.mp4", uri="b.mp4", label=2), DecodeResult("b.mp4: cannot decode"), None,
                           "b.mp4: cannot decode")
     classes = [str(i) for i in range(400)]
-    rows = [outcome_row(o, classes, save_probs=False, features=layout) for o in (ok, failed)]
+    rows = [outcome_row(o, classes, save_probs=False, layout=layout) for o in (ok, failed)]
     results.write_shard(out, 0, rows, layout.schema(PREDICTION_SCHEMA))
     table = results.read_predictions(out)
     assert table.schema == layout.schema(PREDICTION_SCHEMA)
@@ -272,7 +272,7 @@ def test_evaluate_run_saves_pre_logits_and_resume_holds_the_layout(tmp_path, ray
     def config(**kw) -> EvaluateConfig:
         spec = resolve_dataset(None, data_root=str(tmp_path / "videos"), ann_file=str(ann))
         return EvaluateConfig(dataset=spec, model="x3d_label_test", checkpoint=checkpoint, views=1, output=out, quiet=True,
-                              shard_size=2, save_features=True, features="pre_logits", features_dtype="float32", **kw)
+                              shard_size=2, save_features=True, feature_kind="pre_logits", features_dtype="float32", **kw)
 
     summary = run_evaluate(config())
     assert summary["num_ok"] == 3

@@ -9,7 +9,8 @@ import numpy as np
 
 import x3d
 from worker import decode_task
-from worker.decode_task import UNIT_RETIRING, UNIT_STARTED, DecodeResult, ModelSpec, decode_unit, rss_growth_mb
+from worker.decode_task import UNIT_RETIRING, UNIT_STARTED, decode_unit, rss_growth_mb
+from worker.spec import DecodeResult, ModelSpec
 from worker.items import VideoItem
 
 SPEC = ModelSpec(x3d.get_preset("x3d_s"), 1)

@@ -81,7 +81,7 @@ def test_a_large_call_holds_one_forward_of_clips_and_scores_as_one_pass(channels
     hook = runner.model.register_forward_pre_hook(lambda module, inputs: sizes.append(inputs[0].shape[0]))
     try:
         with seen:
-            chunked, _ = runner.score(payloads)
+            chunked = runner.score(payloads).probs
     finally:
         hook.remove()
     assert sizes == [4, 4, 4, 4, 4, 4, 3]
@@ -105,14 +105,15 @@ def test_features_come_from_the_same_bounded_forwards():
     proto = spec.test_protocol()
     state = presets.random_model(0).state_dict()
     payloads = _payloads(spec, 5)  # 15 clips
-    small = ModelRunner(spec, state, device="cpu", batch_size=FORWARD, features="backbone")
+    small = ModelRunner(spec, state, device="cpu", batch_size=FORWARD, feature_kind="backbone")
     seen = ClipTensors(proto.clip_len, proto.crop_size)
     with seen:
-        probs, vectors, _ = small.score_with_features(payloads)
+        scored = small.score(payloads)
+    probs, vectors = scored.probs, scored.embeddings
     assert seen.most == {"uint8": FORWARD, "normalised": FORWARD}
-    plain, _ = ModelRunner(spec, state, device="cpu", batch_size=FORWARD).score(payloads)
+    plain = ModelRunner(spec, state, device="cpu", batch_size=FORWARD).score(payloads).probs
     assert all(np.array_equal(a, b) for a, b in zip(probs, plain))
-    whole_probs, whole_vectors, _ = ModelRunner(spec, state, device="cpu", batch_size=15, features="backbone").score_with_features(payloads)
+    whole_vectors = ModelRunner(spec, state, device="cpu", batch_size=15, feature_kind="backbone").score(payloads).embeddings
     assert len(vectors) == 5 and all(v.dtype == np.float32 for v in vectors)
     for a, b in zip(vectors, whole_vectors):  # float noise of other batch shapes only
         assert np.abs(a - b).max() < 1e-5

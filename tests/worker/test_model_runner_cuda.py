@@ -19,7 +19,8 @@ import x3d
 from tests import presets
 from tests.cluster.evalset import tinted_frames
 from tests.videos import write_video
-from worker.decode_task import ModelSpec, decode_item
+from worker.decode_task import decode_item
+from worker.spec import ModelSpec
 from worker.items import VideoItem
 from worker.model_runner import ModelRunner
 
@@ -44,12 +45,13 @@ def payloads(tmp_path_factory) -> list:
 def test_gpu_scores_equal_the_cpu_path(payloads, options):
     spec = ModelSpec(presets.X3D_TEST, VIEWS)
     state = presets.random_model(0).state_dict()
-    cpu, _ = ModelRunner(spec, state, device="cpu").score(payloads)
+    cpu = ModelRunner(spec, state, device="cpu").score(payloads).probs
     gpu_runner = ModelRunner(spec, state, device="cuda", **options)
     assert gpu_runner.describe()["device"].startswith("cuda")
     mixed = [payloads[0], x3d.views.views_from_frames(*payloads[1], spec.test_protocol().view_plan(VIEWS)), *payloads[2:]]
     for batch in (payloads, mixed):
-        gpu, ms = gpu_runner.score(batch)
+        scored = gpu_runner.score(batch)
+        gpu, ms = scored.probs, scored.shares_ms
         assert len(gpu) == len(cpu) and all(m >= 0 for m in ms)
         for a, b in zip(cpu, gpu):
             assert b.dtype == np.float32 and np.abs(a - b).max() < 1e-4

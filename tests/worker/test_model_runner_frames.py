@@ -16,7 +16,8 @@ import x3d
 from tests import presets
 from tests.cluster.evalset import tinted_frames
 from tests.videos import write_video
-from worker.decode_task import ModelSpec, decode_item
+from worker.decode_task import decode_item
+from worker.spec import ModelSpec
 from worker.items import VideoItem
 from worker.model_runner import ModelRunner
 
@@ -37,9 +38,9 @@ def test_frames_and_views_give_identical_scores(tmp_path: Path) -> None:
         result, payload = decode_item(VideoItem(p.name, str(p), None), spec)
         assert result.error is None and result.num_views == VIEWS
         frames.append(payload)
-    from_views, _ = runner.score(views)
-    from_frames, _ = runner.score(frames)
-    mixed, _ = runner.score([frames[0], views[1], frames[2]])
+    from_views = runner.score(views).probs
+    from_frames = runner.score(frames).probs
+    mixed = runner.score([frames[0], views[1], frames[2]]).probs
     for a, b, c in zip(from_views, from_frames, mixed):
         assert a.dtype == np.float32 and a.shape == (len(presets.X3D_TEST.classes),)
         assert np.array_equal(a, b) and np.array_equal(a, c)

@@ -61,8 +61,8 @@ def test_tf32_only_for_the_tf32_precision(state, precision, allowed):
 
 def test_tf32_scores_as_fp32_on_a_cpu(state):
     batch = _payloads(_spec(), 2)
-    fp32, _ = ModelRunner(_spec("fp32"), state, device="cpu").score(batch)
-    tf32, _ = ModelRunner(_spec("tf32"), state, device="cpu").score(batch)
+    fp32 = ModelRunner(_spec("fp32"), state, device="cpu").score(batch).probs
+    tf32 = ModelRunner(_spec("tf32"), state, device="cpu").score(batch).probs
     assert all(np.array_equal(a, b) for a, b in zip(fp32, tf32))
 
 
@@ -101,11 +101,11 @@ def test_a_call_is_split_into_forwards_of_the_cap(state):
     handle = runner.model.register_forward_pre_hook(lambda module, inputs: sizes.append(inputs[0].shape[0]))
     batch = _payloads(_spec(), 3)  # 3 videos x 3 views = 9 clips
     try:
-        chunked, _ = runner.score(batch)
+        chunked = runner.score(batch).probs
     finally:
         handle.remove()
     assert sizes == [4, 4, 1]
-    whole, _ = ModelRunner(_spec(), state, device="cpu", batch_size=9).score(batch)
+    whole = ModelRunner(_spec(), state, device="cpu", batch_size=9).score(batch).probs
     assert all(np.abs(a - b).max() < 1e-5 for a, b in zip(whole, chunked))  # float noise of other batch shapes
 
 
@@ -127,25 +127,25 @@ class LoggedRunner(ModelRunner):
             self.second_prepared.set()
         return prepared
 
-    def _compute(self, prepared, timer):
+    def _forwards(self, prepared, timer):  # the part of a call that holds the runner's lock
         call = threading.current_thread().name
         self.log.append((call, "compute begins"))
         if call == "first":
             self.second_prepared.wait(30)
-        probs = super()._compute(prepared, timer)
+        out = super()._forwards(prepared, timer)
         self.log.append((call, "compute ends"))
-        return probs
+        return out
 
 
 def test_the_next_call_is_prepared_while_this_one_computes(state):
     runner = LoggedRunner(_spec(), state, device="cpu")
     calls = {"first": _payloads(_spec(), 2, seed=1), "second": _payloads(_spec(), 3, seed=2)}
-    alone = {name: ModelRunner(_spec(), state, device="cpu").score(batch)[0] for name, batch in calls.items()}
+    alone = {name: ModelRunner(_spec(), state, device="cpu").score(batch).probs for name, batch in calls.items()}
     results: dict[str, list] = {}
 
     def call():
         name = threading.current_thread().name
-        results[name] = runner.score(calls[name])[0]
+        results[name] = runner.score(calls[name]).probs
 
     first = threading.Thread(target=call, name="first")
     first.start()

@@ -61,6 +61,6 @@ def test_model_runner_folds_by_default_and_scores_as_the_unfolded_model(trained_
     assert folded.describe()["fold_bn"] is True and count_batchnorms(folded.model) == 0
     assert plain.describe()["fold_bn"] is False and count_batchnorms(plain.model) == 84
     views = [np.stack([oracle.scene_frames(4, 48, 64, seed)]) for seed in (21, 22)]
-    for a, b in zip(folded.score(views)[0], plain.score(views)[0]):
+    for a, b in zip(folded.score(views).probs, plain.score(views).probs):
         assert a.shape == (400,) and a.argmax() == b.argmax()
         assert np.abs(a - b).max() < 1e-5

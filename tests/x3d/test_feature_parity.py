@@ -142,8 +142,8 @@ def test_backbone_features_equal_mmaction_feature_extraction(model, videos, chec
             vector = extract_features(ours, videos[name], views=views)
             _compare(f"{model}/{kind} {views}v {name} video", theirs.mean(axis=0), vector, record_property)
             if kind == "real":  # the job's path: the runner, BatchNorm folded, frames shipped as the decode task does
-                runner = ModelRunner(ModelSpec(preset, views), ours.state_dict(), device="cpu", threads=1, features="backbone")
-                _, job_vectors, _ = runner.score_with_features([clips])
+                runner = ModelRunner(ModelSpec(preset, views), ours.state_dict(), device="cpu", threads=1, feature_kind="backbone")
+                job_vectors = runner.score([clips]).embeddings
                 _compare(f"{model}/{kind} {views}v {name} job", theirs.mean(axis=0), job_vectors[0], record_property)
             vectors.append(vector)
         if len(vectors) > 1:  # different videos, clearly different vectors: the comparison means something

@@ -12,7 +12,7 @@ from tests.videos import write_video
 from tests.x3d import mmaction_oracle as oracle
 from worker.spec import ModelSpec
 from worker.model_runner import ModelRunner
-from x3d.features import extract_features, feature_dim, fuse_features, predict_clips_with_features
+from x3d.features import extract_features, feature_dim, fuse_features, predict_clips_with_features, with_clip_features
 from x3d.views import prepare_frames
 
 VIEWS = 3  # one clip, three crops: views that differ, at a third of the cost
@@ -48,8 +48,8 @@ def test_forward_with_features_keeps_the_logits_and_pools_as_feature_head(tiny):
     with torch.inference_mode():
         logits = tiny(x)
         maps = tiny.backbone(x)
-        out_b, backbone = tiny.forward_with_features(x, "backbone")
-        out_p, hidden = tiny.forward_with_features(x, "pre_logits")
+        out_b, backbone = with_clip_features(tiny, "backbone")(x)
+        out_p, hidden = with_clip_features(tiny, "pre_logits")(x)
     assert torch.equal(out_b, logits) and torch.equal(out_p, logits)  # the scores do not move
     # FeatureHead (3D backbone): mean over H, W, then over T
     assert torch.equal(backbone, maps.mean(dim=[-2, -1]).mean(dim=2))
@@ -75,27 +75,29 @@ def test_extract_features_is_the_mean_over_views(tiny, video, kind):
 
 
 def test_runner_scores_unchanged_and_features_equal_the_library(tiny, video):
-    """``score`` keeps its return; ``score_with_features`` gives the same scores and, per video,
-    ``extract_features``' vector (BatchNorm folded in the runner: float tolerance), for both
-    payload forms the actor receives."""
+    """A runner with a feature kind gives the same scores and, per video, ``extract_features``'
+    embedding (BatchNorm folded in the runner: float tolerance), for both payload forms the
+    actor receives; one without gives no embeddings."""
     spec = ModelSpec(tiny.preset, VIEWS)
     state = tiny.state_dict()
     plain = ModelRunner(spec, state, device="cpu", threads=1)
-    featured = ModelRunner(spec, state, device="cpu", threads=1, features="backbone")
-    assert plain.features is None and featured.features == "backbone"
+    featured = ModelRunner(spec, state, device="cpu", threads=1, feature_kind="backbone")
+    assert plain.feature_kind is None and featured.feature_kind == "backbone"
     views = x3d.prepare_views(video, tiny.preset, VIEWS).views
     shipped = prepare_frames(video, tiny.preset, VIEWS)
     payloads = [views, (shipped.frames, shipped.inverse), views[:, :, ::-1].copy()]  # the last one: another video
-    probs, ms = plain.score(payloads)
-    probs2, vectors, ms2 = featured.score_with_features(payloads)
-    assert len(probs) == len(vectors) == len(ms2) == 3
+    scored = plain.score(payloads)
+    probs = scored.probs
+    with_vectors = featured.score(payloads)
+    probs2, vectors = with_vectors.probs, with_vectors.embeddings
+    assert len(probs) == len(vectors) == len(with_vectors.shares_ms) == 3
     for a, b in zip(probs, probs2):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     expected = extract_features(tiny, video, views=VIEWS)
     for vector in vectors[:2]:
         np.testing.assert_allclose(vector, expected, rtol=0, atol=1e-4)
     assert np.abs(vectors[2] - expected).max() > 1e-3
-    probs3, _ = featured.score(payloads)  # outside score_with_features: scores only, as before
-    np.testing.assert_allclose(probs3[0], probs[0], rtol=0, atol=1e-6)
-    with pytest.raises(ValueError, match="without features"):
-        plain.score_with_features(payloads)
+    assert scored.embeddings is None
+    assert featured.score([]).embeddings == [] and plain.score([]).embeddings is None
+    with pytest.raises(ValueError, match="features must be one of"):
+        ModelRunner(spec, state, device="cpu", threads=1, feature_kind="neck")
