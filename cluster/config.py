@@ -148,8 +148,8 @@ class PipelineConfig:
     # A decode worker whose private RSS has grown this much since its first group (decord leaks)
     # is recycled: it stops its unit after the group that shows it and refuses the next, which
     # the driver cancels (killing it); the videos it did not reach go to another unit. Measured
-    # growth, not a count: a worker start costs ~0.5-1 s of CPU, which a count paid whether or not anything leaked (bench/RESULTS.md,
-    # "Pipeline ceiling"). 0 turns it off.
+    # growth, not a count: a worker start costs CPU, which a count paid whether or not anything
+    # leaked (bench/RESULTS.md, "Pipeline ceiling again"). 0 turns it off.
     recycle_rss_mb: float = 1024.0
     # A backstop besides: Ray ends a worker after about this many videos (whole units), leak or not.
     max_decode_calls: int = 65536

@@ -156,8 +156,8 @@ def _reap(processes: list[tuple[int, int]], wait_s: float = REAP_WAIT_S) -> None
 
 #: Ray's raylet ends a worker that has been idle for 1 s whenever the node runs more workers than
 #: it has CPUs. On a node where the model is the bottleneck, a decode slot idles for seconds
-#: between videos, so every decode started a new worker process: ~1.5-2 s of CPU per video on
-#: a 2-core machine, more than the decode itself (bench/RESULTS.md, "Decode worker churn").
+#: between videos, so every decode started a new worker process, which cost more CPU than the
+#: decode itself (bench/RESULTS.md, "Decode worker churn").
 #: Workers are still recycled when their memory grows (``recycle_rss_mb``), and stop with the run. Clusters
 #: started with ``ray start`` get the same setting from the environment variable
 #: ``RAY_idle_worker_killing_time_threshold_ms`` (cluster/ launch files set it).
@@ -185,10 +185,9 @@ def _driver_runtime_env() -> dict | None:
 
 #: OpenMP threads that wait for work sleep instead of spinning. A model actor's threads share
 #: their cores with the decode slot, the driver and whatever else runs on the node; spinning
-#: threads then burn the time slices the thread holding the work needs. Beside a CPU hog on 2
-#: cores one X3D-S forward took 1.9 s spinning and 0.31 s passive (0.93 s with 1 thread); alone
-#: passive costs ~10-15% per forward, and inside the job, where the cores are always shared, it
-#: measured within noise (bench/RESULTS.md, "CPU job beside other load"). A value the user
+#: threads then burn the time slices the thread holding the work needs. Passive waiting costs a
+#: little on idle cores, which a job's never are, and saves the job from collapsing beside
+#: other load (bench/RESULTS.md, "OpenMP threads that sleep while they wait"). A value the user
 #: exports is passed on instead.
 OMP_WAIT_POLICY = "PASSIVE"
 

@@ -165,8 +165,9 @@ class Scheduler:
         self.in_flight = 0  # videos of unsettled units, less those settled
         # How long groups wait for a full call while units still run: two ``group_ms`` (40 ms on
         # CPU; 4 s on a GPU cluster, where a group itself gathers for up to 2 s). The driver's
-        # CPU is paid per call (bench/RESULTS.md, "Driver CPU per video"); a hung video's group
-        # still leaves within this wait, long before the decode deadline.
+        # CPU is paid per call (bench/RESULTS.md, "Driver CPU per video after the scheduler
+        # rewrite"); a hung video's group still leaves within this wait, long before the decode
+        # deadline.
         self.hold_s = max(0.05, 2 * config.group_ms / 1000.0)
         self._next_id = 0
         self._decisions: list[Any] = []

@@ -79,11 +79,10 @@ def size_pipeline(
         concurrency = GPU_ACTOR_CONCURRENCY
         decode_slots = max(1, int(shape.cpus - actors * actor_cpus))
     else:
-        # On CPU the forward dwarfs the decode (X3D-S, 30 views, 2 cores: ~2.8 s of model and
-        # 0.08 s of decode per video), and X3D's forward gains more than 2x from a second
-        # thread. So each actor's threads take its node's cores, and one decode slot per actor
-        # holds half a CPU: it runs beside the model, not in place of one of its threads
-        # (3.1x the videos/s of an even split on 2 cores; bench/RESULTS.md).
+        # On CPU the forward dwarfs the decode and speeds up with every thread it gets. So each
+        # actor's threads take its node's cores, and one decode slot per actor holds half a CPU:
+        # it runs beside the model, not in place of one of its threads (bench/RESULTS.md,
+        # "The CPU fast path").
         actors = num_actors or 1
         per_node = math.ceil(actors / max(shape.cpu_nodes, 1))
         actor_threads = max(1, int(shape.node_cpus // per_node))
@@ -126,8 +125,8 @@ def size_pipeline(
 
 
 #: CPUs (and torch threads) of a GPU model actor: one thread prepares the next call (pinning a
-#: call's frames is a host copy of ~15 MB per video) while another launches the current one's
-#: forwards and waits for its results.
+#: call's frames is a host copy of every video's frames) while another launches the current
+#: one's forwards and waits for its results.
 GPU_ACTOR_CPUS = 2.0
 
 #: Calls a GPU model actor runs at once (Ray's max_concurrency): the one whose forwards run and
@@ -136,34 +135,33 @@ GPU_ACTOR_CONCURRENCY = 2
 
 
 #: Clips per decode group on a GPU cluster: what a decode worker holds while its group fills
-#: (X3D-S at 256 clips: ~330 MB of uint8 frames) and what the driver reads as one stream item.
+#: and what the driver reads as one stream item.
 GPU_CLIPS_PER_GROUP = 256
 
 #: Input voxels (clip frames x crop pixels) an actor call on a GPU may hold: X3D-M's 256 clips of
 #: 16x256x256, ~3.2 GB once normalised to fp32 on the device. A model with smaller clips takes
 #: more groups per call (X3D-S: 2, ~2.6 GB), up to ``GPU_MAX_GROUPS_PER_CALL``: the driver pays
-#: per call as well as per group, and calls of two X3D-S groups cost it ~10% less CPU per video
-#: (bench/RESULTS.md, "calls of two groups, a longer wake-up"). Not yet measured on a GPU.
+#: per call as well as per group, so fewer calls cost it less CPU per video (bench/RESULTS.md,
+#: "Driver CPU per video: calls of two groups"). Not yet measured on a GPU.
 GPU_CALL_VOXELS = 256 * 16 * 256 * 256
 GPU_MAX_GROUPS_PER_CALL = 2
 
 
 # On a GPU cluster the driver, not the model, sets the ceiling: its CPU is paid per event (a
-# unit's start and end, a group's stream item, an actor call and its reply, a wake-up; about
-# 0.3-1.2 ms each with Ray's own threads), hardly per video. So GPU pipelines make the events
-# few and large (bench/RESULTS.md, "Driver CPU per video"); CPU jobs keep the small ones, as
-# their model sets the pace.
+# unit's start and end, a group's stream item, an actor call and its reply, a wake-up), hardly
+# per video. So GPU pipelines make the events few and large (bench/RESULTS.md, "Driver CPU per
+# video with few, large events"); CPU jobs keep the small ones, as their model sets the pace.
 
 #: How long a decode unit gathers videos into one group on a GPU cluster (ms), at most: a group
 #: also closes once it holds ``GPU_CLIPS_PER_GROUP`` clips' worth of videos
-#: (``PipelineConfig.group_videos``), so at a real decode's pace (75 ms for a 340x256 clip) it
-#: closes full. The price is memory: a decode worker holds up to a group's frames while it fills
-#: (256 clips of 340x256 video: ~320 MB for X3D-S, ~700 MB for X3D-M), and a crash sends them to
-#: a careful unit.
+#: (``PipelineConfig.group_videos``), so at a real decode's pace it closes full. The price is
+#: memory: a decode worker holds up to a group's frames while it fills, and a crash sends them
+#: to a careful unit (both in bench/RESULTS.md, "Driver CPU per video with few, large events").
 GPU_GROUP_MS = 2000.0
 
-#: Groups' worth of videos per decode unit on a GPU cluster: a unit's start, header and end
-#: cost the driver about 1.2 ms, paid once per 100 X3D-S videos (10 views).
+#: Groups' worth of videos per decode unit on a GPU cluster: a unit's start, header and end are
+#: the driver's dearest events, so a unit carries several groups (bench/RESULTS.md, "Driver CPU
+#: per video with few, large events").
 GPU_GROUPS_PER_UNIT = 4
 
 #: How often the driver wakes at most on a GPU cluster (ms) while groups wait for an actor:
@@ -180,7 +178,7 @@ GPU_CALLS_PER_ACTOR = 4
 #: How often the driver wakes at most on a GPU cluster (ms) while no group waits for an actor:
 #: the decode sets the pace (as on a node whose GPU outruns its CPUs), so a group that arrives
 #: meanwhile waits at most this long and no actor waits for it. A wake-up costs the driver
-#: ~0.3-0.5 ms of CPU whatever it finds (~10% of its CPU per video at 200 videos/s).
+#: CPU whatever it finds (bench/RESULTS.md, "Driver CPU per video: calls of two groups").
 GPU_DECODE_BOUND_WAKE_MS = 250.0
 
 

@@ -3,7 +3,7 @@
 Deciding "already done / retry / give up" for a listed video needs, per (model, checkpoint,
 views, uri, version): did any attempt succeed, and how many attempts were made. Reading every
 earlier label row into Python for that costs time and memory in proportion to the history
-(27 s and 1.4 GB at a million rows). Instead each output keeps an index under
+(bench/RESULTS.md, "Label bookkeeping at scale"). Instead each output keeps an index under
 ``<output>/label_index/``::
 
     CURRENT.json          which segments make up the index and which runs it covers

@@ -46,7 +46,8 @@ def cpu_has_bf16(cpuinfo: str | None = None) -> bool | None:
 
 def bf16_cpu_warning(precision: str, actor_gpus: float, cpuinfo: str | None = None) -> str | None:
     """One line for stderr when ``--precision bf16`` is about to run on CPU model actors of a
-    CPU without bf16 units: autocast then emulates it, 3-5x slower than fp32 (bench/RESULTS.md).
+    CPU without bf16 units: autocast then emulates it, several times slower than fp32
+    (bench/RESULTS.md, "bf16 autocast vs fp32").
     The driver's CPU stands for the actors' (the same on a local Ray; one image on a cluster)."""
     if precision != "bf16" or actor_gpus > 0 or cpu_has_bf16(cpuinfo) is not False:
         return None

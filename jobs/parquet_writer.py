@@ -58,8 +58,8 @@ def write_table(
     return rows, buffer.size
 
 
-#: columns of distinct floats, for which a dictionary only adds bytes (a 256-row shard's
-#: 432-d float32 vectors fit one dictionary page: 1.6x the plain bytes; 1.04x at float16)
+#: columns of distinct floats, for which a dictionary only adds bytes: a shard's distinct
+#: values all go into one dictionary page (bench/RESULTS.md, "Feature vectors")
 _NO_DICTIONARY = ("features",)
 
 

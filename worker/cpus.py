@@ -2,8 +2,9 @@
 
 torch (and OpenMP) size their pools to the node's cores, not to what the process may use. In a
 container with a CPU limit on a big node, or a process pinned with ``taskset``/``cpuset``, that
-is many threads on few CPUs: they wait on each other at every barrier, and one X3D forward went
-from 43 ms with 1 thread to 723 ms with 2 threads beside a busy core (issue #17). So a worker
+is many threads on few CPUs: they wait on each other at every barrier, and a forward with more
+threads than CPUs runs many times slower than with one (bench/RESULTS.md, "Figures once quoted
+in code comments"). So a worker
 sizes its threads to the smallest of what the scheduler gave it (Ray's assignment, passed in:
 this layer does not import Ray), the CPUs it may run on (``os.sched_getaffinity``) and its
 cgroup's CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``/``cpu.cfs_period_us``).

@@ -45,7 +45,8 @@ def private_rss_mb() -> float:
     elsewhere the peak RSS, which only grows, so a leak still shows).
 
     Shared pages are left out because a Ray worker's RSS counts the object-store pages it has
-    written: a decode worker that ships 17 MB per video would look like it leaks 17 MB a video.
+    written: a decode worker would look like it leaks every video's frames it ships
+    (bench/RESULTS.md, "Pipeline ceiling again").
     """
     try:
         with open("/proc/self/statm", "rb") as f:

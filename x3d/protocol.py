@@ -8,8 +8,9 @@ rules are MMAction2's test pipeline (1.2.0's, and 0.x's where it differs: ``Samp
 tests/x3d/test_parity.py runs MMAction2 itself against each step.
 
 torch is imported only inside the functions that run on tensors (``resize_frames_exact``,
-``gather_views``, ``normalize``, ``fuse_views``): sampling, the OpenCV resize and the crops are what a decode
-worker runs, and such a process starts ~2 s faster and ~220 MB lighter without torch.
+``gather_views``, ``normalize``, ``fuse_views``): sampling, the OpenCV resize and the crops are
+what a decode worker runs, and such a process starts faster and lighter without torch
+(bench/RESULTS.md, "Decode workers without torch").
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ destroys the motion.
 
 Needs numpy and PyAV (``av``) to write the videos; reading them back is decord's job as usual.
 
-Why one module of ~530 lines: the dataset is one generator (classes, tracks, painting,
+Why one module: the dataset is one generator (classes, tracks, painting,
 encoding, the cached split on disk) whose parts only make sense together, and the bytes it
 writes are pinned by ``VERSION``; splitting it would spread one recipe over several files.
 """

@@ -29,7 +29,7 @@ Design choices, and why:
 * Every failure is a `StorageError` whose message is one line a user can act on
   ("s3://bkt/key: no such key"). Messages never carry credentials or botocore tracebacks.
 
-Why one module of ~820 lines: the point of it is that local-or-S3 is decided in exactly one
+Why one module: the point of it is that local-or-S3 is decided in exactly one
 place, and its sections (addressing, client, errors, damaged answers, reading, listing,
 writing, deleting) share the private error and retry helpers; split, each half would need the
 other's.

@@ -2,8 +2,8 @@
 
 Kept apart from ``predict`` because it needs no torch: a process that only decodes (the Ray
 job's decode workers, each replaced when its memory has grown ``recycle_rss_mb`` to shed
-decord's leaks: ``cluster.config``) then starts without loading torch, which costs ~2 s of CPU
-and ~220 MB of memory per worker start.
+decord's leaks: ``cluster.config``) then starts without loading torch, which would cost CPU
+and memory at every worker start (bench/RESULTS.md, "Decode workers without torch").
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ class PreparedFrames:
 
     ``frames`` are cut to the box the crops cover (``trim_to_crops``). This is what the Ray job
     ships from a decode task to a model actor: overlapping clips share frames and the three crops
-    of a frame overlap, so it is ~44% of the views' bytes for X3D-S at 30 views on 340x256 video; the gather and crops (``views_from_frames`` here, its torch twin
-    ``x3d.protocol.gather_views`` on the model's device) are pure indexing, so the views are
-    the same bytes either way.
+    of a frame overlap, so at 30 views it is well under the views' bytes (bench/RESULTS.md,
+    "Pipeline ceiling, units of many videos"). The gather and crops (``views_from_frames`` here,
+    its torch twin ``x3d.protocol.gather_views`` on the model's device) are pure indexing, so
+    the views are the same bytes either way.
     """
 
     frames: np.ndarray
