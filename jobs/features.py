@@ -26,7 +26,7 @@ from x3d import storage
 
 __all__ = ["FEATURE_DTYPES", "FeatureLayout", "FeatureOptions", "claim_layout", "feature_layout", "feature_matrix", "read_layout", "vector_values"]
 
-#: what ``--features-dtype`` may be: float16 halves the bytes (cosine similarities move by <1e-4)
+#: what ``--features-dtype`` may be: float16 halves the bytes (what it costs: docs/embeddings.md)
 FEATURE_DTYPES = {"float16": pa.float16(), "float32": pa.float32()}
 _LAYOUT_FILE = "features.json"
 

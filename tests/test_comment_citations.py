@@ -26,12 +26,6 @@ WHOLE_FILE = {
     "docs/benchmark.md": ("Measurements taken with it",),
 }
 
-#: Citations in files another change is rewriting, left to it: (file, the text right after the
-#: mention). An entry stops matching once that text changes, so a new bad citation still fails.
-PENDING = {
-    ("worker/model_runner.py", ": X3D-S 2 clips per forward"),
-}
-
 _MENTION = re.compile(r"\[[^\]]*\]\(([^)\s]*bench/RESULTS\.md[^)\s]*)\)|bench/RESULTS\.md")
 _SECTION = re.compile(r'[^".]{0,40}?"([^"]+)"')
 
@@ -73,8 +67,6 @@ def citations(rel: str, text: str) -> list[tuple[str, str | None]]:
             continue  # a link to an anchor: tests/test_docs.py checks it resolves
         before, after = flat[max(0, m.start() - 200):m.start()], flat[m.end():m.end() + 200]
         if any(phrase in before + after for phrase in WHOLE_FILE.get(rel, ())):
-            continue
-        if any(rel == file and after.startswith(start) for file, start in PENDING):
             continue
         section = _SECTION.match(after)
         found.append((after[:60], section.group(1) if section else None))

@@ -4,8 +4,9 @@ worker receives.
 ``decode_unit`` is what a decode task executes (``decode_item`` per video) and ``worker.model_runner.ModelRunner`` what a model
 actor does; both are plain Python, so tests and notebooks can call them directly and the Ray
 layer (``cluster/pipeline.py``) only decides where and when they run. Nothing here imports Ray
-or torch: decode workers are recycled when their memory grows (decord leaks), and each start
-that loads torch cost ~2 s of CPU and ~220 MB (bench/RESULTS.md, "Decode workers without torch").
+or torch: decode workers are recycled when their memory grows (decord leaks), and a start that
+loads torch costs more CPU and memory than the decoding it serves (bench/RESULTS.md, "Decode
+workers without torch").
 """
 
 from __future__ import annotations
@@ -85,13 +86,13 @@ def rss_growth_mb(held_mb: float = 0.0) -> float:
     (the group about to be sent), has grown since it sent its first group.
 
     decord leaks on some files and FFmpeg's buffers fragment the heap, so a long-lived decode
-    worker may creep up; a fixed recycling count paid a worker start (~0.5-1 s of CPU) every
-    N videos whether or not anything leaked, 5x the no-op pipeline's time (bench/RESULTS.md,
-    "Pipeline ceiling"). Measured growth recycles only the workers that need it. The reading
+    worker may creep up; a fixed recycling count paid a worker start every N videos whether or
+    not anything leaked (bench/RESULTS.md, "Pipeline ceiling again"). Measured growth recycles
+    only the workers that need it. The reading
     when the first group is sent (a video or more decoded) is the baseline, so the decoder's own
     buffers count as the worker's size, not as growth; the frames held are left out of both
-    readings, so a group larger than the first (groups close by time or at 256 clips' worth, up
-    to ~320 MB for X3D-S at 10 views) is not taken for a leak.
+    readings, so a group larger than the first (groups close by time or at 256 clips' worth)
+    is not taken for a leak.
     """
     global _baseline_rss_mb
     now = private_rss_mb() - held_mb

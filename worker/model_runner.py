@@ -26,9 +26,8 @@ from x3d.protocol import fuse_views, gather_views, normalize
 __all__ = ["CPU_VOXELS_PER_FORWARD", "CallScores", "ModelRunner", "Prepared", "cpu_batch_size", "plan_forwards"]
 
 
-#: On CPUs X3D is fastest when a forward is a couple of X3D-S clips, not all 30 views: its
-#: activations then stay close to the cores (bench/RESULTS.md: X3D-S 2 clips per forward 2.6x
-#: faster than 30, X3D-M best at 1, x3d_tiny best with all its views at once).
+#: On CPUs X3D is fastest when a forward is a couple of clips, not all its views: its
+#: activations then stay close to the cores (bench/RESULTS.md, "The CPU fast path").
 CPU_VOXELS_PER_FORWARD = 900_000
 
 
@@ -114,8 +113,8 @@ class ModelRunner:
             torch.set_num_threads(threads)
         self.spec = spec
         check_precision(spec.precision)
-        # fp32 means fp32 on a GPU too: cuDNN's default TF32 moved fused probabilities by up to
-        # 6.8e-3 on the test model; only the "tf32" precision allows it. Process-wide switches.
+        # fp32 means fp32 on a GPU too (cuDNN's default TF32 moves the fused probabilities off
+        # MMAction2's): only the "tf32" precision allows it. Process-wide switches.
         set_tf32_for(spec.precision)
         self.protocol = spec.test_protocol()
         self.plan = spec.view_plan
@@ -125,12 +124,13 @@ class ModelRunner:
             torch.backends.cudnn.benchmark = cudnn_benchmark
         model = x3d.build_model(spec.preset)
         model.load_state_dict(dict(state_dict), strict=True)
-        # BatchNorm folded into the convs: the same scores to ~1e-7 in fewer passes over
-        # memory, which is what bounds X3D's speed (bench/RESULTS.md, "BatchNorm folding").
+        # BatchNorm folded into the convs: the same scores to float tolerance in fewer passes
+        # over memory, which is what bounds X3D's speed (bench/RESULTS.md, "The CPU fast path").
         self.fold_bn = fold_bn
         if fold_bn:
             model = fold_batchnorm(model)
-        # CPUs run channels_last_3d (measured faster); on a GPU NCDHW is the default until the
+        # CPUs run channels_last_3d (faster: bench/RESULTS.md, "X3D forward: batch size on CPU");
+        # on a GPU NCDHW is the default until the
         # device sweep (bench/gpu_sweep.py) measures both. Either way the conv input is made to
         # match (x3d.predict.to_layout): normalisation alone leaves channels_last_3d strides.
         self.channels_last = not cuda if channels_last is None else channels_last

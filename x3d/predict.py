@@ -55,8 +55,8 @@ def autocast_for(device: torch.device, precision: str = "fp32") -> contextlib.Ab
 def set_tf32_for(precision: str) -> None:
     """CUDA's TF32 switches for a precision: allowed only for ``tf32``.
 
-    cuDNN convolutions use TF32 by default, which moves fused probabilities by ~1e-3 against the
-    fp32 reference, so fp32 (and bf16, whose float32 parts are then float32) turn it off. The
+    cuDNN convolutions use TF32 by default, which moves fused probabilities off the fp32
+    reference, so fp32 (and bf16, whose float32 parts are then float32) turn it off. The
     switches are process-wide: a process runs one model actor (the sweep sets them per cell).
     The legacy flags, because reading them after the new ``fp32_precision`` API has set only
     some raises in torch >= 2.9.
