@@ -66,3 +66,18 @@ def test_the_check_sees_imports_inside_functions(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from jobs import evaluate\n    import ray\n    from . import views\n")
     assert [name for _, name in _imports(probe, package="x3d")] == ["jobs", "ray", "x3d"]
+
+
+#: modules of plain data and decisions that every layer imports: they must not pull in Ray or
+#: torch (a decode worker never loads torch; the driver's checks answer before either starts)
+PLAIN = ("worker.spec", "worker.decode_task", "cluster.config", "cluster.scheduler", "cluster.sizing", "jobs.results", "jobs.cli")
+
+
+@pytest.mark.parametrize("module", PLAIN)
+def test_plain_modules_import_neither_ray_nor_torch(module: str) -> None:
+    import subprocess
+    import sys
+
+    probe = f"import sys, {module}; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"{module} imports {out.strip()}"
