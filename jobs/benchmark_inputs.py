@@ -14,7 +14,7 @@ import numpy as np
 
 from jobs.datasets import DatasetSpec, iter_items
 from jobs.errors import JobError
-from worker.spec import DecodeResult, ModelSpec
+from worker.spec import DecodeResult, ModelSpec, views_in
 from worker.items import VideoItem
 from worker.stages import STAGES, maxrss_mb
 from x3d.protocol import resized_size
@@ -45,10 +45,11 @@ def synthetic_decode(item: VideoItem, spec: ModelSpec, timed: bool = False) -> t
     if shape not in _BLANK:  # cut to the crops' box, as the real decode ships them
         _BLANK[shape] = trim_to_crops(np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8), plan)
     inverse = np.arange(frames).reshape(plan.num_clips, proto.clip_len)
-    result = DecodeResult(error=None, num_views=plan.views, payload_bytes=int(_BLANK[shape].nbytes + inverse.nbytes))
+    payload = (_BLANK[shape], inverse)
+    result = DecodeResult(error=None, num_views=views_in(payload, plan), payload_bytes=int(_BLANK[shape].nbytes + inverse.nbytes))
     if timed:
         result.stages, result.rss_mb = dict.fromkeys(STAGES, 0.0), maxrss_mb()
-    return result, (_BLANK[shape], inverse)
+    return result, payload
 
 
 class VideoStream:
