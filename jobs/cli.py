@@ -214,7 +214,7 @@ FLAGS: tuple[Flag, ...] = (
          options={"type": _positive_int}),
     Flag(("--actors-per-gpu",), "cluster", "model actors sharing each GPU (each holds 1/N of it); measure it with benchmark",
          default=1, options={"type": _positive_int}),
-    Flag(("--batch-size",), "cluster", "clips per forward pass", shown="sized for the device", options={"type": _positive_int}),
+    Flag(("--batch-size",), "cluster", "clips per forward pass; given, also the most an actor call and a decode group hold", shown="sized for the device", options={"type": _positive_int}),
     Flag(("--decode-timeout",), "cluster", "seconds before a hung decode becomes an error row", default=300.0,
          options={"type": _positive_seconds}),
     Flag(("--quiet",), "cluster", "no progress output", default=False, options={"action": "store_true"}),
