@@ -73,7 +73,7 @@ def _label_output(folder: Path, preset: str, kind: str) -> int:
 
     Videos a, b, c labelled without features, then backfilled with them (c's vector is a's: a
     duplicate), d new with one; then b's next attempt failed (no vector, an error)."""
-    layout = feature_layout(FeatureOptions(save_features=True, features=kind), x3d.get_preset(preset))
+    layout = feature_layout(FeatureOptions(save_features=True, feature_kind=kind), x3d.get_preset(preset))
     output = str(folder)
     write_run(output, RUN_PLAIN, [row(VIDEO.format(v), "v1", 1, RUN_PLAIN) for v in "abc"])
     claim_layout(output, layout)
