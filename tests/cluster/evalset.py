@@ -150,20 +150,10 @@ def expected_accuracy(rows: list[tuple[int, list[int] | None]]) -> dict[str, flo
 
 
 def session_pids(sid: int) -> list[int]:
-    """Live processes of session ``sid`` (a process started with ``start_new_session=True``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    """Live (non-zombie) processes of session ``sid`` (a process started with ``start_new_session=True``)."""
+    from cluster.runtime import process_stats  # here: the worker tests that use this module need no Ray
+
+    return [p.pid for p in process_stats() if p.session == sid and p.state != "Z"]
 
 
 def wait_session_gone(sid: int, timeout_s: float = 30.0) -> list[int]:
