@@ -18,6 +18,7 @@ Also here: the accuracy arithmetic the tests use to check ``summary.json`` witho
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import x3d
 from tests import presets, videos
@@ -144,6 +146,36 @@ def expected_accuracy(rows: list[tuple[int, list[int] | None]]) -> dict[str, flo
         hits = sum(1 for _, top in truth if top and top[0] == c)
         recalls.append(hits / len(truth) if truth else 0.0)
     return {"top1": top1, "top5": top5, "mean_class": sum(recalls) / len(recalls)}
+
+
+#: summary.json's accuracy keys: scored videos only, then failures counted as misses
+ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", "top5_acc_with_failures",
+            "mean_class_acc_with_failures")
+
+
+def assert_rows_scored(ev: EvalSet, rows: dict[str, list], names: list[str], origin: dict[str, str] | None = None) -> None:
+    """``rows`` (prediction columns) are one per name of ``names``, in that order, each scored with
+    the reference scores of its video in ``ev`` (``origin[name]``, else ``name`` itself)."""
+    refs = [origin[n] for n in names] if origin is not None else names
+    assert [v for v, n in collections.Counter(rows["video"]).items() if n != 1] == []  # no video twice
+    assert rows["video"] == names  # and none missing, in list order (shard order)
+    assert rows["label"] == [ev.labels[r] for r in refs]
+    for i, (name, ref) in enumerate(zip(names, refs)):
+        assert rows["error"][i] is None, (name, rows["error"][i])
+        assert np.abs(np.asarray(rows["probs"][i], dtype=np.float32) - ev.probs[ref]).max() < PROB_TOL, name
+        assert rows["pred"][i] == ev.pred(ref)
+        assert rows["topk_classes"][i] == ev.topk(ref)
+        assert rows["num_views"][i] == VIEWS
+
+
+def assert_summary_all_scored(ev: EvalSet, summary: dict, refs: list[str]) -> None:
+    """``summary`` (summary.json) counts the videos ``refs`` of ``ev`` all scored, with the accuracy
+    their labels give."""
+    n = len(refs)
+    assert (summary["num_videos"], summary["num_ok"], summary["num_failed"]) == (n, n, 0)
+    expected = expected_accuracy([(ev.labels[r], ev.topk(r)) for r in refs])
+    for key in ("top1", "top5", "mean_class"):
+        assert summary[f"{key}_acc"] == pytest.approx(expected[key]), key
 
 
 # ----------------------------------------------------------------------------- processes
