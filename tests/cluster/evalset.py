@@ -13,7 +13,8 @@ Built once per test session (``build_evalset`` is memoised by folder) and shared
   mean-class accuracy are all strictly between 0 and 1.
 
 Also here: the accuracy arithmetic the tests use to check ``summary.json`` without
-``jobs.metrics``, and helpers to watch and kill the process sessions the tests start.
+``jobs.metrics``, the checks of a run's rows and summary against the references, and helpers
+to watch and kill the process sessions the tests start.
 """
 
 from __future__ import annotations
