@@ -19,8 +19,8 @@ from cluster.config import PipelineConfig
 from cluster.sizing import ClusterShape, share_of, size_pipeline
 from worker.spec import ModelSpec
 
-__all__ = ["GPUS_ENV", "ClusterError", "ClusterShape", "connect", "cluster_shape", "gpus_wanted", "pipeline_config_for",
-           "start_cluster", "stop_cluster"]
+__all__ = ["GPUS_ENV", "ClusterError", "ClusterShape", "ProcessStat", "connect", "cluster_shape", "gpus_wanted",
+           "pipeline_config_for", "process_stats", "start_cluster", "stop_cluster"]
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -97,16 +97,24 @@ _STARTED: list[tuple[int, int]] = []
 REAP_WAIT_S = 5.0  # what ray.shutdown's own stop gets before the run's leftovers are killed
 
 
-def _process_table() -> dict:
-    """Linux's process table from /proc: ``children`` (pid -> child pids) and ``start`` (pid ->
-    start time in clock ticks, which tells a process from a later one that reuses its pid).
-    Empty where there is no /proc."""
-    children: dict[int, list[int]] = {}
-    start: dict[int, int] = {}
+@dataclasses.dataclass(frozen=True)
+class ProcessStat:
+    """The fields of one process's ``/proc/<pid>/stat`` that the clean-ups read."""
+
+    pid: int
+    state: str  # "Z": exited, not yet waited for by its parent
+    ppid: int
+    session: int
+    start: int  # start time in clock ticks: tells a process from a later one that reuses its pid
+
+
+def process_stats() -> list[ProcessStat]:
+    """Every process in Linux's /proc now, zombies included; empty where there is no /proc."""
     try:
         names = os.listdir("/proc")
     except OSError:
-        return {}
+        return []
+    stats = []
     for name in names:
         if not name.isdigit():
             continue
@@ -115,10 +123,20 @@ def _process_table() -> dict:
                 fields = f.read().rsplit(b")", 1)[1].split()  # after "(comm)", which may hold spaces
         except OSError:
             continue  # gone meanwhile
-        pid = int(name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        start[pid] = int(fields[19])
-    return {"children": children, "start": start}
+        stats.append(ProcessStat(int(name), fields[0].decode(), int(fields[1]), int(fields[3]), int(fields[19])))
+    return stats
+
+
+def _process_table() -> dict:
+    """The process table: ``children`` (pid -> child pids) and ``start`` (pid -> start time).
+    Empty where there is no /proc."""
+    stats = process_stats()
+    if not stats:
+        return {}
+    children: dict[int, list[int]] = {}
+    for p in stats:
+        children.setdefault(p.ppid, []).append(p.pid)
+    return {"children": children, "start": {p.pid: p.start for p in stats}}
 
 
 def _run_processes() -> list[tuple[int, int]]:

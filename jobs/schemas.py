@@ -41,6 +41,42 @@ def _schema(columns: tuple[Column, ...]) -> pa.Schema:
     return pa.schema([pa.field(c.name, c.type, nullable=c.nullable, metadata={"doc": c.meaning}) for c in columns])
 
 
+@dataclass(frozen=True)
+class Key:
+    """One key of a JSON file a job writes: its JSON type and what it means."""
+
+    name: str
+    type: str
+    meaning: str
+
+
+#: keys that mean the same in every JSON file they stand in (and in the label rows' columns of
+#: the same name); a file's key table names them by a string
+_SHARED_KEYS = {k.name: k for k in (
+    Key("model", "string", "model preset"),
+    Key("views", "int", "test views fused per video"),
+    Key("protocol", "string", "test protocol"),
+    Key("precision", "string", "`fp32`, `bf16` or `tf32`"),
+    Key("checkpoint_sha256", "string", "sha256 of the checkpoint file"),
+)}
+
+
+def _keys(*keys: Key | str) -> tuple[Key, ...]:
+    """A JSON file's keys in order, a name standing for the shared key of that name."""
+    return tuple(_SHARED_KEYS[k] if isinstance(k, str) else k for k in keys)
+
+
+#: how a video was scored: the last columns of both tables, the same in each
+_SCORING_COLUMNS = (
+    Column("decode_ms", pa.float32(), False, "wall time spent reading and decoding the video"),
+    Column("infer_ms", pa.float32(), False, "this video's share of the model's forward time (0 on error)"),
+    Column("worker", pa.string(), False, "`host:pid` of the process that scored it (or failed it)"),
+    Column("frames_read", pa.string(), True, "how its frames were read: `fast` (random access, where it gives MMAction2's bytes), `mmaction2` "
+           "(MMAction2's own call, where random access is inexact: open GOPs, edit lists, frame counts that disagree), `sequential` "
+           "(`--true-frames` there: decoded in order), `pyav` (a video decord cannot read), `rawframes`; null when it did not decode "
+           "(docs/frames.md)"),
+)
+
 PREDICTION_COLUMNS = (
     Column("video", pa.string(), False, "the video's path exactly as written in the annotation file"),
     Column("label", pa.int32(), True, "ground-truth class index; null for unlabeled videos"),
@@ -54,13 +90,7 @@ PREDICTION_COLUMNS = (
     Column("failure", pa.string(), True, "whose failure the error is: `video` (it cannot be decoded, is too short, hung in a "
            "careful retry) or `infrastructure` (storage unavailable or a failed model call, after the retries; a rerun may "
            "succeed); null if it was scored"),
-    Column("decode_ms", pa.float32(), False, "wall time spent reading and decoding the video"),
-    Column("infer_ms", pa.float32(), False, "this video's share of the model's forward time (0 on error)"),
-    Column("worker", pa.string(), False, "`host:pid` of the process that scored it (or failed it)"),
-    Column("frames_read", pa.string(), True, "how its frames were read: `fast` (random access, where it gives MMAction2's bytes), `mmaction2` "
-           "(MMAction2's own call, where random access is inexact: open GOPs, edit lists, frame counts that disagree), `sequential` "
-           "(`--true-frames` there: decoded in order), `pyav` (a video decord cannot read), `rawframes`; null when it did not decode "
-           "(docs/frames.md)"),
+    *_SCORING_COLUMNS,
 )
 
 LABEL_COLUMNS = (
@@ -77,17 +107,11 @@ LABEL_COLUMNS = (
     Column("etag", pa.string(), True, "the S3 ETag as listed; null for files"),
     Column("size", pa.int64(), True, "bytes as listed; null when the listed path could not be read"),
     Column("mtime", pa.float64(), True, "modification time as listed, seconds since the epoch"),
-    Column("model", pa.string(), False, "model preset"),
-    Column("checkpoint_sha256", pa.string(), False, "sha256 of the checkpoint file"),
-    Column("views", pa.int16(), False, "test views fused per video"),
+    Column("model", pa.string(), False, _SHARED_KEYS["model"].meaning),
+    Column("checkpoint_sha256", pa.string(), False, _SHARED_KEYS["checkpoint_sha256"].meaning),
+    Column("views", pa.int16(), False, _SHARED_KEYS["views"].meaning),
     Column("run_id", pa.string(), False, "the run that wrote the row (`<UTC time>-<6 hex>`; its manifest is `manifests/<run_id>.json`)"),
-    Column("decode_ms", pa.float32(), False, "wall time spent reading and decoding the video"),
-    Column("infer_ms", pa.float32(), False, "this video's share of the model's forward time (0 on error)"),
-    Column("worker", pa.string(), False, "`host:pid` of the process that scored it (or failed it)"),
-    Column("frames_read", pa.string(), True, "how its frames were read: `fast` (random access, where it gives MMAction2's bytes), `mmaction2` "
-           "(MMAction2's own call, where random access is inexact: open GOPs, edit lists, frame counts that disagree), `sequential` "
-           "(`--true-frames` there: decoded in order), `pyav` (a video decord cannot read), `rawframes`; null when it did not decode "
-           "(docs/frames.md)"),
+    *_SCORING_COLUMNS,
 )
 
 PREDICTION_SCHEMA = _schema(PREDICTION_COLUMNS)
@@ -126,15 +150,6 @@ TABLES = (
 )
 
 
-@dataclass(frozen=True)
-class Key:
-    """One key of a JSON file a job writes: its JSON type and what it means."""
-
-    name: str
-    type: str
-    meaning: str
-
-
 _TIMES = (
     Key("videos_this_run", "int", "videos this invocation scored (a resumed or incremental run finds the others done)"),
     Key("wall_s", "float", "seconds the whole command took, from its start (imports and start-up included)"),
@@ -142,14 +157,14 @@ _TIMES = (
 )
 _RATE = Key("scoring_s", "float", "of which scoring: the pipeline from the cluster sized to the last row (model actors' start included)")
 
-SUMMARY_KEYS = (
+SUMMARY_KEYS = _keys(
     Key("dataset", "string", "the dataset's name (`custom` for one given by flags alone)"),
-    Key("model", "string", "model preset"),
-    Key("views", "int", "test views fused per video"),
-    Key("protocol", "string", "test protocol"),
+    "model",
+    "views",
+    "protocol",
     Key("precision", "string", "`fp32` (the reference), `bf16` autocast or `tf32` (TF32 convolutions and matmuls on GPUs)"),
     Key("checkpoint", "string", "the checkpoint asked for (path, URL or URI)"),
-    Key("checkpoint_sha256", "string", "sha256 of the checkpoint file"),
+    "checkpoint_sha256",
     Key("num_videos", "int", "rows in the predictions: every video of the dataset (or of `--limit`)"),
     Key("num_ok", "int", "videos scored"),
     Key("num_failed", "int", "videos with an error row"),
@@ -178,14 +193,14 @@ SUMMARY_KEYS = (
         "cover every partition's rows, `videos_this_run` and the times and rates that driver's alone"),
 )
 
-RUN_KEYS = (
+RUN_KEYS = _keys(
     Key("job", "string", "`evaluate`"),
     Key("dataset", "string", "the dataset's name"),
-    Key("model", "string", "model preset"),
-    Key("views", "int", "test views fused per video"),
-    Key("protocol", "string", "test protocol"),
-    Key("precision", "string", "`fp32`, `bf16` or `tf32`"),
-    Key("checkpoint_sha256", "string", "sha256 of the checkpoint file"),
+    "model",
+    "views",
+    "protocol",
+    "precision",
+    "checkpoint_sha256",
     Key("shard_size", "int", "videos per Parquet file"),
     Key("num_videos", "int", "videos in the run"),
     Key("videos_sha256", "string", "sha256 over the videos' paths and labels, in order"),
@@ -194,14 +209,14 @@ RUN_KEYS = (
     Key("frames", "string", "`mmaction2` (MMAction2's frames) or `true` (`--true-frames`); runs written before it existed read `mmaction2`"),
 )
 
-LABEL_MANIFEST_KEYS = (
+LABEL_MANIFEST_KEYS = _keys(
     Key("run_id", "string", "`<UTC time>-<6 hex>`; the label rows' `run_id`"),
     Key("input", "string", "`--input`"),
-    Key("model", "string", "model preset"),
+    "model",
     Key("checkpoint", "string or null", "the checkpoint asked for, else the preset's URL"),
-    Key("checkpoint_sha256", "string", "sha256 of the checkpoint file"),
-    Key("views", "int", "test views fused per video"),
-    Key("precision", "string", "`fp32`, `bf16` or `tf32`"),
+    "checkpoint_sha256",
+    "views",
+    "precision",
     Key("top_k", "int", "`--top-k`"),
     Key("min_score", "float", "`--min-score`"),
     Key("since", "string or null", "`--since` as given"),

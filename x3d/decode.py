@@ -95,6 +95,15 @@ class VideoInfo:
     read: str = field(default="", compare=False)  # how the frames were read (READ_WAYS); "" for a probe
 
 
+#: What a reader is asked for: the frame indices wanted of a video of this count and fps (any shape).
+IndicesFor = Callable[[VideoInfo], np.ndarray]
+#: Applied to each decoded block of frames (n, H, W, 3) as it comes, e.g. the resize; None: kept as decoded.
+Transform = Callable[[np.ndarray], np.ndarray] | None
+#: What every reader returns: each distinct frame once, the index into them of every place asked
+#: for (the shape of the indices), and how the video was read.
+Decoded = tuple[np.ndarray, np.ndarray, VideoInfo]
+
+
 def _describe(source: VideoSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
@@ -335,12 +344,8 @@ def probe(source: VideoSource) -> VideoInfo:
 
 
 def read_frames(
-    source: VideoSource,
-    indices_for: Callable[[VideoInfo], np.ndarray],
-    transform: Callable[[np.ndarray], np.ndarray] | None = None,
-    chunk: int = 32,
-    frames: str = "mmaction2",
-) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
+    source: VideoSource, indices_for: IndicesFor, transform: Transform = None, chunk: int = 32, frames: str = "mmaction2",
+) -> Decoded:
     """Decode the frames ``indices_for(info)`` asks for.
 
     Returns ``(frames, inverse, info)`` where ``frames`` holds each distinct frame once (after
@@ -485,12 +490,7 @@ def _file_bytes(target: object) -> bytes:
     return target.read()  # type: ignore[union-attr]
 
 
-def _read_mmaction2_order(
-    target: object,
-    indices_for: Callable[[VideoInfo], np.ndarray],
-    transform: Callable[[np.ndarray], np.ndarray] | None,
-    chunk: int,
-) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
+def _read_mmaction2_order(target: object, indices_for: IndicesFor, transform: Transform, chunk: int) -> Decoded:
     """MMAction2's own call (``DecordInit`` + ``DecordDecode``): a reader on the file's bytes,
     its count and fps, then one ``get_batch`` of the clip-ordered indices, duplicates included.
 
@@ -536,14 +536,8 @@ def _distinct(frames: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _read_sequential(
-    target: object,
-    name: str,
-    fps: float | None,
-    shown: int,
-    indices_for: Callable[[VideoInfo], np.ndarray],
-    transform: Callable[[np.ndarray], np.ndarray] | None,
-    chunk: int,
-) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
+    target: object, name: str, fps: float | None, shown: int, indices_for: IndicesFor, transform: Transform, chunk: int,
+) -> Decoded:
     """The true frames: decoded in order with PyAV (edit lists applied, frames turned upright
     as decord turns them), frame i being the i-th frame shown, sampled over the frames shown.
 
@@ -564,7 +558,7 @@ def _read_sequential(
 
 
 def _decode_in_order(
-    target: object, name: str, unique: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None, chunk: int,
+    target: object, name: str, unique: np.ndarray, transform: Transform, chunk: int,
 ) -> tuple[int, np.ndarray | None]:
     """(frames decoded, the frames at the ascending indices ``unique``), or (frames decoded,
     None) when the video ends before the last of them."""
@@ -595,11 +589,11 @@ def _decode_in_order(
     return index + 1, np.concatenate(parts)
 
 
-def _apply(block: np.ndarray, transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+def _apply(block: np.ndarray, transform: Transform) -> np.ndarray:
     return transform(block) if transform is not None else block
 
 
-def _wanted(indices_for: Callable[[VideoInfo], np.ndarray], info: VideoInfo) -> tuple[np.ndarray, np.ndarray]:
+def _wanted(indices_for: IndicesFor, info: VideoInfo) -> tuple[np.ndarray, np.ndarray]:
     wanted = np.asarray(indices_for(info))
     unique, inverse = np.unique(wanted, return_inverse=True)
     return unique, inverse.reshape(wanted.shape)
@@ -616,16 +610,11 @@ def _batched(frames: Iterator[np.ndarray], chunk: int) -> Iterator[np.ndarray]:
         yield np.stack(block)
 
 
-def _assemble(blocks: Iterator[np.ndarray], transform: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
-    return np.concatenate([transform(b) if transform is not None else b for b in blocks])
+def _assemble(blocks: Iterator[np.ndarray], transform: Transform) -> np.ndarray:
+    return np.concatenate([_apply(b, transform) for b in blocks])
 
 
-def _read_rawframes(
-    source: RawFrames,
-    indices_for: Callable[[VideoInfo], np.ndarray],
-    transform: Callable[[np.ndarray], np.ndarray] | None,
-    chunk: int,
-) -> tuple[np.ndarray, np.ndarray, VideoInfo]:
+def _read_rawframes(source: RawFrames, indices_for: IndicesFor, transform: Transform, chunk: int) -> Decoded:
     info = probe(source)
     unique, inverse = _wanted(indices_for, info)
     parts = []
@@ -637,7 +626,7 @@ def _read_rawframes(
             raise
         except Exception as exc:
             raise DecodeError(f"{source.name}: decoding failed at frames {block[0]}-{block[-1]} ({_first_line(exc)})") from None
-        parts.append(transform(frames) if transform is not None else frames)
+        parts.append(_apply(frames, transform))
     return np.concatenate(parts), inverse, _read(info, "rawframes")
 
 

@@ -64,7 +64,6 @@ __all__ = [
     "render_video",
     "write_mp4",
     "encode_video",
-    "encode_video",
     "generate_sample_dataset",
     "ensure_sample_dataset",
     "sample_cache_dir",

@@ -13,11 +13,13 @@ Built once per test session (``build_evalset`` is memoised by folder) and shared
   mean-class accuracy are all strictly between 0 and 1.
 
 Also here: the accuracy arithmetic the tests use to check ``summary.json`` without
-``jobs.metrics``, and helpers to watch and kill the process sessions the tests start.
+``jobs.metrics``, the checks of a run's rows and summary against the references, and helpers
+to watch and kill the process sessions the tests start.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
@@ -27,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import x3d
 from tests import presets, videos
@@ -146,24 +149,44 @@ def expected_accuracy(rows: list[tuple[int, list[int] | None]]) -> dict[str, flo
     return {"top1": top1, "top5": top5, "mean_class": sum(recalls) / len(recalls)}
 
 
+#: summary.json's accuracy keys: scored videos only, then failures counted as misses
+ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", "top5_acc_with_failures",
+            "mean_class_acc_with_failures")
+
+
+def assert_rows_scored(ev: EvalSet, rows: dict[str, list], names: list[str], origin: dict[str, str] | None = None) -> None:
+    """``rows`` (prediction columns) are one per name of ``names``, in that order, each scored with
+    the reference scores of its video in ``ev`` (``origin[name]``, else ``name`` itself)."""
+    refs = [origin[n] for n in names] if origin is not None else names
+    assert [v for v, n in collections.Counter(rows["video"]).items() if n != 1] == []  # no video twice
+    assert rows["video"] == names  # and none missing, in list order (shard order)
+    assert rows["label"] == [ev.labels[r] for r in refs]
+    for i, (name, ref) in enumerate(zip(names, refs)):
+        assert rows["error"][i] is None, (name, rows["error"][i])
+        assert np.abs(np.asarray(rows["probs"][i], dtype=np.float32) - ev.probs[ref]).max() < PROB_TOL, name
+        assert rows["pred"][i] == ev.pred(ref)
+        assert rows["topk_classes"][i] == ev.topk(ref)
+        assert rows["num_views"][i] == VIEWS
+
+
+def assert_summary_all_scored(ev: EvalSet, summary: dict, refs: list[str]) -> None:
+    """``summary`` (summary.json) counts the videos ``refs`` of ``ev`` all scored, with the accuracy
+    their labels give."""
+    n = len(refs)
+    assert (summary["num_videos"], summary["num_ok"], summary["num_failed"]) == (n, n, 0)
+    expected = expected_accuracy([(ev.labels[r], ev.topk(r)) for r in refs])
+    for key in ("top1", "top5", "mean_class"):
+        assert summary[f"{key}_acc"] == pytest.approx(expected[key]), key
+
+
 # ----------------------------------------------------------------------------- processes
 
 
 def session_pids(sid: int) -> list[int]:
-    """Live processes of session ``sid`` (a process started with ``start_new_session=True``)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        state, session = fields[0], int(fields[3])
-        if session == sid and state != "Z":
-            pids.append(int(entry.name))
-    return pids
+    """Live (non-zombie) processes of session ``sid`` (a process started with ``start_new_session=True``)."""
+    from cluster.runtime import process_stats  # here: the worker tests that use this module need no Ray
+
+    return [p.pid for p in process_stats() if p.session == sid and p.state != "Z"]
 
 
 def wait_session_gone(sid: int, timeout_s: float = 30.0) -> list[int]:

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from cluster.runtime import process_stats
+
 __all__ = ["RAY", "free_ports", "descendants", "processes_mentioning", "comm", "kill", "tail", "torn_down",
            "wait_ray_started"]
 
@@ -38,26 +40,12 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _parents() -> dict[int, int]:
-    """pid -> parent pid of every live (non-zombie) process."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if fields[0] != "Z":
-                parents[int(entry.name)] = int(fields[1])
-    return parents
-
-
 def descendants(roots: set[int]) -> set[int]:
-    """``roots`` and every live process below them, whatever session they moved to."""
+    """``roots`` and every live (non-zombie) process below them, whatever session they moved to."""
     children: dict[int, list[int]] = {}
-    for pid, parent in _parents().items():
-        children.setdefault(parent, []).append(pid)
+    for p in process_stats():
+        if p.state != "Z":
+            children.setdefault(p.ppid, []).append(p.pid)
     found, todo = set(), list(roots)
     while todo:
         pid = todo.pop()

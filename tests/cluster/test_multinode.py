@@ -35,7 +35,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -45,11 +44,12 @@ from cluster.runtime import IDLE_WORKER_KEEP_MS
 
 from tests.cluster.procs import RAY, comm, descendants, free_ports, kill, processes_mentioning, tail, torn_down, wait_ray_started
 from tests.cluster.evalset import (
+    ACC_KEYS,
     PRESET,
-    PROB_TOL,
     VIEWS,
     EvalSet,
-    expected_accuracy,
+    assert_rows_scored,
+    assert_summary_all_scored,
     replicate_evalset,
     session_pids,
 )
@@ -65,8 +65,6 @@ SHARD_SIZE = 4  # 150 shards
 WORKERS = ("node_a", "node_b")
 START_TIMEOUT_S = 240.0  # a loaded 2-core machine takes tens of seconds per node
 JOB_TIMEOUT_S = 480.0
-ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", "top5_acc_with_failures",
-            "mean_class_acc_with_failures")
 
 
 # ----------------------------------------------------------------------------- processes
@@ -286,21 +284,8 @@ def shard_files(output: Path) -> list[Path]:
 def check_results(ev: EvalSet, data: Dataset, run: Run) -> None:
     """One row per listed video, in list order, each with its reference scores; the summary's
     accuracy is the one the labels give."""
-    rows = run.rows
-    assert rows["video"] == data.names  # complete, none twice, shard order
-    assert rows["label"] == [ev.labels[data.origin[n]] for n in data.names]
-    for i, name in enumerate(data.names):
-        ref = data.origin[name]
-        assert rows["error"][i] is None, rows["error"][i]
-        assert np.abs(np.asarray(rows["probs"][i], dtype=np.float32) - ev.probs[ref]).max() < PROB_TOL, name
-        assert rows["pred"][i] == ev.pred(ref)
-        assert rows["topk_classes"][i] == ev.topk(ref)
-        assert rows["num_views"][i] == VIEWS
-    expected = expected_accuracy([(ev.labels[data.origin[n]], ev.topk(data.origin[n])) for n in data.names])
-    for key in ("top1", "top5", "mean_class"):
-        assert run.summary[f"{key}_acc"] == pytest.approx(expected[key]), key
-    n = len(data.names)
-    assert (run.summary["num_videos"], run.summary["num_ok"], run.summary["num_failed"]) == (n, n, 0)
+    assert_rows_scored(ev, run.rows, data.names, data.origin)
+    assert_summary_all_scored(ev, run.summary, [data.origin[n] for n in data.names])
 
 
 @pytest.fixture(scope="module")

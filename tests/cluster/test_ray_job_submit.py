@@ -28,7 +28,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow.dataset as ds
 import pytest
 
@@ -37,10 +36,10 @@ from cluster.runtime import IDLE_WORKER_KEEP_MS
 from tests.cluster.procs import RAY, free_ports, processes_mentioning, tail
 from tests.cluster.evalset import (
     PRESET,
-    PROB_TOL,
     VIEWS,
     EvalSet,
-    expected_accuracy,
+    assert_rows_scored,
+    assert_summary_all_scored,
     kill_session,
     session_pids,
     wait_session_gone,
@@ -138,20 +137,10 @@ def test_ray_job_submit_gives_the_in_process_results(evalset: EvalSet, ray_head:
     assert "| this run | mmaction2 |" in job.stdout + job.stderr, detail  # the job's own output came back
 
     rows = ds.dataset(str(output / "predictions"), format="parquet").to_table().to_pydict()
-    assert rows["video"] == evalset.names
-    assert rows["label"] == [evalset.labels[n] for n in evalset.names]
-    for i, name in enumerate(evalset.names):
-        assert rows["error"][i] is None, rows["error"][i]
-        assert np.abs(np.asarray(rows["probs"][i], dtype=np.float32) - evalset.probs[name]).max() < PROB_TOL, name
-        assert rows["pred"][i] == evalset.pred(name)
-        assert rows["topk_classes"][i] == evalset.topk(name)
-        assert rows["num_views"][i] == VIEWS
+    assert_rows_scored(evalset, rows, evalset.names)
     # Scored on the cluster's workers, not in this process or its ray_local.
     assert os.getpid() not in {int(w.rsplit(":", 1)[1]) for w in rows["worker"]}
 
     summary = json.loads((output / "summary.json").read_text())
-    expected = expected_accuracy([(evalset.labels[n], evalset.topk(n)) for n in evalset.names])
-    for key in ("top1", "top5", "mean_class"):
-        assert summary[f"{key}_acc"] == pytest.approx(expected[key]), key
-    assert (summary["num_videos"], summary["num_ok"], summary["num_failed"]) == (10, 10, 0)
+    assert_summary_all_scored(evalset, summary, evalset.names)
     assert summary["output"] == str(output)

@@ -27,6 +27,7 @@ from jobs.evaluate import EvaluateConfig, run_evaluate
 from jobs.partition import Partition
 from tests import videos
 from tests.cluster.evalset import (
+    ACC_KEYS,
     PRESET,
     PROB_TOL,
     VIEWS,
@@ -40,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", "top5_acc_with_failures", "mean_class_acc_with_failures")
 
 
 def config(ev: EvalSet, output: str, ann_file: Path | None = None, data_root: Path | None = None, **kw) -> EvaluateConfig:

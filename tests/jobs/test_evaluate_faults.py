@@ -30,11 +30,13 @@ import pytest
 from jobs.datasets import resolve_dataset
 from jobs.evaluate import EvaluateConfig, run_evaluate
 from tests.cluster.evalset import (
+    ACC_KEYS,
     PRESET,
     PROB_TOL,
     VIEWS,
     EvalSet,
-    expected_accuracy,
+    assert_rows_scored,
+    assert_summary_all_scored,
     kill_session,
     wait_session_gone,
 )
@@ -42,7 +44,6 @@ from tests.cluster.evalset import (
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 ROOT = Path(__file__).resolve().parents[2]
-ACC_KEYS = ("top1_acc", "top5_acc", "mean_class_acc", "top1_acc_with_failures", "top5_acc_with_failures", "mean_class_acc_with_failures")
 # Everything in summary.json that depends on the results, not on when or how fast they were made.
 RESULT_KEYS = ACC_KEYS + ("num_videos", "num_ok", "num_failed", "num_labelled", "dataset", "model", "views", "protocol",
                           "checkpoint", "checkpoint_sha256", "published")
@@ -62,17 +63,6 @@ def shard_files(output: Path) -> list[Path]:
     """Finished shards (temp files of interrupted writes are hidden: '.part-…')."""
     folder = output / "predictions"
     return sorted(folder.glob("part-*.parquet")) if folder.is_dir() else []
-
-
-def assert_rows_match_references(rows: dict[str, list], ev: EvalSet) -> None:
-    counts = collections.Counter(rows["video"])
-    assert [v for v, n in counts.items() if n != 1] == []  # no video twice
-    assert rows["video"] == ev.names  # and none missing, in annotation order
-    for i, name in enumerate(ev.names):
-        assert rows["error"][i] is None, (name, rows["error"][i])
-        assert np.abs(np.asarray(rows["probs"][i], dtype=np.float32) - ev.probs[name]).max() < PROB_TOL, name
-        assert rows["topk_classes"][i] == ev.topk(name)
-        assert rows["num_views"][i] == VIEWS
 
 
 def _pid_of(worker: str) -> int:
@@ -136,15 +126,12 @@ def test_model_actor_killed_mid_run(evalset: EvalSet, ray_local, tmp_path: Path)
     assert "pid" in kill, "the run ended before the actor could be killed"
     assert kill["shards_before"] < total_shards  # the kill landed mid-run
     rows = read_rows(output)
-    assert_rows_match_references(rows, evalset)
+    assert_rows_scored(evalset, rows, evalset.names)
     pids = collections.Counter(_pid_of(w) for w in rows["worker"])
     assert kill["pid"] in pids  # it scored the first shard ...
     assert len(pids) >= 2, pids  # ... and a restarted (new) process scored the rest
     assert not _is_model_actor(kill["pid"])
-    assert (summary["num_videos"], summary["num_ok"], summary["num_failed"]) == (10, 10, 0)
-    expected = expected_accuracy([(evalset.labels[n], evalset.topk(n)) for n in evalset.names])
-    for key in ("top1", "top5", "mean_class"):
-        assert summary[f"{key}_acc"] == pytest.approx(expected[key]), key
+    assert_summary_all_scored(evalset, summary, evalset.names)
 
 
 # ----------------------------------------------------------------------------- driver killed
@@ -216,7 +203,7 @@ def test_driver_killed_then_resume_equals_uninterrupted_run(evalset: EvalSet, ra
             assert got[column] == want[column], (name, column)
         for column in ("probs", "topk_scores"):
             np.testing.assert_allclose(np.asarray(got[column]), np.asarray(want[column]), atol=PROB_TOL, rtol=0)
-    assert_rows_match_references(read_rows(output), evalset)
+    assert_rows_scored(evalset, read_rows(output), evalset.names)
 
     summary = json.loads((output / "summary.json").read_text())
     for key in RESULT_KEYS:
