@@ -43,14 +43,16 @@ def test_feature_dims():
         feature_dim("x3d_s", "neck")
 
 
-def test_forward_with_features_keeps_the_logits_and_pools_as_feature_head(tiny):
+def test_clip_features_keep_the_logits_and_pool_as_feature_head(tiny):
     x = torch.randn(3, 3, 8, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         logits = tiny(x)
         maps = tiny.backbone(x)
         out_b, backbone = with_clip_features(tiny, "backbone")(x)
         out_p, hidden = with_clip_features(tiny, "pre_logits")(x)
-    assert torch.equal(out_b, logits) and torch.equal(out_p, logits)  # the scores do not move
+        split = tiny.forward_head(tiny.forward_features(x))
+        assert torch.equal(tiny.forward_head(maps, pre_logits=True), hidden)
+    assert torch.equal(out_b, logits) and torch.equal(out_p, logits) and torch.equal(split, logits)  # the scores do not move
     # FeatureHead (3D backbone): mean over H, W, then over T
     assert torch.equal(backbone, maps.mean(dim=[-2, -1]).mean(dim=2))
     assert backbone.shape == (3, tiny.backbone.out_channels)
