@@ -10,13 +10,14 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import ray
 import ray._private.ray_constants as ray_constants
 
 from cluster.errors import ClusterError
 from cluster.config import PipelineConfig
-from cluster.sizing import ClusterShape, share_of, size_pipeline
+from cluster.sizing import ClusterShape, gpu_decode_slots, share_of, size_pipeline
 from worker.spec import ModelSpec
 
 __all__ = ["GPUS_ENV", "ClusterError", "ClusterShape", "ProcessStat", "connect", "cluster_shape", "gpus_wanted",
@@ -158,8 +159,6 @@ def _run_processes() -> list[tuple[int, int]]:
 def _reap(processes: list[tuple[int, int]], wait_s: float = REAP_WAIT_S) -> None:
     """Kill (by pid) what is left of ``processes`` once ``wait_s`` has passed: no process of the
     run outlives it. A pid whose start time changed is another process now and is left alone."""
-    import time
-
     deadline = time.monotonic() + wait_s
     while True:
         table = _process_table()
@@ -259,7 +258,7 @@ def pipeline_config_for(spec: ModelSpec, num_actors: int | None = None, batch_si
         # (it fits any GPU node), and decode slots start on the CPUs there are; more join with
         # the nodes (Scheduler.on_capacity)
         config = dataclasses.replace(config, actor_cpus=1.0, actor_threads=1,
-                                     decode_slots=max(1, int(shape.cpus - config.num_actors)))
+                                     decode_slots=gpu_decode_slots(shape.cpus, config.num_actors, 1.0))
     partitioned = share[1] > 1
     mine = config.num_actors * config.actor_gpus
     return dataclasses.replace(config, actors_grow=follow and not partitioned and num_actors is None, gpu_wait_s=gpu_wait_s,

@@ -391,8 +391,7 @@ class Scheduler:
                                        video.infer_ms, actor_name, embedding=video.embedding)
                 scored.append(outcome)
             elif video.decode.unavailable:  # the store's failure: the video is read again later
-                self._settle(unit, video.decode.place[1], None, report=False)
-                self._storage_failed(entry, video.decode)
+                self._storage_failed(unit, entry, video.decode)
                 continue
             else:
                 outcome = VideoOutcome(entry.key[0], entry.key[1], entry.item, video.decode, None, video.decode.error,
@@ -449,8 +448,7 @@ class Scheduler:
                     continue
                 unit, entry = found
                 if result.unavailable:  # the store's failure, as in on_reply: read again later
-                    self._settle(unit, result.place[1], None, report=False)
-                    self._storage_failed(entry, result)
+                    self._storage_failed(unit, entry, result)
                     continue
                 kind = VIDEO if result.error else INFRASTRUCTURE
                 text = result.error or f"{entry.item.key}: inference failed ({error})"
@@ -528,9 +526,11 @@ class Scheduler:
         self._finish(VideoOutcome(entry.key[0], entry.key[1], entry.item, DecodeResult(error=error, worker=""), None, error,
                                   failure=kind))
 
-    def _storage_failed(self, entry: Entry, result: DecodeResult) -> None:
-        """A video the store could not serve: read again after a backoff, ``infra_retries``
-        times, then an ``INFRASTRUCTURE`` row. A store failing every read trips ``on_tick``."""
+    def _storage_failed(self, unit: _Unit, entry: Entry, result: DecodeResult) -> None:
+        """A video the store could not serve: settled in its unit without an outcome, and read
+        again after a backoff, ``infra_retries`` times, then an ``INFRASTRUCTURE`` row. A store
+        failing every read trips ``on_tick``."""
+        self._settle(unit, result.place[1], None, report=False)
         self._last_infra_error = result.error or ""
         if self.storage_down_since is None:
             self.storage_down_since = self.clock

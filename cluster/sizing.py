@@ -15,7 +15,7 @@ from worker.spec import ModelSpec
 
 __all__ = ["ClusterShape", "GPU_ACTOR_CONCURRENCY", "GPU_ACTOR_CPUS", "GPU_CALLS_PER_ACTOR", "GPU_CALL_VOXELS",
            "GPU_CLIPS_PER_GROUP", "GPU_DECODE_BOUND_WAKE_MS", "GPU_GROUPS_PER_UNIT", "GPU_GROUP_MS",
-           "GPU_MAX_GROUPS_PER_CALL", "GPU_WAKE_MS", "capacity_for", "gpu_groups_per_call", "share_of", "size_pipeline",
+           "GPU_MAX_GROUPS_PER_CALL", "GPU_WAKE_MS", "capacity_for", "gpu_decode_slots", "gpu_groups_per_call", "share_of", "size_pipeline",
            "unit_videos_for", "videos_per_call"]
 
 
@@ -77,7 +77,7 @@ def size_pipeline(
         actor_gpus, actor_cpus = 1.0 / actors_per_gpu, (GPU_ACTOR_CPUS if spare else 1.0)
         actor_threads = int(actor_cpus)
         concurrency = GPU_ACTOR_CONCURRENCY
-        decode_slots = max(1, int(shape.cpus - actors * actor_cpus))
+        decode_slots = gpu_decode_slots(shape.cpus, actors, actor_cpus)
     else:
         # On CPU the forward dwarfs the decode and speeds up with every thread it gets. So each
         # actor's threads take its node's cores, and one decode slot per actor holds half a CPU:
@@ -191,7 +191,12 @@ def capacity_for(config: PipelineConfig, cpus: float, gpus: float, actors: int) 
         return actors, config.decode_slots
     if config.actors_grow:
         actors = max(actors, int(gpus) * round(1 / config.actor_gpus))
-    return actors, max(1, int(cpus * config.cpu_share - actors * config.actor_cpus))
+    return actors, gpu_decode_slots(cpus * config.cpu_share, actors, config.actor_cpus)
+
+
+def gpu_decode_slots(cpus: float, actors: int, actor_cpus: float) -> int:
+    """Decode slots on a GPU cluster: every whole CPU the model actors leave, one at least."""
+    return max(1, int(cpus - actors * actor_cpus))
 
 
 def gpu_groups_per_call(spec: ModelSpec) -> int:

@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Callable
 
 from jobs.partition import parse_partition
 
@@ -84,44 +84,27 @@ def _gpus(text: str) -> str | int:
     return value
 
 
-def _at_least(convert: type, low: float, noun: str, strict: bool = False):
-    """An argparse type: ``convert``'s value of the text, at least ``low`` (above it: ``strict``)."""
+def _number(convert: type, noun: str, accept: Callable[[Any], bool], rule: str):
+    """An argparse type: ``convert``'s value of the text where ``accept`` holds (a NaN never
+    passes a comparison), else the parser's one line: "expected <noun>" or "must be <rule>"."""
     def parse(text: str):
         try:
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {noun}, got {text!r}") from None
-        if value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"must be {'more than' if strict else 'at least'} {low:g}, got {text}")
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
         return value
     return parse
 
 
-_positive_int = _at_least(int, 1, "a whole number")
-
-
-def _positive_seconds(text: str) -> float:
-    """``--decode-timeout``: a deadline of 0 or less would fail every video (and, in label, spend
-    every good video's attempts), so it is the parser's one line."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    """``--min-score``: a softmax score is in [0, 1]; above 1 would keep no label at all (and count
-    the videos as done), below 0 is a typo."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a score from 0 to 1, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1 (scores are probabilities), got {text}")
-    return value
+_positive_int = _number(int, "a whole number", lambda v: v >= 1, "at least 1")
+#: ``--decode-timeout`` and the other waits: 0 or less would fail every video (in label, spending
+#: every good video's attempts) or stop at once
+_positive_seconds = _number(float, "seconds", lambda v: v > 0, "more than 0 seconds")
+#: ``--min-score``: a softmax score; above 1 no label is kept (and the videos count as done),
+#: below 0 is a typo
+_fraction = _number(float, "a score from 0 to 1", lambda v: 0.0 <= v <= 1.0, "from 0 to 1 (scores are probabilities)")
 
 
 def parse_actor_counts(text: str) -> list[int]:

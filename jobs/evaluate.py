@@ -164,16 +164,13 @@ def _check_resume(output: str, manifest: dict[str, Any], resume: bool, partition
     ``manifest``) and only with ``--resume``. A partition is the exception: the run.json it
     finds is usually another partition's (it holds no partition, so all partitions write the
     same bytes), and it needs ``--resume`` only once its own shards are there."""
-    manifest_uri = results.run_uri(output)
-    if not storage.exists(manifest_uri):
+    previous = results.read_run(output)
+    if previous is None:
         if resume and results.list_shards(output):
             raise JobError(f"{output} has result shards but no run.json; it was not written by this tool")
         if resume:
             check_resume_target(output)  # a typo in --output would otherwise score everything again
         return
-    previous = json.loads(storage.read_bytes(manifest_uri))
-    previous.setdefault("precision", "fp32")  # written before --precision existed: it ran fp32
-    previous.setdefault("frames", "mmaction2")  # written before --true-frames existed: MMAction2's frames
     changed = run_differences(previous, manifest)  # each as its flag with both values
     if partition is not None:
         if changed:
@@ -264,9 +261,10 @@ def run_evaluate(cfg: EvaluateConfig) -> dict[str, Any] | None:
               f"and partition {part} scores those numbered {part.index} modulo {part.count}; nothing to do "
               f"({job.output} is left as it is)", file=sys.stderr, flush=True)
         return None
-    done = set(results.list_shards(job.output)) if cfg.resume else set()
+    finished = results.list_shards(job.output) if cfg.resume else {}
+    done = set(finished)
     if cfg.retry_failed:  # their good videos give the same rows again; the failed ones a new try
-        done -= results.shards_with_errors(job.output, done)
+        done -= results.shards_with_errors(finished)
     if cfg.resume:  # the interrupted run's half-written shards: they are about to be written again
         # only those untouched for 10 minutes: another partition's write in progress stays
         storage.remove_stale_temp_files(results.predictions_uri(job.output))

@@ -115,14 +115,12 @@ def check_run_flags(output: str | None, wanted: dict, resume: bool, partition=No
     would differ from the finished ones (rows without vectors beside rows with them)."""
     if output is None or not (resume or partition is not None):
         return
-    uri = results.run_uri(output)
-    if not storage.exists(uri):
-        return
     try:
-        previous = json.loads(storage.read_bytes(uri))
+        previous = results.read_run(output)
     except ValueError:
         return  # the job says what is wrong with it
-    previous.setdefault("precision", "fp32")  # written before --precision existed: it ran fp32
+    if previous is None:
+        return
     changed = run_differences(previous, wanted)
     if changed:
         what = f"--partition {partition}" if partition is not None else "--resume"

@@ -73,6 +73,19 @@ def summary_uris(output: str) -> tuple[str, str]:
     return storage.join(output, SUMMARY_JSON), storage.join(output, SUMMARY_MD)
 
 
+#: run.json keys that came after the first runs, and what a run written before them did
+RUN_DEFAULTS = {"precision": "fp32", "frames": "mmaction2"}
+
+
+def read_run(output: str) -> dict[str, Any] | None:
+    """``output``'s run.json, its missing later keys filled as ``RUN_DEFAULTS`` says; None if
+    there is none. A file that is not JSON raises ValueError."""
+    uri = run_uri(output)
+    if not storage.exists(uri):
+        return None
+    return {**RUN_DEFAULTS, **json.loads(storage.read_bytes(uri))}
+
+
 def shard_uri(output: str, shard_index: int) -> str:
     """Where shard `shard_index` of a job writing to `output` lives."""
     return storage.join(predictions_uri(output), f"part-{shard_index:05d}.parquet")
@@ -95,15 +108,14 @@ def list_shards(output: str) -> dict[int, str]:
     return dict(sorted(shards.items()))
 
 
-def shards_with_errors(output: str, indexes: set[int]) -> set[int]:
-    """Which of the finished shards ``indexes`` hold an error row (``--retry-failed``)."""
+def shards_with_errors(shards: Mapping[int, str]) -> set[int]:
+    """Which of the finished ``shards`` (``list_shards``' index -> uri) hold an error row
+    (``--retry-failed``): each read once, its ``error`` column only."""
     found = set()
-    for index, uri in list_shards(output).items():
-        if index not in indexes:
-            continue
+    for index, uri in shards.items():
         data = storage.read_bytes(uri) if storage.is_remote(uri) else storage.local_path(uri)
-        source = pa.BufferReader(data) if isinstance(data, bytes) else data
-        if pq.read_table(source, columns=["error"]).column("error").null_count < pq.read_metadata(source).num_rows:
+        errors = pq.read_table(pa.BufferReader(data) if isinstance(data, bytes) else data, columns=["error"]).column("error")
+        if errors.null_count < len(errors):
             found.add(index)
     return found
 

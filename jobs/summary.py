@@ -14,6 +14,7 @@ import numpy.ma  # noqa: F401 - np.union1d imports it on first use; the summary 
 import pyarrow as pa
 
 import x3d
+from cluster.config import INFRASTRUCTURE, VIDEO
 from jobs.metrics import mean_class_accuracy, top_k_accuracy
 
 __all__ = ["FAILURES_SHOWN", "accuracy_from_table", "failure_lines", "build_summary", "collect_versions", "summary_markdown", "summary_table", "times_text"]
@@ -31,8 +32,8 @@ def accuracy_from_table(table: pa.Table) -> dict[str, Any]:
         "num_ok": sum(1 for e in cols["error"] if e is None),
         "num_failed": sum(1 for e in cols["error"] if e is not None),
         # whose failures they are (rows written before the column existed count as the video's)
-        "failed_by_kind": {kind: sum(1 for e, k in zip(cols["error"], kinds) if e is not None and (k or "video") == kind)
-                           for kind in ("video", "infrastructure")},
+        "failed_by_kind": {kind: sum(1 for e, k in zip(cols["error"], kinds) if e is not None and (k or VIDEO) == kind)
+                           for kind in (VIDEO, INFRASTRUCTURE)},
         "num_labelled": len(labelled),
     }
     labels_ok = [cols["label"][i] for i in ok]

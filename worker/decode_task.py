@@ -1,5 +1,5 @@
-"""The work of a decode task (a unit of videos, one after another), and the model spec every
-worker receives.
+"""The work of a decode task: a unit of videos, one after another, each read into the frames
+its views need (the types it shares with the model actor are in ``worker.spec``).
 
 ``decode_unit`` is what a decode task executes (``decode_item`` per video) and ``worker.model_runner.ModelRunner`` what a model
 actor does; both are plain Python, so tests and notebooks can call them directly and the Ray
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from typing import Any, Callable, Iterator, Sequence
-
 
 import x3d
 from worker.items import VideoItem
@@ -165,4 +164,3 @@ def _failed(error: str, start: float, timer: StageTimer, timed: bool) -> DecodeR
     if timed:
         result.stages, result.rss_mb = timer.stages, maxrss_mb()
     return result
-
